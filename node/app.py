@@ -1,0 +1,135 @@
+"""The Node: wires storage, the gateway, the admin socket and the services into one nursery.
+
+``async with Node.start(config) as node`` is the whole lifecycle: it takes the data-folder
+lock, opens the database (migrations), binds the gateway and the admin socket (so a port in
+use fails here, as a ConfigError, not later inside a task), serves, and on exit cancels
+every task, closes sessions with NODE_SHUTDOWN and lets the storage writer flush.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+from nacl.signing import SigningKey
+from trio_websocket import WebSocketServer
+
+from . import log, system
+from .admin import AdminServer, bind_admin_socket
+from .auth.service import Accounts
+from .config import Config, ConfigError, check_writable
+from .gateway import Gateway
+from .lock import DataDirLock
+from .protocol.identity import fingerprint, load_or_create_key
+from .ratelimit import RateLimiter, Rule
+from .rpc import Router
+from .storage import Database
+from .updates import Hub
+
+_log = log.get("node")
+WS_MESSAGE_QUEUE = 8  # messages trio-websocket buffers per connection before backpressure
+WS_RECEIVE_BUFFER = 64 * 1024
+
+
+class Node:
+    def __init__(self, config: Config, identity: SigningKey, db: Database) -> None:
+        self.config = config
+        self.identity = identity
+        self.node_id = fingerprint(bytes(identity.verify_key))
+        self.db = db
+        self.hub = Hub()
+        self.ratelimit = RateLimiter(
+            {k: Rule.parse(v) for k, v in config.values["ratelimit"].items()}
+        )
+        self.router = Router()
+        system.register(self.router)
+        self.accounts = Accounts(self)
+        self.accounts.register(self.router)
+        missing = self.router.missing()
+        if missing:
+            raise RuntimeError(f"schema methods without a handler: {', '.join(missing)}")
+        self.gateway = Gateway(self)
+        self.started_at = time.time()
+        self.host, self.port = config.listen
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}/"
+
+    @classmethod
+    @asynccontextmanager
+    async def offline(cls, config: Config) -> AsyncIterator[Node]:
+        """The node's services on its database, without gateway or admin socket.
+
+        Admin commands use this when no node is running, so the very same handlers act
+        on the database (the data-folder lock keeps a node from starting meanwhile)."""
+        check_writable(config.data_dir)
+        lock = DataDirLock(config.data_dir)
+        if not lock.acquire():
+            raise ConfigError(f"{config.data_dir}: a node is running on it; use its socket")
+        try:
+            identity = load_or_create_key(config.key_path)
+            async with Database.open(config.db_path) as db:
+                yield cls(config, identity, db)
+        finally:
+            lock.release()
+
+    @classmethod
+    @asynccontextmanager
+    async def start(cls, config: Config) -> AsyncIterator[Node]:
+        check_writable(config.data_dir)
+        lock = DataDirLock(config.data_dir)
+        if not lock.acquire():
+            raise ConfigError(f"{config.data_dir}: another node is already running on it")
+        try:
+            identity = load_or_create_key(config.key_path)
+            config.media_dir.mkdir(exist_ok=True)
+            host, port = config.listen
+            try:
+                listeners = await trio.open_tcp_listeners(port, host=host)
+            except OSError as e:
+                raise ConfigError(
+                    f"[node] listen = {host}:{port}: cannot listen ({e.strerror})"
+                ) from None
+            admin_sock = bind_admin_socket(config.admin_socket)
+            async with Database.open(
+                config.db_path,
+                readers=config.get("storage", "readers"),
+                batch_max=config.get("storage", "batch_max"),
+            ) as db:
+                node = cls(config, identity, db)
+                node.port = listeners[0].socket.getsockname()[1]
+                server = WebSocketServer(
+                    node.gateway.handle,
+                    listeners,
+                    message_queue_size=WS_MESSAGE_QUEUE,
+                    max_message_size=config.get("limits", "frame_max_bytes"),
+                    receive_buffer_size=WS_RECEIVE_BUFFER,
+                    connect_timeout=config.get("timeouts", "handshake"),
+                    disconnect_timeout=2,
+                )
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(server.run)
+                    await nursery.start(AdminServer(node, admin_sock).serve)
+                    log.event(
+                        _log,
+                        "node.started",
+                        node_id=node.node_id,
+                        name=config.name,
+                        url=node.url,
+                        data=str(config.data_dir),
+                    )
+                    try:
+                        yield node
+                    finally:
+                        node.gateway.shutting_down = True
+                        nursery.cancel_scope.cancel()
+            log.event(_log, "node.stopped", node_id=node.node_id)
+        finally:
+            with contextlib.suppress(OSError):
+                config.admin_socket.unlink()
+            lock.release()

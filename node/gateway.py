@@ -1,0 +1,281 @@
+"""The WebSocket gateway: one connection = one session (DESIGN §2).
+
+Per session: handshake under a timeout, then a reader that opens, decodes and checks each
+frame and starts one task per request (bounded by ``max_inflight``), a writer that seals and
+sends from a bounded queue (so a sealed frame's counter order equals its send order), and a
+heartbeat that closes sessions whose peer stopped answering.  A broken frame costs its own
+session at most; other sessions never notice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+
+from . import log
+from .protocol import frames
+from .protocol.codec import DecodeError, decode, encode
+from .protocol.errors import CLOSE_CODES, ErrorCode, RpcError
+from .protocol.handshake import Responder, SessionKeys, check_initiator_proof
+from .protocol.seal import Opener, Sealer, SealError
+from .rpc import CallContext
+
+if TYPE_CHECKING:
+    from .app import Node
+
+_log = log.get("gateway")
+_ids = itertools.count(1)
+_CLOSE_TIMEOUT = 2.0
+
+
+class Session:
+    """A live, handshaken connection. Services push to it with :meth:`push_frame`."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        ws: WebSocketConnection,
+        keys: SessionKeys,
+        role: str,
+        opener: Opener,
+    ):
+        cfg = gateway.node.config
+        self.id = next(_ids)
+        self.gateway = gateway
+        self.ws = ws
+        self.role = role
+        self.transcript_hash = keys.transcript_hash
+        self.peer_identity = keys.peer_identity
+        self.remote = _remote(ws)
+        self.opened = time.time()
+        self.user_id: int | None = None
+        self.device_id: int | None = None
+        self.device_name = ""
+        self.behind = False
+        self._opener = opener
+        self._sealer = Sealer(keys.tx)
+        queue: int = cfg.get("limits", "session_queue")
+        self._out_send, self._out_recv = trio.open_memory_channel[bytes](queue)
+        self._inflight = 0
+        self._max_inflight: int = cfg.get("limits", "max_inflight")
+        self._last_heard = trio.current_time()
+        self._cancel = trio.CancelScope()
+        self._close_reason: ErrorCode | None = None
+
+    # --- used by services -------------------------------------------------------------
+    def push_frame(self, plaintext: bytes) -> bool:
+        """Queue an encoded push without waiting. False (and the session is marked behind,
+        told once) when the queue is full: a slow reader must re-sync instead of slowing the
+        sender or growing memory."""
+        if self.behind:
+            return False
+        try:
+            self._out_send.send_nowait(plaintext)
+            return True
+        except trio.WouldBlock:
+            self.behind = True
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+
+    def close(self, reason: ErrorCode) -> None:
+        """Ask the session to close with a reason (e.g. its device was revoked)."""
+        self._close_reason = reason
+        self._cancel.cancel()
+
+    # --- internals ----------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            with self._cancel:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._writer)
+                    nursery.start_soon(self._heartbeat)
+                    reason = await self._reader(nursery)
+                    self._close_reason = self._close_reason or reason
+                    nursery.cancel_scope.cancel()
+        finally:
+            if self._close_reason is None and self.gateway.shutting_down:
+                self._close_reason = ErrorCode.NODE_SHUTDOWN
+            await _close(self.ws, self._close_reason)
+
+    async def _reader(self, nursery: trio.Nursery) -> ErrorCode | None:
+        while True:
+            try:
+                msg = await self.ws.get_message()
+            except ConnectionClosed:
+                return None
+            self._last_heard = trio.current_time()
+            if isinstance(msg, str):
+                return ErrorCode.TEXT_FRAME
+            try:
+                plain = self._opener.open(msg)
+            except SealError:
+                return ErrorCode.BAD_SEAL
+            try:
+                obj = decode(plain)
+            except DecodeError as e:
+                await self._reply(frames.error(None, RpcError(ErrorCode.BAD_FRAME, str(e))))
+                continue
+            try:
+                rid, method, params = frames.parse_request(obj)
+            except RpcError as e:
+                await self._reply(frames.error(frames.request_id_of(obj), e))
+                continue
+            if self._inflight >= self._max_inflight:
+                err = RpcError(ErrorCode.TOO_MANY_REQUESTS, retry_after=1)
+                await self._reply(frames.error(rid, err))
+                continue
+            self._inflight += 1
+            nursery.start_soon(self._call, rid, method, params)
+
+    async def _call(self, rid: int, method: str, params: dict[str, Any]) -> None:
+        ctx = CallContext(self.gateway.node, "ws", self)
+        try:
+            try:
+                value = await self.gateway.node.router.dispatch(ctx, method, params)
+                reply = frames.result(rid, value)
+            except RpcError as e:
+                reply = frames.error(rid, e)
+            await self._reply(reply)
+        finally:
+            self._inflight -= 1
+
+    async def _reply(self, obj: dict[str, Any]) -> None:
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            await self._out_send.send(encode(obj))
+
+    async def _writer(self) -> None:
+        behind_told = False
+        async for plain in self._out_recv:
+            try:
+                await self.ws.send_message(self._sealer.seal(plain))
+                if self.behind and not behind_told:
+                    behind_told = True
+                    frame = encode(frames.push([{"type": "session.behind"}]))
+                    await self.ws.send_message(self._sealer.seal(frame))
+            except ConnectionClosed:
+                self._cancel.cancel()
+                return
+
+    async def _heartbeat(self) -> None:
+        cfg = self.gateway.node.config
+        interval: float = cfg.get("timeouts", "ping_interval")
+        idle: float = cfg.get("timeouts", "idle")
+        while True:
+            await trio.sleep(min(interval, idle / 2))
+            with trio.move_on_after(idle / 2):
+                try:
+                    await self.ws.ping()
+                    self._last_heard = trio.current_time()
+                except ConnectionClosed:
+                    self._cancel.cancel()
+                    return
+            if trio.current_time() - self._last_heard > idle:
+                self.close(ErrorCode.IDLE_TIMEOUT)
+                return
+
+
+class Gateway:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.sessions: dict[int, Session] = {}
+        self._responder = Responder(node.identity)
+        self._pending = 0  # connections still in their handshake
+        self.shutting_down = False
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        cfg = self.node.config
+        try:
+            ws = await request.accept()
+        except ConnectionClosed:
+            return
+        if len(self.sessions) + self._pending >= cfg.get("limits", "max_sessions"):
+            await _close(ws, ErrorCode.TOO_MANY_SESSIONS)
+            return
+        self._pending += 1
+        try:
+            done = await self._handshake(ws)
+        finally:
+            self._pending -= 1
+        if done is None:
+            return
+        session = Session(self, ws, *done)
+        self.sessions[session.id] = session
+        log.event(
+            _log,
+            "session.open",
+            logging.DEBUG,
+            session=session.id,
+            remote=session.remote,
+            role=session.role,
+        )
+        try:
+            await session.run()
+        finally:
+            del self.sessions[session.id]
+            self.node.hub.detach(session)
+            log.event(
+                _log,
+                "session.close",
+                logging.DEBUG,
+                session=session.id,
+                reason=session._close_reason or "peer",
+            )
+
+    async def _handshake(self, ws: WebSocketConnection) -> tuple[SessionKeys, str, Opener] | None:
+        timeout: float = self.node.config.get("timeouts", "handshake")
+        reason = ErrorCode.HANDSHAKE_TIMEOUT
+        with trio.move_on_after(timeout):
+            try:
+                raw = await ws.get_message()
+                if isinstance(raw, str):
+                    reason = ErrorCode.TEXT_FRAME
+                    raise RpcError(reason)
+                welcome, keys, role = self._responder.receive_hello(raw)
+                await ws.send_message(welcome)
+                opener = Opener(keys.rx)
+                # the initiating node proves its identity in its first sealed frame
+                if role == "node" and not check_initiator_proof(
+                    keys, opener.open(await _bytes(ws))
+                ):
+                    raise RpcError(ErrorCode.HANDSHAKE_FAILED, "node proof invalid")
+                return keys, role, opener
+            except ConnectionClosed:
+                return None
+            except RpcError as e:
+                reason = ErrorCode(e.code)
+            except SealError:
+                reason = ErrorCode.HANDSHAKE_FAILED
+        log.event(_log, "handshake.failed", logging.DEBUG, remote=_remote(ws), reason=reason)
+        await _close(ws, reason)
+        return None
+
+
+async def _bytes(ws: WebSocketConnection) -> bytes:
+    msg = await ws.get_message()
+    if not isinstance(msg, bytes):
+        raise RpcError(ErrorCode.TEXT_FRAME)
+    return msg
+
+
+async def _close(ws: WebSocketConnection, reason: ErrorCode | None) -> None:
+    code = CLOSE_CODES.get(reason, 4000) if reason else 1000
+    with trio.move_on_after(_CLOSE_TIMEOUT) as cs:
+        cs.shield = True
+        # the peer may already be gone; closing is best effort
+        with contextlib.suppress(Exception):
+            await ws.aclose(code, str(reason) if reason else "")
+
+
+def _remote(ws: WebSocketConnection) -> str:
+    try:
+        r = ws.remote
+        return r if isinstance(r, str) else f"{r.address}:{r.port}"
+    except Exception:
+        return "?"
