@@ -1,0 +1,1 @@
+"""Accounts, devices and sign-in (login codes, device keys, 2FA passwords, invites)."""

@@ -1,0 +1,445 @@
+"""The accounts service: sign-up, login codes, device binding, device management, admin.
+
+Rules that shape it:
+* A device is an Ed25519 key made on the client.  Sign-in and later authorization both
+  carry a signature over the session's handshake transcript, so a key can only be bound by
+  whoever holds it, and a captured signature is useless on any other session.
+* A wrong code spends an attempt in a committed transaction (a rolled-back attempt would
+  make guessing free); rate limits refuse to evaluate guesses at all past their budget.
+* Revocation and bans close live sessions at once through the updates hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import sqlite3
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import log
+from ..protocol.errors import ErrorCode, RpcError
+from ..protocol.handshake import check_device_proof
+from ..rpc import CallContext, Router
+from . import store
+from .delivery import CodeDelivery
+from .passwords import check_password, hash_password
+
+if TYPE_CHECKING:
+    from ..app import Node
+    from ..gateway import Session
+
+_log = log.get("auth")
+NAME_RE = re.compile(r"[a-z0-9_]{3,32}")
+
+
+def canonical_name(name: str) -> str:
+    n = name.strip().lower()
+    if not NAME_RE.fullmatch(n):
+        raise RpcError(ErrorCode.NAME_INVALID)
+    return n
+
+
+class Accounts:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        acc = node.config.values["accounts"]
+        self.policy: str = acc["registration"]
+        self.code_ttl: int = acc["code_ttl"]
+        self.code_length: int = acc["code_length"]
+        self.code_attempts: int = acc["code_attempts"]
+        self.delivery = CodeDelivery(node.config)
+        # Codes are stored keyed-hashed: a leaked database does not hand out live codes.
+        self._code_key = hashlib.blake2b(
+            bytes(node.identity), digest_size=32, person=b"fedgram-codes"
+        ).digest()
+
+    # --- helpers ------------------------------------------------------------------------
+    def _hash(self, secret: str) -> bytes:
+        return hmac.new(self._code_key, secret.encode(), "sha256").digest()
+
+    def _address(self, name: str) -> str:
+        return f"{name}@{self.node.config.name}"
+
+    def _authorization(self, user: store.User, device_id: int) -> dict[str, Any]:
+        return {
+            "user_id": user.id,
+            "name": user.name,
+            "address": self._address(user.name),
+            "display_name": user.display_name,
+            "device_id": device_id,
+            "node_id": self.node.node_id,
+        }
+
+    def _profile(self, u: store.User) -> dict[str, Any]:
+        return {
+            "user_id": u.id,
+            "name": u.name,
+            "address": self._address(u.name),
+            "display_name": u.display_name,
+            "has_password": u.password_hash is not None,
+            "is_admin": u.is_admin,
+            "created": u.created,
+        }
+
+    def _device_rows(
+        self, user_id: int, devices: list[store.DeviceRow], current: int | None
+    ) -> list[dict[str, Any]]:
+        online = self.node.hub.online_devices(user_id)
+        return [
+            {
+                "device_id": d.id,
+                "name": d.name,
+                "created": d.created,
+                "last_seen": d.last_seen,
+                "current": d.id == current,
+                "online": d.id in online,
+            }
+            for d in devices
+        ]
+
+    def _user_row(self, u: store.User, devices: int) -> dict[str, Any]:
+        return {
+            "user_id": u.id,
+            "name": u.name,
+            "display_name": u.display_name,
+            "is_admin": u.is_admin,
+            "banned": u.banned,
+            "devices": devices,
+            "created": u.created,
+        }
+
+    @staticmethod
+    def _session(ctx: CallContext) -> Session:
+        assert ctx.session is not None
+        return ctx.session
+
+    def _not_signed_in(self, ctx: CallContext) -> Session:
+        s = self._session(ctx)
+        if s.user_id is not None:
+            raise RpcError(ErrorCode.ALREADY_AUTHORIZED)
+        return s
+
+    def _check_proof(self, s: Session, p: dict[str, Any]) -> None:
+        if not check_device_proof(p["device_key"], s.transcript_hash, p["sig"]):
+            raise RpcError(ErrorCode.SIGNATURE_INVALID)
+
+    def _bind(self, s: Session, user: store.User, device_id: int, new: bool) -> dict[str, Any]:
+        s.user_id, s.device_id = user.id, device_id
+        self.node.hub.attach(s)
+        if new:
+            self.node.hub.push_to_user(
+                user.id,
+                [
+                    {
+                        "type": "account.newSignIn",
+                        "device_id": device_id,
+                        "device_name": s.device_name,
+                        "time": time.time(),
+                    }
+                ],
+                exclude=s,
+            )
+        log.event(
+            _log,
+            "device.bound" if new else "device.authorized",
+            logging.DEBUG,
+            user=user.name,
+            device=device_id,
+            session=s.id,
+        )
+        return self._authorization(user, device_id)
+
+    async def issue_code(self, name: str) -> tuple[str, store.User]:
+        code = "".join(secrets.choice("0123456789") for _ in range(self.code_length))
+        digest = self._hash(code)
+
+        def job(conn: sqlite3.Connection) -> store.User:
+            u = store.need_user(conn, name)
+            store.set_code(conn, u.id, digest, self.code_ttl, self.code_attempts)
+            return u
+
+        return code, await self.node.db.write(job)
+
+    def _revoked(self, user_id: int, ids: list[int]) -> int:
+        for device_id in ids:
+            self.node.hub.close_user(user_id, ErrorCode.SESSION_REVOKED, device_id=device_id)
+        return len(ids)
+
+    # --- auth.* -------------------------------------------------------------------------
+    async def request_code(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        self._not_signed_in(ctx)
+        name = canonical_name(p["name"])
+        user = await self.node.db.read(lambda c: store.need_user(c, name))
+        if user.banned:
+            raise RpcError(ErrorCode.USER_BANNED)
+        code, _ = await self.issue_code(name)
+        await self.delivery.deliver(name, code, self.code_ttl)
+        return {"expires_in": self.code_ttl, "length": self.code_length, "via": self.delivery.kind}
+
+    async def sign_in(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        s = self._not_signed_in(ctx)
+        self._check_proof(s, p)
+        name = canonical_name(p["name"])
+        digest = self._hash(p["code"])
+
+        def matches(stored: bytes) -> bool:
+            return hmac.compare_digest(stored, digest)
+
+        def check(conn: sqlite3.Connection) -> tuple[store.User, RpcError | None]:
+            u = store.need_user(conn, name)
+            if u.banned:
+                raise RpcError(ErrorCode.USER_BANNED)
+            return u, store.check_code(conn, u.id, matches)
+
+        user, err = await self.node.db.write(check)
+        if err is not None:
+            raise err
+        if user.password_hash is not None:
+            if "password" not in p:
+                raise RpcError(ErrorCode.PASSWORD_REQUIRED)
+            if not await check_password(user.password_hash, p["password"]):
+                await self.node.db.write(lambda c: store.spend_attempt(c, user.id))
+                raise RpcError(ErrorCode.PASSWORD_INVALID)
+
+        def bind(conn: sqlite3.Connection) -> int:
+            # the code may have been used or voided meanwhile: check again, atomically
+            if store.check_code(conn, user.id, matches) is not None:
+                raise RpcError(ErrorCode.CODE_EXPIRED)
+            store.delete_code(conn, user.id)
+            return store.add_device(conn, user.id, p["device_key"], p["device_name"])
+
+        device_id = await self.node.db.write(bind)
+        s.device_name = p["device_name"]
+        return self._bind(s, user, device_id, new=True)
+
+    async def sign_up(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        s = self._not_signed_in(ctx)
+        if self.policy == "closed" or (self.policy == "invite" and "invite" not in p):
+            raise RpcError(ErrorCode.REGISTRATION_CLOSED)
+        self._check_proof(s, p)
+        name = canonical_name(p["name"])
+        invite = self._hash(p["invite"]) if self.policy == "invite" else None
+
+        def job(conn: sqlite3.Connection) -> tuple[store.User, int]:
+            if invite is not None:
+                store.use_invite(conn, invite)
+            u = store.create_user(conn, name, p.get("display_name", ""), False)
+            return u, store.add_device(conn, u.id, p["device_key"], p["device_name"])
+
+        user, device_id = await self.node.db.write(job)
+        s.device_name = p["device_name"]
+        log.event(_log, "user.signed_up", user=name)
+        return self._bind(s, user, device_id, new=True)
+
+    async def authorize(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        s = self._not_signed_in(ctx)
+        self._check_proof(s, p)
+
+        def job(conn: sqlite3.Connection) -> tuple[store.User, store.DeviceRow]:
+            d = store.device_by_key(conn, p["device_key"])
+            if d is None:
+                raise RpcError(ErrorCode.DEVICE_UNKNOWN)
+            if d.revoked is not None:
+                raise RpcError(ErrorCode.DEVICE_REVOKED)
+            u = store.user_by_id(conn, d.user_id)
+            if u is None:
+                raise RpcError(ErrorCode.DEVICE_UNKNOWN)
+            if u.banned:
+                raise RpcError(ErrorCode.USER_BANNED)
+            store.touch_device(conn, d.id)
+            return u, d
+
+        user, device = await self.node.db.write(job)
+        s.device_name = device.name
+        return self._bind(s, user, device.id, new=False)
+
+    async def log_out(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        s = self._session(ctx)
+        user_id, device_id = s.user_id, s.device_id
+        assert user_id is not None and device_id is not None
+        await self.node.db.write(lambda c: store.revoke_devices(c, user_id, device_id))
+        self.node.hub.detach(s)
+        s.user_id = s.device_id = None  # this session stays open, signed out
+        self._revoked(user_id, [device_id])
+        return {}
+
+    # --- account.* ----------------------------------------------------------------------
+    async def _me(self, ctx: CallContext) -> store.User:
+        uid = self._session(ctx).user_id
+        assert uid is not None
+        u = await self.node.db.read(lambda c: store.user_by_id(c, uid))
+        if u is None:
+            raise RpcError(ErrorCode.USER_NOT_FOUND)
+        return u
+
+    async def get_profile(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        return self._profile(await self._me(ctx))
+
+    async def update_profile(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        uid = self._session(ctx).user_id
+
+        def job(conn: sqlite3.Connection) -> store.User | None:
+            conn.execute("UPDATE users SET display_name = ? WHERE id = ?", (p["display_name"], uid))
+            return store.user_by_id(conn, uid or 0)
+
+        u = await self.node.db.write(job)
+        if u is None:
+            raise RpcError(ErrorCode.USER_NOT_FOUND)
+        return self._profile(u)
+
+    async def set_password(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        me = await self._me(ctx)
+        if me.password_hash is not None:
+            if "current" not in p:
+                raise RpcError(ErrorCode.PASSWORD_REQUIRED, "give the current password")
+            if not await check_password(me.password_hash, p["current"]):
+                raise RpcError(ErrorCode.PASSWORD_INVALID)
+        new_hash = await hash_password(p["new"]) if "new" in p else None
+
+        def job(conn: sqlite3.Connection) -> store.User | None:
+            conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (new_hash, me.id))
+            return store.user_by_id(conn, me.id)
+
+        u = await self.node.db.write(job)
+        assert u is not None
+        return self._profile(u)
+
+    async def devices(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        s = self._session(ctx)
+        uid = s.user_id
+        assert uid is not None
+        rows = await self.node.db.read(lambda c: store.devices_of(c, uid))
+        return {"devices": self._device_rows(uid, rows, s.device_id)}
+
+    async def revoke_device(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        s = self._session(ctx)
+        uid = s.user_id
+        assert uid is not None
+        if p["device_id"] == s.device_id:
+            await self.log_out(ctx, {})
+            return {"revoked": 1}
+        ids = await self.node.db.write(lambda c: store.revoke_devices(c, uid, p["device_id"]))
+        if not ids:
+            raise RpcError(ErrorCode.DEVICE_NOT_FOUND)
+        return {"revoked": self._revoked(uid, ids)}
+
+    async def revoke_others(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        s = self._session(ctx)
+        uid, keep = s.user_id, s.device_id
+        assert uid is not None
+        ids = await self.node.db.write(lambda c: store.revoke_devices(c, uid, keep=keep))
+        self._revoked(uid, ids)
+        return {"revoked": len(ids)}
+
+    # --- admin.* ------------------------------------------------------------------------
+    async def admin_user_add(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        name = canonical_name(p["name"])
+        u = await self.node.db.write(
+            lambda c: store.create_user(c, name, p.get("display_name", ""), p.get("admin", False))
+        )
+        log.event(_log, "user.added", user=name)
+        return self._user_row(u, 0)
+
+    async def admin_user_list(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        rows = await self.node.db.read(store.list_users)
+        return {"users": [self._user_row(u, n) for u, n in rows]}
+
+    async def admin_user_code(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        code, _ = await self.issue_code(canonical_name(p["name"]))
+        return {"code": code, "expires_in": self.code_ttl}
+
+    async def admin_user_devices(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        name = canonical_name(p["name"])
+
+        def job(conn: sqlite3.Connection) -> tuple[store.User, list[store.DeviceRow]]:
+            u = store.need_user(conn, name)
+            return u, store.devices_of(conn, u.id)
+
+        u, rows = await self.node.db.read(job)
+        return {"devices": self._device_rows(u.id, rows, None)}
+
+    async def admin_user_logout(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        name = canonical_name(p["name"])
+        one = p.get("device_id")
+
+        def job(conn: sqlite3.Connection) -> tuple[store.User, list[int]]:
+            u = store.need_user(conn, name)
+            ids = store.revoke_devices(conn, u.id, one)
+            if one is not None and not ids:
+                raise RpcError(ErrorCode.DEVICE_NOT_FOUND)
+            return u, ids
+
+        u, ids = await self.node.db.write(job)
+        return {"revoked": self._revoked(u.id, ids) if ids else 0}
+
+    async def _set_banned(self, name: str, banned: bool) -> dict[str, Any]:
+        def job(conn: sqlite3.Connection) -> tuple[store.User, int]:
+            u = store.need_user(conn, name)
+            conn.execute("UPDATE users SET banned = ? WHERE id = ?", (int(banned), u.id))
+            conn.execute("DELETE FROM login_codes WHERE user_id = ?", (u.id,))
+            u2 = store.user_by_id(conn, u.id)
+            assert u2 is not None
+            return u2, len(store.devices_of(conn, u.id))
+
+        u, n = await self.node.db.write(job)
+        if banned:
+            self.node.hub.close_user(u.id, ErrorCode.USER_BANNED)
+        log.event(_log, "user.banned" if banned else "user.unbanned", user=name)
+        return self._user_row(u, n)
+
+    async def admin_user_ban(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        return await self._set_banned(canonical_name(p["name"]), True)
+
+    async def admin_user_unban(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        return await self._set_banned(canonical_name(p["name"]), False)
+
+    async def admin_user_remove(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        name = canonical_name(p["name"])
+
+        def job(conn: sqlite3.Connection) -> int:
+            u = store.need_user(conn, name)
+            conn.execute("DELETE FROM users WHERE id = ?", (u.id,))
+            return u.id
+
+        uid = await self.node.db.write(job)
+        self.node.hub.close_user(uid, ErrorCode.SESSION_REVOKED)
+        log.event(_log, "user.removed", user=name)
+        return {"removed": name}
+
+    async def admin_invite_create(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        token = secrets.token_urlsafe(18)
+        uses = p.get("uses", 1)
+        expires_in = p.get("expires_in")
+        expires = time.time() + expires_in if expires_in else None
+        digest = self._hash(token)
+        await self.node.db.write(lambda c: store.create_invite(c, digest, uses, expires))
+        return {"token": token, "uses": uses, "expires": expires}
+
+    def register(self, router: Router) -> None:
+        for name, fn in {
+            "auth.requestCode": self.request_code,
+            "auth.signIn": self.sign_in,
+            "auth.signUp": self.sign_up,
+            "auth.authorize": self.authorize,
+            "auth.logOut": self.log_out,
+            "account.getProfile": self.get_profile,
+            "account.updateProfile": self.update_profile,
+            "account.setPassword": self.set_password,
+            "account.devices": self.devices,
+            "account.revokeDevice": self.revoke_device,
+            "account.revokeOtherDevices": self.revoke_others,
+            "admin.userAdd": self.admin_user_add,
+            "admin.userList": self.admin_user_list,
+            "admin.userCode": self.admin_user_code,
+            "admin.userDevices": self.admin_user_devices,
+            "admin.userLogout": self.admin_user_logout,
+            "admin.userBan": self.admin_user_ban,
+            "admin.userUnban": self.admin_user_unban,
+            "admin.userRemove": self.admin_user_remove,
+            "admin.inviteCreate": self.admin_invite_create,
+        }.items():
+            router.add(name, fn)
