@@ -1,0 +1,291 @@
+"""The Python SDK: an encrypted session to a node, RPC calls and pushed updates.
+
+    async with Client.connect("ws://127.0.0.1:7443", pin=None, profile=path) as c:
+        pong = await c.call("system.ping", {"ping_id": 1})
+        async for update in c.updates(): ...
+
+Calls may be issued concurrently from many tasks; replies are matched by id.  Updates land
+in a bounded buffer: a program that never reads them does not stall its calls (overflow
+marks the client ``behind`` so it knows to re-sync).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+from nacl.signing import SigningKey
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+
+from ..protocol import frames
+from ..protocol.codec import DecodeError, decode, encode
+from ..protocol.errors import ErrorCode, RpcError
+from ..protocol.handshake import Initiator, SessionKeys, device_proof
+from ..protocol.identity import fingerprint, normalize_fingerprint
+from ..protocol.seal import Opener, Sealer, SealError
+from .profile import Profile
+
+DEFAULT_TIMEOUT = 30.0
+UPDATE_BUFFER = 10_000
+
+
+class _Pending:
+    __slots__ = ("event", "reply")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.reply: dict[str, Any] | None = None
+
+
+class Client:
+    def __init__(self, ws: WebSocketConnection, keys: SessionKeys, url: str) -> None:
+        self.ws = ws
+        self.url = url
+        self.node_key: bytes = keys.peer_identity or b""
+        self.node_id = fingerprint(self.node_key)
+        self.transcript_hash = keys.transcript_hash
+        self.behind = False
+        self.closed_reason: str | None = None
+        self._sealer = Sealer(keys.tx)
+        self._opener = Opener(keys.rx)
+        self._send_lock = trio.Lock()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, _Pending] = {}
+        self._upd_send, self._upd_recv = trio.open_memory_channel[dict[str, Any]](UPDATE_BUFFER)
+        self._closed = trio.Event()
+        self.last_unmatched_error: Any = None  # an error reply with no id (undecodable frame)
+
+    # --- public API ---------------------------------------------------------------------
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        url: str,
+        *,
+        pin: str | None = None,
+        profile: Path | Profile | None = None,
+        timeout: float = 10.0,
+        max_message_size: int = 2 << 20,
+    ) -> AsyncIterator[Client]:
+        """Open a session. ``pin``: the node fingerprint to require; without it, the pin
+        stored in ``profile`` (trust on first use: the first key seen is stored)."""
+        prof = Profile(profile) if isinstance(profile, Path) else profile
+        async with AsyncExitStack() as stack:
+            try:
+                ws = await stack.enter_async_context(
+                    open_websocket_url(
+                        url,
+                        max_message_size=max_message_size,
+                        connect_timeout=timeout,
+                        disconnect_timeout=2,
+                    )
+                )
+            except (OSError, HandshakeError, trio.TooSlowError, ConnectionClosed) as e:
+                raise RpcError(ErrorCode.CONNECTION_LOST, f"cannot connect to {url}: {e}") from None
+            client = await cls._handshake(ws, url, pin, prof, timeout)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client._reader)
+                try:
+                    yield client
+                finally:
+                    nursery.cancel_scope.cancel()
+
+    async def call(
+        self, method: str, params: dict[str, Any] | None = None, *, timeout: float = DEFAULT_TIMEOUT
+    ) -> Any:
+        """Call a method; returns its result or raises :class:`RpcError` with its code."""
+        if self._closed.is_set():
+            raise RpcError(ErrorCode.CONNECTION_LOST, self.closed_reason or "closed")
+        rid = next(self._ids)
+        pending = _Pending()
+        self._pending[rid] = pending
+        try:
+            await self._send(frames.request(rid, method, params or {}))
+            with trio.move_on_after(timeout):
+                await pending.event.wait()
+        finally:
+            self._pending.pop(rid, None)
+        reply = pending.reply
+        if reply is None:
+            if self._closed.is_set():
+                raise RpcError(ErrorCode.CONNECTION_LOST, self.closed_reason or "closed")
+            raise RpcError(ErrorCode.TIMEOUT, f"{method}: no reply in {timeout}s")
+        if "e" in reply:
+            e = reply["e"] if isinstance(reply["e"], dict) else {}
+            raise RpcError(
+                str(e.get("code", "INTERNAL")), str(e.get("message", "")), e.get("retry_after")
+            )
+        return reply.get("r")
+
+    async def updates(self) -> AsyncIterator[dict[str, Any]]:
+        """Pushed updates in arrival order, until the connection closes."""
+        async for u in self._upd_recv:
+            yield u
+
+    async def next_update(self, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        with trio.fail_after(timeout):
+            return await self._upd_recv.receive()
+
+    # --- signing in -----------------------------------------------------------------------
+    def _proof(self, device_key: SigningKey) -> dict[str, bytes]:
+        return {
+            "device_key": bytes(device_key.verify_key),
+            "sig": device_proof(device_key, self.transcript_hash),
+        }
+
+    async def request_code(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("auth.requestCode", {"name": name})
+        return result
+
+    async def sign_in(
+        self,
+        name: str,
+        code: str,
+        device_key: SigningKey,
+        device_name: str,
+        password: str | None = None,
+    ) -> dict[str, Any]:
+        """Bind ``device_key`` as a new device of NAME with a login code."""
+        p: dict[str, Any] = {
+            "name": name,
+            "code": code,
+            "device_name": device_name,
+            **self._proof(device_key),
+        }
+        if password is not None:
+            p["password"] = password
+        result: dict[str, Any] = await self.call("auth.signIn", p)
+        return result
+
+    async def sign_up(
+        self,
+        name: str,
+        device_key: SigningKey,
+        device_name: str,
+        display_name: str | None = None,
+        invite: str | None = None,
+    ) -> dict[str, Any]:
+        p: dict[str, Any] = {"name": name, "device_name": device_name, **self._proof(device_key)}
+        if display_name is not None:
+            p["display_name"] = display_name
+        if invite is not None:
+            p["invite"] = invite
+        result: dict[str, Any] = await self.call("auth.signUp", p)
+        return result
+
+    async def authorize(self, device_key: SigningKey) -> dict[str, Any]:
+        """Resume as an already bound device (signs this session's transcript)."""
+        result: dict[str, Any] = await self.call("auth.authorize", self._proof(device_key))
+        return result
+
+    async def send_raw(self, plaintext: bytes) -> None:
+        """Seal and send arbitrary bytes (tests of the node's handling of bad frames)."""
+        async with self._send_lock:
+            await self.ws.send_message(self._sealer.seal(plaintext))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def wait_closed(self) -> str | None:
+        await self._closed.wait()
+        return self.closed_reason
+
+    # --- internals ----------------------------------------------------------------------
+    @classmethod
+    async def _handshake(
+        cls,
+        ws: WebSocketConnection,
+        url: str,
+        pin: str | None,
+        profile: Profile | None,
+        timeout: float,
+    ) -> Client:
+        init = Initiator()
+        try:
+            with trio.fail_after(timeout):
+                await ws.send_message(init.hello)
+                raw = await ws.get_message()
+        except trio.TooSlowError:
+            raise RpcError(ErrorCode.HANDSHAKE_TIMEOUT) from None
+        except ConnectionClosed as e:
+            raise RpcError(ErrorCode.CONNECTION_LOST, _reason(e)) from None
+        if not isinstance(raw, bytes):
+            raise RpcError(ErrorCode.HANDSHAKE_FAILED, "node sent a text frame")
+        keys = init.receive_welcome(raw)
+        got = fingerprint(keys.peer_identity or b"")
+        address = _address(url)
+        expected = (
+            normalize_fingerprint(pin) if pin else (profile.pinned(address) if profile else None)
+        )
+        if expected is not None and expected != got:
+            raise RpcError(
+                ErrorCode.NODE_KEY_MISMATCH,
+                f"{address} presented key {got}, but {expected} is pinned; refusing",
+            )
+        if profile is not None and expected is None:
+            profile.pin(address, got)
+        return cls(ws, keys, url)
+
+    async def _send(self, obj: dict[str, Any]) -> None:
+        data = encode(obj)
+        try:
+            async with self._send_lock:
+                await self.ws.send_message(self._sealer.seal(data))
+        except ConnectionClosed as e:
+            raise RpcError(ErrorCode.CONNECTION_LOST, _reason(e)) from None
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                try:
+                    msg = await self.ws.get_message()
+                except ConnectionClosed as e:
+                    self.closed_reason = _reason(e)
+                    return
+                if not isinstance(msg, bytes):
+                    self.closed_reason = "node sent a text frame"
+                    return
+                try:
+                    obj = decode(self._opener.open(msg), max_depth=32)
+                except (SealError, DecodeError) as e:
+                    self.closed_reason = f"bad frame from node: {e}"
+                    return
+                if not isinstance(obj, dict):
+                    continue
+                if "u" in obj:
+                    for u in obj["u"] if isinstance(obj["u"], list) else ():
+                        try:
+                            self._upd_send.send_nowait(u)
+                        except trio.WouldBlock:
+                            self.behind = True
+                    continue
+                rid = obj.get("id")
+                pending = self._pending.get(rid) if isinstance(rid, int) else None
+                if pending is not None:
+                    pending.reply = obj
+                    pending.event.set()
+                elif rid is None and "e" in obj:
+                    self.last_unmatched_error = obj["e"]
+        finally:
+            self._closed.set()
+            self._upd_send.close()
+            for p in list(self._pending.values()):
+                p.event.set()
+
+
+def _reason(e: ConnectionClosed) -> str:
+    r = e.reason
+    if r is None:
+        return "closed"
+    return f"{r.code} {r.reason or r.name}".strip()
+
+
+def _address(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
