@@ -1,0 +1,164 @@
+"""Admin commands: act on the running node over its admin socket, or, when it is stopped,
+on the database directly through the very same handlers (Node.offline)."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Annotated, Any
+
+import typer
+
+from node import config
+from node.app import Node
+from node.client.admin import AdminClient
+from node.lock import node_running
+from node.rpc import CallContext
+
+from .common import DataOpt, JsonOpt, fail, print_json, run_async
+
+user_app = typer.Typer(help="Manage users (admin).", no_args_is_help=True)
+invite_app = typer.Typer(help="Invite tokens for sign-up (admin).", no_args_is_help=True)
+
+NameArg = Annotated[str, typer.Argument(help="User name (3-32 of a-z, 0-9, _).")]
+
+
+def admin_call(data: Any, method: str, params: dict[str, Any] | None = None) -> Any:
+    data_dir = config.resolve_data_dir(data)
+
+    async def go() -> Any:
+        if node_running(data_dir):
+            async with AdminClient.connect(data_dir) as admin:
+                return await admin.call(method, params or {})
+        cfg = config.load(data_dir)
+        async with Node.offline(cfg) as node:
+            return await node.router.dispatch(CallContext(node, "admin"), method, params or {})
+
+    return run_async(go)
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "never"
+
+
+def _print_users(users: list[dict[str, Any]]) -> None:
+    if not users:
+        typer.echo("no users")
+    for u in users:
+        flags = [f for f, on in (("admin", u["is_admin"]), ("banned", u["banned"])) if on]
+        extra = f" [{', '.join(flags)}]" if flags else ""
+        typer.echo(f"{u['name']:<32} {u['display_name'] or '-':<24} devices={u['devices']}{extra}")
+
+
+def print_devices(devices: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print_json(devices)
+        return
+    if not devices:
+        typer.echo("no active devices")
+    for d in devices:
+        marks = "".join(
+            [" (this device)" if d["current"] else "", " online" if d["online"] else ""]
+        )
+        typer.echo(f"#{d['device_id']:<5} {d['name']:<24} last seen {_when(d['last_seen'])}{marks}")
+
+
+@user_app.command("add")
+def user_add(
+    name: NameArg,
+    data: DataOpt = None,
+    display_name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="Mark as node admin.")] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Create a user."""
+    p: dict[str, Any] = {"name": name, "admin": admin}
+    if display_name is not None:
+        p["display_name"] = display_name
+    u = admin_call(data, "admin.userAdd", p)
+    print_json(u) if json else typer.echo(f"added {u['name']}")
+
+
+@user_app.command("list")
+def user_list(data: DataOpt = None, json: JsonOpt = False) -> None:
+    """List users."""
+    users = admin_call(data, "admin.userList")["users"]
+    print_json(users) if json else _print_users(users)
+
+
+@user_app.command("code")
+def user_code(name: NameArg, data: DataOpt = None, json: JsonOpt = False) -> None:
+    """Issue a fresh login code for NAME and print it (you deliver it to the person)."""
+    r = admin_call(data, "admin.userCode", {"name": name})
+    print_json(r) if json else typer.echo(r["code"])
+
+
+@user_app.command("devices")
+def user_devices(name: NameArg, data: DataOpt = None, json: JsonOpt = False) -> None:
+    """List a user's active devices."""
+    print_devices(admin_call(data, "admin.userDevices", {"name": name})["devices"], json)
+
+
+@user_app.command("logout")
+def user_logout(
+    name: NameArg,
+    data: DataOpt = None,
+    device: Annotated[int | None, typer.Option("--device", help="Only this device id.")] = None,
+) -> None:
+    """Log out a user's devices (all, or --device ID); their sessions close at once."""
+    p: dict[str, Any] = {"name": name}
+    if device is not None:
+        p["device_id"] = device
+    r = admin_call(data, "admin.userLogout", p)
+    typer.echo(f"revoked {r['revoked']} device(s)")
+
+
+@user_app.command("ban")
+def user_ban(name: NameArg, data: DataOpt = None) -> None:
+    """Ban a user: sessions closed, sign-in refused."""
+    admin_call(data, "admin.userBan", {"name": name})
+    typer.echo(f"banned {name.lower()}")
+
+
+@user_app.command("unban")
+def user_unban(name: NameArg, data: DataOpt = None) -> None:
+    """Lift a ban."""
+    admin_call(data, "admin.userUnban", {"name": name})
+    typer.echo(f"unbanned {name.lower()}")
+
+
+@user_app.command("remove")
+def user_remove(name: NameArg, data: DataOpt = None) -> None:
+    """Delete a user and its devices."""
+    admin_call(data, "admin.userRemove", {"name": name})
+    typer.echo(f"removed {name.lower()}")
+
+
+_DURATION = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> int:
+    m = _DURATION.fullmatch(text.strip())
+    if not m:
+        fail(f"--expires {text!r}: use a number and a unit, e.g. 30m, 12h, 7d", 2)
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+@invite_app.command("create")
+def invite_create(
+    data: DataOpt = None,
+    uses: Annotated[int, typer.Option(min=1, help="How many sign-ups it allows.")] = 1,
+    expires: Annotated[str | None, typer.Option(help="Lifetime, e.g. 7d, 12h.")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Create an invite token (registration policy `invite`)."""
+    p: dict[str, Any] = {"uses": uses}
+    if expires is not None:
+        p["expires_in"] = parse_duration(expires)
+    r = admin_call(data, "admin.inviteCreate", p)
+    if json:
+        print_json(r)
+    else:
+        typer.echo(r["token"])
+        typer.echo(f"uses: {r['uses']}, expires: {_when(r['expires'])}", err=True)

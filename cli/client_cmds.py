@@ -1,0 +1,190 @@
+"""`fedgram client ...`: a small client on the SDK, keeping its state in a profile folder
+(device key 0600, pinned node keys, the saved session)."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+
+import trio
+import typer
+
+from node.client import Client, ErrorCode, Profile, RpcError, default_profile_dir
+from node.client.signed_in import connect_signed_in
+
+from .admin_cmds import print_devices
+from .common import JsonOpt, print_json, run_async
+
+client_app = typer.Typer(help="A small Fedgram client.", no_args_is_help=True)
+
+ProfileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--profile",
+        envvar="FEDGRAM_PROFILE",
+        show_envvar=True,
+        help="Client profile folder (device key, pinned node keys, session).",
+    ),
+]
+UrlArg = Annotated[str, typer.Argument(help="Node URL, e.g. ws://127.0.0.1:7443")]
+NameArg = Annotated[str, typer.Argument(help="Your user name on that node.")]
+DeviceNameOpt = Annotated[
+    str | None, typer.Option("--device-name", help="Name of this device (default: hostname).")
+]
+PinOpt = Annotated[
+    str | None,
+    typer.Option("--pin", help="Require this node fingerprint (else trust on first use)."),
+]
+
+
+def _profile(path: Path | None) -> Profile:
+    return Profile(path.expanduser().absolute() if path else default_profile_dir())
+
+
+async def _ask(prompt: str, secret: bool = False) -> str:
+    # in a thread, so the session keeps answering pings while a person types
+    fn = getpass.getpass if secret else input
+    return str(await trio.to_thread.run_sync(fn, prompt, abandon_on_cancel=True)).strip()
+
+
+def _save(prof: Profile, url: str, auth: dict[str, Any]) -> None:
+    prof.save_session({"url": url, **auth})
+
+
+def _print_auth(auth: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(auth)
+    else:
+        typer.echo(f"logged in as {auth['address']} (device #{auth['device_id']})")
+
+
+@client_app.command()
+def login(
+    url: UrlArg,
+    name: NameArg,
+    code: Annotated[str | None, typer.Option(help="Login code (prompted for if absent).")] = None,
+    password: Annotated[str | None, typer.Option(help="Account password, if it has one.")] = None,
+    device_name: DeviceNameOpt = None,
+    pin: PinOpt = None,
+    profile: ProfileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Sign in with a login code; binds a new device key kept in the profile."""
+    prof = _profile(profile)
+
+    async def go() -> dict[str, Any]:
+        async with Client.connect(url, pin=pin, profile=prof) as c:
+            the_code = code
+            if the_code is None:
+                sent = await c.request_code(name)
+                typer.echo(f"a {sent['length']}-digit code was sent via {sent['via']}", err=True)
+                the_code = await _ask("code: ")
+            key = prof.new_device_key()
+            dev = device_name or socket.gethostname()[:64] or "device"
+            try:
+                auth = await c.sign_in(name, the_code, key, dev, password)
+            except RpcError as e:
+                if e.code != ErrorCode.PASSWORD_REQUIRED:
+                    raise
+                auth = await c.sign_in(
+                    name, the_code, key, dev, await _ask("password: ", secret=True)
+                )
+            _save(prof, url, auth)
+            return auth
+
+    _print_auth(run_async(go), json)
+
+
+@client_app.command()
+def signup(
+    url: UrlArg,
+    name: NameArg,
+    invite: Annotated[str | None, typer.Option(help="Invite token (policy `invite`).")] = None,
+    display_name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+    device_name: DeviceNameOpt = None,
+    pin: PinOpt = None,
+    profile: ProfileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Create an account on a node that allows sign-up (open, or invite with a token)."""
+    prof = _profile(profile)
+
+    async def go() -> dict[str, Any]:
+        async with Client.connect(url, pin=pin, profile=prof) as c:
+            dev = device_name or socket.gethostname()[:64] or "device"
+            auth = await c.sign_up(name, prof.new_device_key(), dev, display_name, invite)
+            _save(prof, url, auth)
+            return auth
+
+    _print_auth(run_async(go), json)
+
+
+@client_app.command()
+def whoami(profile: ProfileOpt = None, json: JsonOpt = False) -> None:
+    """Show the signed-in account."""
+    prof = _profile(profile)
+
+    async def go() -> dict[str, Any]:
+        async with connect_signed_in(prof) as c:
+            me: dict[str, Any] = await c.call("account.getProfile")
+            return me
+
+    me = run_async(go)
+    if json:
+        print_json(me)
+        return
+    typer.echo(f"{me['address']}  {me['display_name']}".rstrip())
+    typer.echo(f"password: {'set' if me['has_password'] else 'none'}")
+
+
+@client_app.command()
+def devices(profile: ProfileOpt = None, json: JsonOpt = False) -> None:
+    """List this account's devices."""
+    prof = _profile(profile)
+
+    async def go() -> list[dict[str, Any]]:
+        async with connect_signed_in(prof) as c:
+            r: dict[str, Any] = await c.call("account.devices")
+            return list(r["devices"])
+
+    print_devices(run_async(go), json)
+
+
+@client_app.command()
+def revoke(
+    device_id: Annotated[
+        int | None, typer.Argument(help="Device id (see `client devices`).")
+    ] = None,
+    others: Annotated[bool, typer.Option("--others", help="Revoke all other devices.")] = False,
+    profile: ProfileOpt = None,
+) -> None:
+    """Log out another device of this account (or --others: all but this one)."""
+    if (device_id is None) == (not others):
+        raise typer.BadParameter("give a DEVICE_ID or --others")
+    prof = _profile(profile)
+
+    async def go() -> int:
+        async with connect_signed_in(prof) as c:
+            if others:
+                r = await c.call("account.revokeOtherDevices")
+            else:
+                r = await c.call("account.revokeDevice", {"device_id": device_id})
+            return int(r["revoked"])
+
+    typer.echo(f"revoked {run_async(go)} device(s)")
+
+
+@client_app.command()
+def logout(profile: ProfileOpt = None) -> None:
+    """Log this device out (the node forgets it) and clear the profile's session."""
+    prof = _profile(profile)
+
+    async def go() -> None:
+        async with connect_signed_in(prof) as c:
+            await c.call("auth.logOut")
+
+    run_async(go)
+    prof.clear_session()
+    typer.echo("logged out")

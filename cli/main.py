@@ -1,0 +1,171 @@
+"""The ``fedgram`` command: node lifecycle, admin commands, development tools."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import trio
+import typer
+
+from node import __version__, config, log
+from node.app import Node
+from node.client.admin import AdminClient
+from node.config import ConfigError
+from node.lock import node_running
+
+from .admin_cmds import invite_app, user_app
+from .client_cmds import client_app
+from .common import DataOpt, JsonOpt, fail, print_json, run_async
+
+app = typer.Typer(
+    name="fedgram",
+    help="Fedgram: a Telegram-like messenger node that anyone can run, and that federates.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+dev_app = typer.Typer(help="Development tools.", no_args_is_help=True)
+app.add_typer(dev_app, name="dev")
+app.add_typer(user_app, name="user")
+app.add_typer(invite_app, name="invite")
+app.add_typer(client_app, name="client")
+
+ListenOpt = Annotated[
+    str | None, typer.Option("--listen", help="host:port for the gateway (port 0: any free).")
+]
+LogOpt = Annotated[str | None, typer.Option("--log-level", help="debug|info|warning|error")]
+
+
+def _overrides(name: str | None, listen: str | None, log_level: str | None) -> dict[str, Any]:
+    node: dict[str, Any] = {}
+    if name is not None:
+        node["name"] = name
+    if listen is not None:
+        node["listen"] = listen
+    if log_level is not None:
+        node["log_level"] = log_level
+    return {"node": node} if node else {}
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+) -> None:
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+
+
+@app.command()
+def init(
+    data: DataOpt = None,
+    name: Annotated[str | None, typer.Option(help="Node name (users are name@node).")] = None,
+    listen: ListenOpt = None,
+    log_level: LogOpt = None,
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="Start from this TOML file (see configs/).")
+    ] = None,
+) -> None:
+    """Create a data folder with a documented config.toml and the node's identity key."""
+    data_dir = config.resolve_data_dir(data)
+    if (data_dir / config.CONFIG_FILE).exists():
+        fail(f"{data_dir / config.CONFIG_FILE}: already exists; edit it instead", 2)
+    try:
+        base = config.read_raw(config_file) if config_file else {}
+        config.validate(base, str(config_file))
+        over = config.merge(base, _overrides(name, listen, log_level))
+        cfg = config.init_data_dir(data_dir, over)
+        from node.protocol.identity import fingerprint, load_or_create_key
+
+        key = load_or_create_key(cfg.key_path)
+    except (ConfigError, ValueError) as e:
+        fail(str(e), 2)
+    typer.echo(f"initialised {data_dir}")
+    typer.echo(f"node name: {cfg.name}")
+    typer.echo(f"node id:   {fingerprint(bytes(key.verify_key))}")
+    typer.echo(f"listen:    {cfg.values['node']['listen']}")
+
+
+@app.command()
+def run(data: DataOpt = None, listen: ListenOpt = None, log_level: LogOpt = None) -> None:
+    """Run the node in the foreground (first run creates the data folder). Ctrl-C stops it."""
+    data_dir = config.resolve_data_dir(data)
+    try:
+        if not (data_dir / config.CONFIG_FILE).exists():
+            config.init_data_dir(data_dir)
+        cfg = config.load(data_dir)
+        over = _overrides(None, listen, log_level)
+        if over:
+            cfg = config.Config(
+                data_dir, config.validate(config.merge(cfg.values, over), "command line")
+            )
+    except ConfigError as e:
+        fail(str(e), 2)
+    log.setup(cfg.get("node", "log_level"))
+
+    async def serve() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with Node.start(cfg) as node:
+                typer.echo(f"fedgram {__version__} node '{cfg.name}' listening on {node.url}")
+                typer.echo(f"node id: {node.node_id}")
+                typer.echo(
+                    f"data:    {data_dir}",
+                )
+                async for _ in signals:
+                    break
+        typer.echo("stopped")
+
+    run_async(serve)
+
+
+@app.command()
+def status(data: DataOpt = None, json: JsonOpt = False) -> None:
+    """Ask the running node for its status over the admin socket."""
+    data_dir = config.resolve_data_dir(data)
+    if not node_running(data_dir):
+        fail(f"no node is running on {data_dir}", 3)
+
+    async def ask() -> Any:
+        async with AdminClient.connect(data_dir) as admin:
+            return await admin.call("admin.status")
+
+    st = run_async(ask)
+    if json:
+        print_json(st)
+        return
+    typer.echo(f"node:     {st['name']} ({st['node_id']})")
+    typer.echo(f"version:  {st['version']}")
+    typer.echo(f"url:      {st['url']}")
+    typer.echo(f"uptime:   {st['uptime']:.0f} s")
+    typer.echo(f"sessions: {st['sessions']}")
+    typer.echo(f"database: {st['db_bytes'] / 1048576:.2f} MiB")
+    typer.echo(f"data:     {st['data_dir']}  (pid {st['pid']})")
+
+
+@dev_app.command("api-docs")
+def api_docs(
+    out: Annotated[Path, typer.Option(help="Where to write the reference.")] = Path("docs/api.md"),
+    check: Annotated[bool, typer.Option(help="Only check that OUT is current.")] = False,
+) -> None:
+    """Render the API reference from the schema (docs/api.md)."""
+    from node.protocol.apidoc import render
+
+    text = render()
+    if check:
+        current = out.read_text() if out.exists() else ""
+        if current != text:
+            fail(f"{out} is out of date; run `fedgram dev api-docs`", 1)
+        typer.echo(f"{out} is current")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    typer.echo(f"wrote {out}")
+
+
+def main() -> None:
+    app()
