@@ -1,0 +1,43 @@
+"""Test helpers built only from real parts (node in-process, SDK over WebSockets)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from nacl.signing import SigningKey
+
+from node.app import Node
+from node.client import Client
+from node.rpc import CallContext
+
+
+async def admin(node: Node, method: str, params: dict[str, Any] | None = None) -> Any:
+    """Call an admin method the way the admin socket does."""
+    return await node.router.dispatch(CallContext(node, "admin"), method, params or {})
+
+
+async def add_user(node: Node, name: str, **extra: Any) -> None:
+    await admin(node, "admin.userAdd", {"name": name, **extra})
+
+
+async def fresh_code(node: Node, name: str) -> str:
+    return str((await admin(node, "admin.userCode", {"name": name}))["code"])
+
+
+@asynccontextmanager
+async def signed_in(
+    node: Node, name: str, key: SigningKey | None = None, device: str = "dev", create: bool = True
+) -> AsyncIterator[Client]:
+    """A client signed in as NAME (created if needed) on a new or given device key."""
+    if create and not any(
+        u["name"] == name for u in (await admin(node, "admin.userList"))["users"]
+    ):
+        await add_user(node, name)
+    async with Client.connect(node.url) as c:
+        if key is None:
+            await c.sign_in(name, await fresh_code(node, name), SigningKey.generate(), device)
+        else:
+            await c.authorize(key)
+        yield c

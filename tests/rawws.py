@@ -1,0 +1,84 @@
+"""A bare WebSocket client on wsproto, for sending what the SDK never would."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import trio
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+
+
+class RawWS:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+        self.auto_pong = True
+
+    @classmethod
+    async def connect(cls, url: str) -> RawWS:
+        host_port = url.split("//", 1)[1].strip("/")
+        host, port = host_port.rsplit(":", 1)
+        raw = cls(await trio.open_tcp_stream(host, int(port)))
+        await raw.stream.send_all(raw.ws.send(Request(host=host_port, target="/")))
+        while True:
+            for ev in await raw._events():
+                if isinstance(ev, AcceptConnection):
+                    return raw
+                if isinstance(ev, RejectConnection):
+                    raise ConnectionError(f"rejected {ev.status_code}")
+
+    async def _events(self) -> list[Any]:
+        data = await self.stream.receive_some(65536)
+        if not data:
+            self.ws.receive_data(None)
+        else:
+            self.ws.receive_data(data)
+        out = list(self.ws.events())
+        if not data and not out:
+            raise EOFError
+        return out
+
+    async def send(self, data: bytes | str) -> None:
+        await self.stream.send_all(self.ws.send(Message(data=data)))
+
+    async def recv(self) -> bytes | str | None:
+        """Next message; None once the node closed the connection (close code kept)."""
+        buf: list[Any] = []
+        while True:
+            try:
+                events = await self._events()
+            except (EOFError, trio.BrokenResourceError):
+                return None
+            for ev in events:
+                if isinstance(ev, BytesMessage | TextMessage):
+                    buf.append(ev.data)
+                    if ev.message_finished:
+                        return b"".join(buf) if isinstance(ev, BytesMessage) else "".join(buf)
+                elif isinstance(ev, CloseConnection):
+                    self.close_code, self.close_reason = ev.code, ev.reason
+                    with contextlib.suppress(Exception):
+                        await self.stream.send_all(self.ws.send(ev.response()))
+                    return None
+                elif isinstance(ev, Ping) and self.auto_pong:
+                    await self.stream.send_all(self.ws.send(ev.response()))
+
+    async def wait_closed(self) -> tuple[int | None, str | None]:
+        while await self.recv() is not None:
+            pass
+        return self.close_code, self.close_reason
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
