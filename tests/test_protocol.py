@@ -143,3 +143,15 @@ def test_request_envelope() -> None:
 def test_every_error_code_is_documented() -> None:
     assert check_descriptions() == []
     assert all(c.isupper() for c in DESCRIPTIONS)
+
+
+def test_direct_aead_matches_the_public_binding() -> None:
+    """The fast libsodium path must produce exactly what nacl.bindings produces."""
+    from node.protocol import seal
+
+    key = bytes(range(32))
+    for n, msg in enumerate([b"", b"x", bytes(1000)]):
+        nonce = b"\x00" * 4 + n.to_bytes(8, "little")
+        sealed = seal._encrypt(msg, nonce, key)
+        assert sealed == seal._public_encrypt(msg, nonce, key)
+        assert seal._decrypt(sealed, nonce, key) == seal._public_decrypt(sealed, nonce, key) == msg
