@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import trio
@@ -45,6 +45,8 @@ class Node:
             {k: Rule.parse(v) for k, v in config.values["ratelimit"].items()}
         )
         self.router = Router()
+        # long-running service loops (sweeps, expiry) started in the node's nursery by start()
+        self.background: list[Callable[[], Awaitable[None]]] = []
         system.register(self.router)
         self.accounts = Accounts(self)
         self.accounts.register(self.router)
@@ -115,6 +117,8 @@ class Node:
                 async with trio.open_nursery() as nursery:
                     await nursery.start(server.run)
                     await nursery.start(AdminServer(node, admin_sock).serve)
+                    for task in node.background:
+                        nursery.start_soon(task)
                     log.event(
                         _log,
                         "node.started",

@@ -40,6 +40,10 @@ def _positive(v: Any) -> str | None:
     return None if v > 0 else "must be > 0"
 
 
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
 def _listen(v: Any) -> str | None:
     try:
         parse_listen(v)
@@ -155,6 +159,33 @@ SPEC: dict[str, dict[str, Key]] = {
     "ratelimit": {
         name: Key(str, default, f"Rate limit {name.replace('_', ' ')}: N/SECONDS.", _rule)
         for name, default in _RULES.items()
+    },
+    "chats": {
+        "edit_window": Key(
+            int, 48 * 3600, "Seconds after sending during which a message can be edited.", _positive
+        ),
+        "max_group_members": Key(int, 200_000, "Member limit of a group.", _positive),
+        "difference_limit": Key(
+            int,
+            1000,
+            "Events per chat that updates.getDifference returns before answering 'too long: "
+            "page with chats.history'.",
+            _positive,
+        ),
+    },
+    "media": {
+        "part_max_bytes": Key(int, 512 * 1024, "Largest upload part.", _positive),
+        "file_max_bytes": Key(int, 2 << 30, "Largest file.", _positive),
+        "quota_bytes": Key(
+            int, 20 << 30, "Bytes of media a user may have uploaded (0: no quota).", _non_negative
+        ),
+        "upload_ttl": Key(
+            int, 24 * 3600, "Seconds before an unfinished upload expires.", _positive
+        ),
+        "gc_interval": Key(
+            int, 3600, "Seconds between expiry/garbage-collection sweeps.", _positive
+        ),
+        "download_chunk_max": Key(int, 512 * 1024, "Largest media.download chunk.", _positive),
     },
     "storage": {
         "readers": Key(int, 4, "SQLite read connections.", _positive),

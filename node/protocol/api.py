@@ -6,6 +6,8 @@ reference in docs/api.md (``fedgram dev api-docs``) are all derived from this mo
 
 from __future__ import annotations
 
+from .api_chats import CHAT_METHODS, CHAT_UPDATES
+from .api_media import MEDIA_METHODS
 from .errors import ErrorCode as E
 from .schema import (
     Bool,
@@ -347,7 +349,7 @@ _METHODS = [
     ),
 ]
 
-METHODS: dict[str, Method] = {m.name: m for m in _METHODS}
+METHODS: dict[str, Method] = {m.name: m for m in [*_METHODS, *CHAT_METHODS, *MEDIA_METHODS]}
 
 _UPDATES = [
     Update(
@@ -363,4 +365,4 @@ _UPDATES = [
     ),
 ]
 
-UPDATES: dict[str, Update] = {u.name: u for u in _UPDATES}
+UPDATES: dict[str, Update] = {u.name: u for u in [*_UPDATES, *CHAT_UPDATES]}

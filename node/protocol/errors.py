@@ -53,6 +53,36 @@ class ErrorCode(StrEnum):
     DEVICE_NOT_FOUND = "DEVICE_NOT_FOUND"
     DEVICE_KEY_IN_USE = "DEVICE_KEY_IN_USE"
     SESSION_REVOKED = "SESSION_REVOKED"
+    # chats
+    CHAT_NOT_FOUND = "CHAT_NOT_FOUND"
+    NOT_A_MEMBER = "NOT_A_MEMBER"
+    CHAT_WRITE_FORBIDDEN = "CHAT_WRITE_FORBIDDEN"
+    CHAT_ADMIN_REQUIRED = "CHAT_ADMIN_REQUIRED"
+    CHAT_OWNER_REQUIRED = "CHAT_OWNER_REQUIRED"
+    MESSAGE_NOT_FOUND = "MESSAGE_NOT_FOUND"
+    MESSAGE_NOT_EDITABLE = "MESSAGE_NOT_EDITABLE"
+    MESSAGE_EMPTY = "MESSAGE_EMPTY"
+    EDIT_WINDOW_EXPIRED = "EDIT_WINDOW_EXPIRED"
+    MESSAGE_DELETE_FORBIDDEN = "MESSAGE_DELETE_FORBIDDEN"
+    USER_BANNED_IN_CHAT = "USER_BANNED_IN_CHAT"
+    ALREADY_MEMBER = "ALREADY_MEMBER"
+    CHAT_TOO_BIG = "CHAT_TOO_BIG"
+    CHAT_INVITE_INVALID = "CHAT_INVITE_INVALID"
+    PEER_INVALID = "PEER_INVALID"
+    CANNOT_LEAVE_PRIVATE = "CANNOT_LEAVE_PRIVATE"
+    OWNER_CANNOT_LEAVE = "OWNER_CANNOT_LEAVE"
+    SEARCH_QUERY_EMPTY = "SEARCH_QUERY_EMPTY"
+    # media
+    UPLOAD_NOT_FOUND = "UPLOAD_NOT_FOUND"
+    PART_TOO_BIG = "PART_TOO_BIG"
+    PART_INVALID = "PART_INVALID"
+    PART_MISSING = "PART_MISSING"
+    CHECKSUM_MISMATCH = "CHECKSUM_MISMATCH"
+    FILE_TOO_BIG = "FILE_TOO_BIG"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    MEDIA_NOT_FOUND = "MEDIA_NOT_FOUND"
+    MEDIA_FORBIDDEN = "MEDIA_FORBIDDEN"
+    DISK_FULL = "DISK_FULL"
 
 
 DESCRIPTIONS: dict[ErrorCode, str] = {
@@ -107,6 +137,40 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.DEVICE_NOT_FOUND: "No such device among the caller's devices.",
     ErrorCode.DEVICE_KEY_IN_USE: "That device key is already registered.",
     ErrorCode.SESSION_REVOKED: "The session's device was revoked (close reason).",
+    ErrorCode.CHAT_NOT_FOUND: "No such chat on this node (or the caller may not know of it).",
+    ErrorCode.NOT_A_MEMBER: "The caller is not a member of this chat.",
+    ErrorCode.CHAT_WRITE_FORBIDDEN: "The caller may not post here (a channel: only admins post).",
+    ErrorCode.CHAT_ADMIN_REQUIRED: "Only the chat's owner or admins may do this.",
+    ErrorCode.CHAT_OWNER_REQUIRED: "Only the chat's owner may do this.",
+    ErrorCode.MESSAGE_NOT_FOUND: "No message with this seq in the chat (or it was deleted).",
+    ErrorCode.MESSAGE_NOT_EDITABLE: "Only the sender may edit a message, and only text messages.",
+    ErrorCode.MESSAGE_EMPTY: "A message needs text or media.",
+    ErrorCode.EDIT_WINDOW_EXPIRED: "The message is older than the node's edit window.",
+    ErrorCode.MESSAGE_DELETE_FORBIDDEN: "Only the sender or a chat admin may delete a message "
+    "for everyone.",
+    ErrorCode.USER_BANNED_IN_CHAT: "The user is banned from this chat.",
+    ErrorCode.ALREADY_MEMBER: "The user is already a member of this chat.",
+    ErrorCode.CHAT_TOO_BIG: "The chat is at its member limit.",
+    ErrorCode.CHAT_INVITE_INVALID: "The chat invite link is unknown, revoked, used up or expired.",
+    ErrorCode.PEER_INVALID: "The other party of a private chat is unknown, yourself, or on "
+    "another node (federation is not enabled on this node).",
+    ErrorCode.CANNOT_LEAVE_PRIVATE: "A private chat cannot be left; delete it for yourself "
+    "instead.",
+    ErrorCode.OWNER_CANNOT_LEAVE: "The owner must hand ownership to another member first.",
+    ErrorCode.SEARCH_QUERY_EMPTY: "The search query has no words.",
+    ErrorCode.UPLOAD_NOT_FOUND: "No such upload in progress for this user (finished, expired "
+    "or never started).",
+    ErrorCode.PART_TOO_BIG: "A part is larger than the node's part size limit.",
+    ErrorCode.PART_INVALID: "A part index is out of range or a non-last part is not full size.",
+    ErrorCode.PART_MISSING: "The upload lacks parts; the message lists the missing indexes.",
+    ErrorCode.CHECKSUM_MISMATCH: "The assembled file's size or SHA-256 differs from the one "
+    "declared; nothing was stored.",
+    ErrorCode.FILE_TOO_BIG: "The file is larger than the node's file size limit.",
+    ErrorCode.QUOTA_EXCEEDED: "The user's media quota would be exceeded.",
+    ErrorCode.MEDIA_NOT_FOUND: "No such media.",
+    ErrorCode.MEDIA_FORBIDDEN: "The caller may not read this media (not its uploader and in no "
+    "chat that references it).",
+    ErrorCode.DISK_FULL: "The node's disk is full; nothing partial was kept. Try again later.",
 }
 
 

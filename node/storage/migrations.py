@@ -24,6 +24,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from ..auth.store import SCHEMA as ACCOUNTS_SCHEMA
+from ..chats.schema_sql import SCHEMA as CHATS_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -109,5 +110,7 @@ MIGRATIONS: list[Migration] = [
     # Accounts, devices, login codes, invites. The SQL is owned by node/auth/store.py while
     # it is unreleased; once a release ships, paste the text here so it can never change.
     Migration(2, "accounts", ACCOUNTS_SCHEMA),
+    # Chat logs, membership, per-user sync state (node/chats/schema_sql.py, same rule).
+    Migration(3, "chats", CHATS_SCHEMA),
 ]
 check_sequence(MIGRATIONS)
