@@ -20,6 +20,7 @@ from trio_websocket import WebSocketServer
 from . import log, system
 from .admin import AdminServer, bind_admin_socket
 from .auth.service import Accounts
+from .chats.service import Chats
 from .config import Config, ConfigError, check_writable
 from .gateway import Gateway
 from .lock import DataDirLock
@@ -50,6 +51,8 @@ class Node:
         system.register(self.router)
         self.accounts = Accounts(self)
         self.accounts.register(self.router)
+        self.chats = Chats(self)
+        self.chats.register(self.router)
         missing = self.router.missing()
         if missing:
             raise RuntimeError(f"schema methods without a handler: {', '.join(missing)}")

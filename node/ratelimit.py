@@ -44,6 +44,7 @@ GROUPS: dict[str, list[tuple[str, str]]] = {
     "auth.signin": [("name", "signin_per_name"), ("ip", "signin_per_ip")],
     "auth.signup": [("ip", "signup_per_ip")],
     "auth.authorize": [("ip", "authorize_per_ip")],
+    "typing": [("device", "typing_per_device")],
     "default": [("device", "calls_per_device"), ("user", "calls_per_user")],
 }
 
@@ -57,6 +58,7 @@ DEFAULT_RULES: dict[str, str] = {
     "authorize_per_ip": "300/60",
     "calls_per_device": "3000/10",
     "calls_per_user": "6000/10",
+    "typing_per_device": "60/60",
 }
 
 

@@ -41,3 +41,19 @@ async def signed_in(
         else:
             await c.authorize(key)
         yield c
+
+
+async def send(c: Client, chat: str, text: str, **extra: Any) -> int:
+    """Post a text message with a fresh random_id; returns its seq."""
+    import secrets
+
+    params = {"chat": chat, "random_id": secrets.randbits(63), "text": text, **extra}
+    return int((await c.call("messages.send", params))["seq"])
+
+
+async def next_of(c: Client, kind: str, timeout: float = 5) -> dict[str, Any]:
+    """The next pushed update of a type, skipping others (e.g. typing, pts updates)."""
+    while True:
+        u = await c.next_update(timeout)
+        if u.get("type") == kind:
+            return u

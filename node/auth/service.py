@@ -127,9 +127,11 @@ class Accounts:
         if not check_device_proof(p["device_key"], s.transcript_hash, p["sig"]):
             raise RpcError(ErrorCode.SIGNATURE_INVALID)
 
-    def _bind(self, s: Session, user: store.User, device_id: int, new: bool) -> dict[str, Any]:
+    async def _bind(
+        self, s: Session, user: store.User, device_id: int, new: bool
+    ) -> dict[str, Any]:
         s.user_id, s.device_id = user.id, device_id
-        self.node.hub.attach(s)
+        await self.node.hub.attach(s)
         if new:
             self.node.hub.push_to_user(
                 user.id,
@@ -214,7 +216,7 @@ class Accounts:
 
         device_id = await self.node.db.write(bind)
         s.device_name = p["device_name"]
-        return self._bind(s, user, device_id, new=True)
+        return await self._bind(s, user, device_id, new=True)
 
     async def sign_up(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         s = self._not_signed_in(ctx)
@@ -233,7 +235,7 @@ class Accounts:
         user, device_id = await self.node.db.write(job)
         s.device_name = p["device_name"]
         log.event(_log, "user.signed_up", user=name)
-        return self._bind(s, user, device_id, new=True)
+        return await self._bind(s, user, device_id, new=True)
 
     async def authorize(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         s = self._not_signed_in(ctx)
@@ -255,7 +257,7 @@ class Accounts:
 
         user, device = await self.node.db.write(job)
         s.device_name = device.name
-        return self._bind(s, user, device.id, new=False)
+        return await self._bind(s, user, device.id, new=False)
 
     async def log_out(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         s = self._session(ctx)

@@ -1,4 +1,5 @@
-"""A client profile folder: pinned node keys (trust on first use) and, later, device keys.
+"""A client profile folder: pinned node keys (trust on first use), the device key, the
+saved session and the sync state (pts and per-chat seq) of this device.
 
 Pins are keyed by the node URL's host:port.  A changed key is refused with
 NODE_KEY_MISMATCH: silently accepting it is exactly what a man in the middle needs.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 from nacl.signing import SigningKey
@@ -18,6 +20,7 @@ from ..protocol.identity import load_or_create_key
 
 KNOWN_NODES = "known_nodes.json"
 DEVICE_KEY = "device.key"
+SYNC_STATE = "sync.json"
 SESSION = "session.json"
 
 
@@ -95,3 +98,23 @@ class Profile:
 
     def clear_session(self) -> None:
         (self.path / SESSION).unlink(missing_ok=True)
+        (self.path / SYNC_STATE).unlink(missing_ok=True)
+
+    def sync_state(self) -> dict[str, Any] | None:
+        """Where this device's view stands: ``{"pts": int, "chats": {chat_id: seq}}``, the
+        arguments of ``updates.getDifference`` (None before the first sync)."""
+        try:
+            data = json.loads((self.path / SYNC_STATE).read_text())
+        except (OSError, ValueError):
+            return None
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("pts"), int)
+            or not isinstance(data.get("chats"), dict)
+        ):
+            return None
+        return {"pts": data["pts"], "chats": data["chats"]}
+
+    def save_sync_state(self, state: dict[str, Any]) -> None:
+        self.ensure()
+        write_private(self.path / SYNC_STATE, json.dumps(state).encode())

@@ -1,0 +1,402 @@
+"""`fedgram client chats|start|send|history|listen|...`: chatting from the command line.
+
+CHAT arguments take a chat id or ``@name`` (the private chat with that user, created on
+first use). Every command prints readable text, or JSON with ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json as jsonlib
+import secrets
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+
+from node.client import Client
+from node.client.signed_in import connect_signed_in
+
+from .admin_cmds import parse_duration
+from .client_cmds import ProfileOpt, _profile, client_app
+from .common import JsonOpt, print_json, run_async
+
+ChatArg = Annotated[str, typer.Argument(help="Chat id, or @name for a private chat.")]
+SeqArg = Annotated[int, typer.Argument(help="Message seq (see `client history`).", min=1)]
+
+
+async def resolve_chat(c: Client, ref: str) -> str:
+    """A chat id from a CHAT argument: ``@name`` opens (or creates) the private chat."""
+    if ref.startswith("@"):
+        r = await c.call("chats.startPrivate", {"user": ref[1:]})
+        return str(r["chat"]["id"])
+    return ref
+
+
+def _call(profile: Any, method: str, params: dict[str, Any], chat: str | None = None) -> Any:
+    """One call with the profile's session; CHAT refs resolved first."""
+    prof = _profile(profile)
+
+    async def go() -> Any:
+        async with connect_signed_in(prof) as c:
+            if chat is not None:
+                params["chat"] = await resolve_chat(c, chat)
+            return await c.call(method, params)
+
+    return run_async(go)
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def describe(ev: dict[str, Any]) -> str:
+    """One event as a line a person reads."""
+    b = ev.get("body") or {}
+    who = ev.get("sender") or "?"
+    head = f"[{ev['seq']}] {_when(ev['ts'])} {who}"
+    kind = ev["kind"]
+    if kind == "message":
+        if ev.get("deleted"):
+            return f"{head}: (deleted)"
+        parts = []
+        if "fwd" in b:
+            parts.append(f"(forwarded from {b['fwd'].get('sender')})")
+        if "reply_to" in b:
+            parts.append(f"(reply to {b['reply_to']})")
+        for m in b.get("media", []):
+            parts.append(
+                f"[{m.get('kind')}: {m.get('name')} {m.get('size')} B id={m.get('media_id')}]"
+            )
+        parts.append(b.get("text", ""))
+        edited = " (edited)" if ev.get("edited") else ""
+        return f"{head}: {' '.join(p for p in parts if p)}{edited}"
+    detail = _service_text(kind, b)
+    return f"{head} * {detail}"
+
+
+def _service_text(kind: str, b: dict[str, Any]) -> str:
+    """What a service event (not a message) says."""
+    texts = {
+        "create": f"created the {b.get('kind')} {b.get('title') or ''}".rstrip(),
+        "edit": f"edited {b.get('target')}: {b.get('text')}",
+        "delete": f"deleted {b.get('target')}",
+        "pin": f"pinned {b.get('target')}",
+        "unpin": f"unpinned {b.get('target')}",
+        "title": f"set the title to {b.get('title')!r}",
+        "about": f"set the description to {b.get('about')!r}",
+        "join": "joined",
+        "leave": "left",
+        "add": f"added {', '.join(b.get('users', []))}",
+        "remove": f"removed {b.get('user')}",
+        "ban": f"banned {b.get('user')}",
+        "unban": f"unbanned {b.get('user')}",
+        "role": f"made {b.get('user')} {b.get('role')}",
+    }
+    return texts.get(kind, kind)
+
+
+@client_app.command("chats")
+def chats_cmd(
+    archived: Annotated[bool, typer.Option(help="Show archived chats instead.")] = False,
+    profile: ProfileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """List your chats: pinned first, then by last activity."""
+    r = _call(profile, "chats.list", {"archived": archived})
+    if json:
+        print_json(r["chats"])
+        return
+    if not r["chats"]:
+        typer.echo("no chats")
+    for d in r["chats"]:
+        flags = "".join(f for f, on in (("*", d["pinned"]), ("m", d["muted"])) if on)
+        last = describe(d["last"]).split(" ", 3)[-1] if d["last"] else ""
+        unread = f" ({d['unread']} unread)" if d["unread"] else ""
+        typer.echo(f"{d['id']}  {d['kind']:<7} {flags:<2} {d['title']}{unread}  {last}")
+
+
+@client_app.command()
+def start(
+    user: Annotated[str, typer.Argument(help="@name (or name) of the other user.")],
+    profile: ProfileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Open (or create) the private chat with a user; prints its chat id."""
+    r = _call(profile, "chats.startPrivate", {"user": user.lstrip("@")})
+    if json:
+        print_json(r)
+    else:
+        typer.echo(r["chat"]["id"])
+
+
+def _create(
+    method: str, title: str, about: str | None, members: str | None, json: bool, profile: Any
+) -> None:
+    params: dict[str, Any] = {"title": title}
+    if about:
+        params["about"] = about
+    if members:
+        params["members"] = [m.strip().lstrip("@") for m in members.split(",") if m.strip()]
+    r = _call(profile, method, params)
+    if json:
+        print_json(r["chat"])
+    else:
+        typer.echo(r["chat"]["id"])
+
+
+@client_app.command("create-group")
+def create_group(
+    title: Annotated[str, typer.Argument()],
+    members: Annotated[str | None, typer.Option(help="Comma-separated user names.")] = None,
+    about: Annotated[str | None, typer.Option(help="Description.")] = None,
+    profile: ProfileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Create a group (you are its owner); prints its chat id."""
+    _create("chats.createGroup", title, about, members, json, profile)
+
+
+@client_app.command("create-channel")
+def create_channel(
+    title: Annotated[str, typer.Argument()],
+    about: Annotated[str | None, typer.Option(help="Description.")] = None,
+    profile: ProfileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Create a channel (admins post, subscribers read); prints its chat id."""
+    _create("chats.createChannel", title, about, None, json, profile)
+
+
+@client_app.command()
+def invite(
+    chat: ChatArg,
+    uses: Annotated[int | None, typer.Option(help="How many joins (default unlimited).")] = None,
+    expires: Annotated[str | None, typer.Option(help="e.g. 12h, 7d (default never).")] = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Create an invite token for a group or channel (admins)."""
+    params: dict[str, Any] = {}
+    if uses is not None:
+        params["uses"] = uses
+    if expires is not None:
+        params["expires_in"] = parse_duration(expires)
+    typer.echo(_call(profile, "chats.createInvite", params, chat)["invite"])
+
+
+@client_app.command()
+def join(
+    token: Annotated[str, typer.Argument(help="Invite token.")],
+    profile: ProfileOpt = None,
+) -> None:
+    """Join a group or channel with an invite token; prints its chat id."""
+    r = _call(profile, "chats.join", {"invite": token})
+    typer.echo(r["chat"]["id"])
+
+
+@client_app.command()
+def leave(chat: ChatArg, profile: ProfileOpt = None) -> None:
+    """Leave a group or channel."""
+    _call(profile, "chats.leave", {}, chat)
+    typer.echo("left")
+
+
+@client_app.command()
+def add(
+    chat: ChatArg,
+    users: Annotated[list[str], typer.Argument(help="User names.")],
+    profile: ProfileOpt = None,
+) -> None:
+    """Add users to a group (or, for admins, a channel)."""
+    r = _call(profile, "chats.addMembers", {"users": [u.lstrip("@") for u in users]}, chat)
+    typer.echo("already members" if r["seq"] is None else f"added (seq {r['seq']})")
+
+
+@client_app.command()
+def kick(
+    chat: ChatArg,
+    user: Annotated[str, typer.Argument(help="User name.")],
+    ban: Annotated[bool, typer.Option(help="Also ban from rejoining.")] = False,
+    profile: ProfileOpt = None,
+) -> None:
+    """Remove (and optionally ban) a member (admins)."""
+    r = _call(profile, "chats.kick", {"user": user.lstrip("@"), "ban": ban}, chat)
+    typer.echo(f"{'banned' if ban else 'removed'} (seq {r['seq']})")
+
+
+@client_app.command()
+def send(
+    chat: ChatArg,
+    text: Annotated[str, typer.Argument(help="Message text (up to 4096 characters).")],
+    reply_to: Annotated[int | None, typer.Option("--reply-to", min=1)] = None,
+    random_id: Annotated[
+        int | None,
+        typer.Option("--random-id", help="Idempotency key: a resend with it is stored once."),
+    ] = None,
+    profile: ProfileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Send a message; prints its seq."""
+    params: dict[str, Any] = {"text": text, "random_id": random_id or secrets.randbits(63)}
+    if reply_to is not None:
+        params["reply_to"] = reply_to
+    r = _call(profile, "messages.send", params, chat)
+    if json:
+        print_json(r)
+    else:
+        typer.echo(r["seq"])
+
+
+@client_app.command()
+def edit(chat: ChatArg, seq: SeqArg, text: str, profile: ProfileOpt = None) -> None:
+    """Edit one of your messages."""
+    _call(profile, "messages.edit", {"seq": seq, "text": text}, chat)
+    typer.echo("edited")
+
+
+@client_app.command()
+def delete(
+    chat: ChatArg,
+    seq: SeqArg,
+    for_me: Annotated[bool, typer.Option("--for-me", help="Hide it only for yourself.")] = False,
+    profile: ProfileOpt = None,
+) -> None:
+    """Delete a message for everyone (yours, or as admin), or --for-me."""
+    _call(profile, "messages.delete", {"seq": seq, "for_everyone": not for_me}, chat)
+    typer.echo("deleted")
+
+
+@client_app.command()
+def pin(chat: ChatArg, seq: SeqArg, profile: ProfileOpt = None) -> None:
+    """Pin a message."""
+    _call(profile, "messages.pin", {"seq": seq}, chat)
+    typer.echo("pinned")
+
+
+@client_app.command()
+def read(
+    chat: ChatArg,
+    seq: Annotated[int | None, typer.Option(help="Read up to here (default: all).", min=1)] = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Mark a chat read (on all your devices)."""
+    r = _call(profile, "messages.read", {} if seq is None else {"seq": seq}, chat)
+    typer.echo(f"read up to {r['read_seq']}, {r['unread']} unread")
+
+
+@client_app.command()
+def history(
+    chat: ChatArg,
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
+    before: Annotated[int | None, typer.Option(min=1)] = None,
+    profile: ProfileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Show a chat's messages, oldest first (edits and deletes applied)."""
+    params: dict[str, Any] = {"limit": limit}
+    if before is not None:
+        params["before"] = before
+    r = _call(profile, "chats.history", params, chat)
+    if json:
+        print_json(r["events"])
+        return
+    for ev in r["events"]:
+        typer.echo(describe(ev))
+
+
+@client_app.command()
+def search(
+    words: Annotated[str, typer.Argument(help="Words to find (all must match).")],
+    chat: Annotated[str | None, typer.Option(help="Only this chat (id or @name).")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100)] = 20,
+    profile: ProfileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Search messages in the chats you can read."""
+    r = _call(profile, "messages.search", {"query": words, "limit": limit}, chat)
+    if json:
+        print_json(r["results"])
+        return
+    if not r["results"]:
+        typer.echo("nothing found")
+    for ev in r["results"]:
+        typer.echo(f"{ev['chat']} {describe(ev)}")
+
+
+def _describe_update(u: dict[str, Any]) -> str:
+    kind = u.get("type")
+    if kind == "chat.event":
+        return f"{u['event']['chat']} {describe(u['event'])}"
+    if kind == "chat.typing":
+        return f"{u['chat']} {u['user']} is typing..."
+    if kind == "user.update":
+        rest = {k: v for k, v in u.items() if k not in ("type", "kind", "pts", "ts")}
+        return f"pts {u['pts']}: {u['kind']} {jsonlib.dumps(rest, sort_keys=True)}"
+    return jsonlib.dumps(u, sort_keys=True, default=str)
+
+
+@client_app.command()
+def listen(
+    count: Annotated[
+        int | None,
+        typer.Option(
+            help="Exit after printing this many updates (missed ones included); 0: print what "
+            "was missed and exit (default: run until ^C).",
+            min=0,
+        ),
+    ] = None,
+    catch_up: Annotated[
+        bool, typer.Option(help="First print what this profile missed since it last listened.")
+    ] = True,
+    profile: ProfileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Stream updates as they arrive (JSON lines with --json).
+
+    The profile remembers the sync state (pts and per-chat seq), so after a pause the
+    missed events are printed first, then the live ones, with nothing lost between."""
+    prof = _profile(profile)
+
+    printed = 0
+
+    def emit(u: dict[str, Any]) -> None:
+        nonlocal printed
+        line = jsonlib.dumps(u, sort_keys=True, default=str) if json else _describe_update(u)
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+        printed += 1
+
+    async def go() -> None:
+        state = prof.sync_state()
+        async with connect_signed_in(prof) as c:
+            if catch_up and state is not None:
+                while True:
+                    diff = await c.call("updates.getDifference", state)
+                    for upd in diff["updates"]:
+                        emit({"type": "user.update", **upd})
+                    for ev in diff["events"]:
+                        emit({"type": "chat.event", "event": ev})
+                    for chat_id, last in diff["too_long"].items():
+                        emit({"type": "chat.too_long", "chat": chat_id, "last_seq": last})
+                    state = {"pts": diff["pts"], "chats": {**diff["chats"], **diff["too_long"]}}
+                    if diff["complete"]:
+                        break
+            else:
+                state = await c.call("updates.getState")
+            prof.save_sync_state(state)
+            if count is not None and (count == 0 or printed >= count):
+                return
+            async for u in c.updates():
+                emit(u)
+                if u.get("type") == "chat.event":
+                    ev = u["event"]
+                    state["chats"][ev["chat"]] = max(state["chats"].get(ev["chat"], 0), ev["seq"])
+                elif u.get("type") == "user.update":
+                    state["pts"] = max(state["pts"], u["pts"])
+                prof.save_sync_state(state)
+                if count is not None and printed >= count:
+                    return
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_async(go)

@@ -1,0 +1,564 @@
+"""SQL for chats. Every function runs inside one ``Database.write``/``read`` job on the job's
+connection, so an operation (append an event, apply it to derived state, record the per-user
+updates it causes) is one atomic step of the group-committed log.
+
+Write jobs also fill an :class:`Effects` with what must be pushed once the transaction has
+committed (an acknowledged change is on disk before anyone is told of it).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cbor2
+from nacl.signing import SigningKey
+
+from ..protocol.errors import ErrorCode, RpcError
+from . import events
+from .events import GENESIS, MESSAGE
+
+ADMIN_ROLES = ("owner", "admin")
+UNREAD_CAP = 9999
+
+
+@dataclass(frozen=True)
+class Home:
+    """What a write job needs to know about this node to sequence and sign events."""
+
+    key: SigningKey
+    node_id: str
+    node_name: str
+    edit_window: float
+    max_group_members: int
+
+
+@dataclass
+class Chat:
+    id: str
+    kind: str
+    home: str
+    title: str
+    about: str
+    created: float
+    last_seq: int
+    last_hash: bytes
+    members: int
+    pinned_seq: int | None
+
+
+@dataclass(frozen=True)
+class Member:
+    user_id: int
+    role: str
+    state: str
+    joined_seq: int
+    read_seq: int
+
+
+@dataclass
+class Effects:
+    """Pushes to make after commit: chat events to online members, pts updates to users,
+    and membership changes for the hub's online index."""
+
+    chat_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    user_updates: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    membership: list[tuple[str, int, bool]] = field(default_factory=list)
+
+
+def new_chat_id() -> str:
+    return base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=").lower()
+
+
+def private_chat_id(a: str, b: str) -> str:
+    """Deterministic, so the two users' nodes derive the same id once federation lands."""
+    lo, hi = sorted((a, b))
+    digest = hashlib.blake2b(f"private\0{lo}\0{hi}".encode(), digest_size=16).digest()
+    return base64.b32encode(digest).decode().rstrip("=").lower()
+
+
+def address(conn: sqlite3.Connection, home: Home, user_id: int | None) -> str | None:
+    if user_id is None:
+        return None
+    row = conn.execute("SELECT name FROM users WHERE id = ?", (user_id,)).fetchone()
+    return f"{row[0]}@{home.node_name}" if row else None
+
+
+def user_ids(conn: sqlite3.Connection, home: Home, names: list[str]) -> dict[str, int]:
+    """Resolve ``name`` or ``name@this-node`` to local user ids; unknown names fail as one."""
+    out: dict[str, int] = {}
+    missing: list[str] = []
+    for raw in names:
+        name, _, node = raw.lower().partition("@")
+        if node and node != home.node_name.lower():
+            raise RpcError(ErrorCode.USER_NOT_FOUND, f"{raw}: users of other nodes need federation")
+        row = conn.execute("SELECT id, banned FROM users WHERE name = ?", (name,)).fetchone()
+        if row is None or row[1]:
+            missing.append(raw)
+        else:
+            out[name] = int(row[0])
+    if missing:
+        raise RpcError(ErrorCode.USER_NOT_FOUND, f"no such user: {', '.join(missing[:10])}")
+    return out
+
+
+# --- reading chats and members --------------------------------------------------------------
+_CHAT_COLS = "id, kind, home, title, about, created, last_seq, last_hash, members, pinned_seq"
+
+
+def get_chat(conn: sqlite3.Connection, chat_id: str) -> Chat | None:
+    row = conn.execute(f"SELECT {_CHAT_COLS} FROM chats WHERE id = ?", (chat_id,)).fetchone()
+    return Chat(*row) if row else None
+
+
+def get_member(conn: sqlite3.Connection, chat_id: str, user_id: int) -> Member | None:
+    row = conn.execute(
+        "SELECT user_id, role, state, joined_seq, read_seq FROM chat_members "
+        "WHERE chat_id = ? AND user_id = ?",
+        (chat_id, user_id),
+    ).fetchone()
+    return Member(*row) if row else None
+
+
+def need_member(conn: sqlite3.Connection, chat_id: str, user_id: int) -> tuple[Chat, Member]:
+    """The chat and the caller's active membership, or the stable refusal."""
+    chat = get_chat(conn, chat_id)
+    if chat is None:
+        raise RpcError(ErrorCode.CHAT_NOT_FOUND, f"no chat {chat_id}")
+    m = get_member(conn, chat_id, user_id)
+    if m is None or m.state != "member":
+        raise RpcError(ErrorCode.NOT_A_MEMBER, f"not a member of {chat_id}")
+    return chat, m
+
+
+def need_admin(conn: sqlite3.Connection, chat_id: str, user_id: int) -> tuple[Chat, Member]:
+    chat, m = need_member(conn, chat_id, user_id)
+    if chat.kind == "private" or m.role not in ADMIN_ROLES:
+        raise RpcError(ErrorCode.CHAT_ADMIN_REQUIRED)
+    return chat, m
+
+
+def chats_of_user(conn: sqlite3.Connection, user_id: int) -> set[str]:
+    rows = conn.execute(
+        "SELECT chat_id FROM chat_members WHERE user_id = ? AND state = 'member'", (user_id,)
+    )
+    return {r[0] for r in rows}
+
+
+# --- the log ------------------------------------------------------------------------------
+def append(
+    conn: sqlite3.Connection,
+    home: Home,
+    fx: Effects,
+    chat: Chat,
+    kind: str,
+    sender_id: int | None,
+    body: dict[str, Any],
+    *,
+    random_id: int | None = None,
+    target: int | None = None,
+    text: str | None = None,
+) -> dict[str, Any]:
+    """Sequence, sign and store the next event of ``chat``; queue its push to members."""
+    seq = chat.last_seq + 1
+    ts = time.time()
+    sender = address(conn, home, sender_id)
+    sealed = events.seal_event(
+        home.key,
+        chat=chat.id,
+        seq=seq,
+        kind=kind,
+        sender=sender,
+        ts=ts,
+        body=body,
+        random_id=random_id,
+        prev=chat.last_hash,
+    )
+    cur = conn.execute(
+        "INSERT INTO events(chat_id, seq, kind, sender_id, ts, random_id, target_seq, raw, "
+        "hash, sig) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (chat.id, seq, kind, sender_id, ts, random_id, target, sealed.raw, sealed.hash, sealed.sig),
+    )
+    if text:
+        conn.execute("INSERT INTO events_fts(rowid, text) VALUES (?, ?)", (cur.lastrowid, text))
+    conn.execute(
+        "UPDATE chats SET last_seq = ?, last_hash = ? WHERE id = ?", (seq, sealed.hash, chat.id)
+    )
+    chat.last_seq, chat.last_hash = seq, sealed.hash
+    ev = {
+        "chat": chat.id,
+        "seq": seq,
+        "kind": kind,
+        "sender": sender,
+        "ts": ts,
+        "body": body,
+        "edited": None,
+        "deleted": False,
+    }
+    fx.chat_events.append((chat.id, ev))
+    return ev
+
+
+def add_update(
+    conn: sqlite3.Connection, fx: Effects, user_id: int, kind: str, body: dict[str, Any]
+) -> int:
+    """Append to a user's pts log (chat-list changes, read marks, dialog settings)."""
+    row = conn.execute(
+        "SELECT COALESCE(MAX(pts), 0) FROM user_updates WHERE user_id = ?", (user_id,)
+    ).fetchone()
+    pts = int(row[0]) + 1
+    ts = time.time()
+    conn.execute(
+        "INSERT INTO user_updates(user_id, pts, kind, body, ts) VALUES (?, ?, ?, ?, ?)",
+        (user_id, pts, kind, cbor2.dumps(body), ts),
+    )
+    fx.user_updates.append((user_id, {"pts": pts, "kind": kind, "ts": ts, **body}))
+    return pts
+
+
+def current_pts(conn: sqlite3.Connection, user_id: int) -> int:
+    row = conn.execute(
+        "SELECT COALESCE(MAX(pts), 0) FROM user_updates WHERE user_id = ?", (user_id,)
+    ).fetchone()
+    return int(row[0])
+
+
+_EV_COLS = "chat_id, seq, kind, ts, raw, edited_raw, edited_ts, deleted"
+
+
+def event_out(row: Any) -> dict[str, Any]:
+    """A stored event as clients see it: edits applied, deleted content gone."""
+    chat_id, seq, kind, ts, raw, edited_raw, edited_ts, deleted = row
+    ev = events.open_event(raw)
+    body = ev.get("body") or {}
+    if deleted:
+        body = {}
+    elif edited_raw is not None:
+        body = {**body, **cbor2.loads(edited_raw)}
+    return {
+        "chat": chat_id,
+        "seq": seq,
+        "kind": kind,
+        "sender": ev.get("sender"),
+        "ts": ts,
+        "body": body,
+        "edited": edited_ts,
+        "deleted": bool(deleted),
+    }
+
+
+def get_event_row(conn: sqlite3.Connection, chat_id: str, seq: int) -> Any:
+    return conn.execute(
+        f"SELECT {_EV_COLS}, sender_id, id FROM events WHERE chat_id = ? AND seq = ?",
+        (chat_id, seq),
+    ).fetchone()
+
+
+def need_message(conn: sqlite3.Connection, chat_id: str, seq: int, min_seq: int = 1) -> Any:
+    row = get_event_row(conn, chat_id, seq)
+    if row is None or row[2] != MESSAGE or row[7] or seq < min_seq:
+        raise RpcError(ErrorCode.MESSAGE_NOT_FOUND, f"no message {seq} in {chat_id}")
+    return row
+
+
+def history(
+    conn: sqlite3.Connection,
+    user_id: int,
+    chat_id: str,
+    member: Member,
+    before: int | None,
+    after: int | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """A page of the log, newest first when paging backwards, oldest first when forwards.
+
+    Edit and delete events are folded into their targets, so they are not listed here;
+    messages deleted "for me" are left out."""
+    lo = max(member.joined_seq, (after or 0) + 1)
+    where = "chat_id = ? AND seq >= ? AND kind NOT IN ('edit', 'delete')"
+    args: list[Any] = [chat_id, lo]
+    if before is not None:
+        where += " AND seq < ?"
+        args.append(before)
+    where += (
+        " AND NOT EXISTS (SELECT 1 FROM hidden_messages h WHERE h.user_id = ? "
+        "AND h.chat_id = events.chat_id AND h.seq = events.seq)"
+    )
+    args.append(user_id)
+    order = "ASC" if after is not None and before is None else "DESC"
+    rows = conn.execute(
+        f"SELECT {_EV_COLS} FROM events WHERE {where} ORDER BY seq {order} LIMIT ?",
+        (*args, limit),
+    ).fetchall()
+    out = [event_out(r) for r in rows]
+    if order == "DESC":
+        out.reverse()
+    return out
+
+
+def events_after(
+    conn: sqlite3.Connection, user_id: int, chat_id: str, after: int, limit: int
+) -> list[dict[str, Any]]:
+    """The raw log after a seq (edit/delete events included: a syncing client applies them)."""
+    rows = conn.execute(
+        f"SELECT {_EV_COLS}, EXISTS (SELECT 1 FROM hidden_messages h WHERE h.user_id = ? "
+        "AND h.chat_id = events.chat_id AND h.seq = events.seq) "
+        "FROM events WHERE chat_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (user_id, chat_id, after, limit),
+    ).fetchall()
+    out = []
+    for r in rows:
+        ev = event_out(r[:8])
+        if r[8]:
+            ev["body"], ev["deleted"] = {}, True
+        out.append(ev)
+    return out
+
+
+# --- dialogs ------------------------------------------------------------------------------
+def unread(conn: sqlite3.Connection, chat_id: str, user_id: int, read_seq: int) -> int:
+    row = conn.execute(
+        "SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE chat_id = ? AND seq > ? "
+        "AND kind = 'message' AND deleted = 0 AND (sender_id IS NULL OR sender_id != ?) "
+        "LIMIT ?)",
+        (chat_id, read_seq, user_id, UNREAD_CAP),
+    ).fetchone()
+    return int(row[0])
+
+
+def private_peer(conn: sqlite3.Connection, home: Home, chat_id: str, user_id: int) -> Any:
+    row = conn.execute(
+        "SELECT u.name, u.display_name FROM private_chats p JOIN users u "
+        "ON u.id = CASE WHEN p.user_lo = ? THEN p.user_hi ELSE p.user_lo END "
+        "WHERE p.chat_id = ?",
+        (user_id, chat_id),
+    ).fetchone()
+    return (f"{row[0]}@{home.node_name}", row[1]) if row else (None, "")
+
+
+def dialog(conn: sqlite3.Connection, home: Home, chat_id: str, user_id: int) -> dict[str, Any]:
+    """One entry of the caller's chat list."""
+    chat = get_chat(conn, chat_id)
+    m = get_member(conn, chat_id, user_id)
+    assert chat is not None and m is not None
+    flags = conn.execute(
+        "SELECT pinned, muted, archived FROM chat_members WHERE chat_id = ? AND user_id = ?",
+        (chat_id, user_id),
+    ).fetchone()
+    title, peer = chat.title, None
+    if chat.kind == "private":
+        peer, display = private_peer(conn, home, chat_id, user_id)
+        title = display or peer or ""
+    last = conn.execute(
+        f"SELECT {_EV_COLS} FROM events WHERE chat_id = ? AND kind NOT IN ('edit', 'delete') "
+        "AND seq >= ? ORDER BY seq DESC LIMIT 1",
+        (chat_id, m.joined_seq),
+    ).fetchone()
+    return {
+        "id": chat.id,
+        "kind": chat.kind,
+        "title": title,
+        "about": chat.about,
+        "peer": peer,
+        "home": chat.home,
+        "role": m.role,
+        "members": chat.members,
+        "last_seq": chat.last_seq,
+        "read_seq": m.read_seq,
+        "unread": unread(conn, chat_id, user_id, m.read_seq),
+        "pinned_seq": chat.pinned_seq,
+        "pinned": bool(flags[0]),
+        "muted": bool(flags[1]),
+        "archived": bool(flags[2]),
+        "last": event_out(last) if last else None,
+    }
+
+
+def dialogs(
+    conn: sqlite3.Connection, home: Home, user_id: int, archived: bool | None
+) -> list[dict[str, Any]]:
+    out = [dialog(conn, home, cid, user_id) for cid in chats_of_user(conn, user_id)]
+    if archived is not None:
+        out = [d for d in out if d["archived"] == archived]
+    # pinned first, then most recent activity
+    out.sort(key=lambda d: (not d["pinned"], -(d["last"]["ts"] if d["last"] else 0.0)))
+    return out
+
+
+# --- membership ---------------------------------------------------------------------------
+def create_chat(
+    conn: sqlite3.Connection,
+    home: Home,
+    fx: Effects,
+    chat_id: str,
+    kind: str,
+    creator_id: int,
+    title: str,
+    about: str,
+    member_ids: list[int],
+) -> Chat:
+    """Create a chat with its first event and its members (one row each, not per message)."""
+    now = time.time()
+    conn.execute(
+        "INSERT INTO chats(id, kind, home, title, about, created, last_hash, members) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
+        (chat_id, kind, home.node_id, title, about, now, GENESIS),
+    )
+    chat = get_chat(conn, chat_id)
+    assert chat is not None
+    others = [u for u in dict.fromkeys(member_ids) if u != creator_id]
+    body: dict[str, Any] = {"kind": kind, "title": title, "about": about}
+    if others:
+        body["members"] = [address(conn, home, u) for u in others]
+    append(conn, home, fx, chat, "create", creator_id, body)
+    creator_role = "member" if kind == "private" else "owner"
+    _add_members(conn, fx, chat, [(creator_id, creator_role), *((u, "member") for u in others)])
+    return chat
+
+
+def _add_members(
+    conn: sqlite3.Connection, fx: Effects, chat: Chat, members: list[tuple[int, str]]
+) -> None:
+    """(Re-)activate memberships; history stays visible from seq 1 (like Telegram groups)."""
+    for uid, role in members:
+        conn.execute(
+            "INSERT INTO chat_members(chat_id, user_id, role, state, joined_seq, read_seq) "
+            "VALUES (?, ?, ?, 'member', 1, ?) ON CONFLICT(chat_id, user_id) DO UPDATE SET "
+            "state = 'member', role = excluded.role, read_seq = excluded.read_seq",
+            (chat.id, uid, role, chat.last_seq),
+        )
+        add_update(conn, fx, uid, "chat.joined", {"chat": chat.id})
+        fx.membership.append((chat.id, uid, True))
+    chat.members += len(members)
+    conn.execute("UPDATE chats SET members = ? WHERE id = ?", (chat.members, chat.id))
+
+
+def add_members(
+    conn: sqlite3.Connection,
+    home: Home,
+    fx: Effects,
+    chat: Chat,
+    actor_id: int,
+    ids: list[int],
+    kind: str = "add",
+) -> dict[str, Any] | None:
+    """Add users (or one user joining by invite); banned users must be unbanned first."""
+    new: list[int] = []
+    for uid in dict.fromkeys(ids):
+        m = get_member(conn, chat.id, uid)
+        if m is not None and m.state == "banned":
+            raise RpcError(ErrorCode.USER_BANNED_IN_CHAT, f"user #{uid} is banned here")
+        if m is not None and m.state == "member":
+            if kind == "join":
+                raise RpcError(ErrorCode.ALREADY_MEMBER)
+            continue
+        new.append(uid)
+    if not new:
+        return None
+    if chat.kind == "group" and chat.members + len(new) > home.max_group_members:
+        raise RpcError(ErrorCode.CHAT_TOO_BIG, f"a group holds {home.max_group_members} members")
+    if kind == "join":
+        ev = append(conn, home, fx, chat, "join", actor_id, {"user": address(conn, home, actor_id)})
+    else:
+        users = [address(conn, home, u) for u in new]
+        ev = append(conn, home, fx, chat, "add", actor_id, {"users": users})
+    _add_members(conn, fx, chat, [(u, "member") for u in new])
+    return ev
+
+
+def end_membership(
+    conn: sqlite3.Connection,
+    home: Home,
+    fx: Effects,
+    chat: Chat,
+    actor_id: int,
+    user_id: int,
+    state: str,
+) -> dict[str, Any]:
+    """Leave, remove or ban: the event is appended while the user is still a member, so
+    their devices see why they lost the chat."""
+    kind = {"left": "leave", "kicked": "remove", "banned": "ban"}[state]
+    m = get_member(conn, chat.id, user_id)
+    active = m is not None and m.state == "member"
+    if not active and state != "banned":
+        raise RpcError(ErrorCode.NOT_A_MEMBER, "that user is not a member")
+    ev = append(conn, home, fx, chat, kind, actor_id, {"user": address(conn, home, user_id)})
+    if m is None:
+        conn.execute(
+            "INSERT INTO chat_members(chat_id, user_id, role, state, joined_seq) "
+            "VALUES (?, ?, 'member', 'banned', 1)",
+            (chat.id, user_id),
+        )
+    else:
+        conn.execute(
+            "UPDATE chat_members SET state = ?, role = 'member' WHERE chat_id = ? AND user_id = ?",
+            (state, chat.id, user_id),
+        )
+    if active:
+        chat.members -= 1
+        conn.execute("UPDATE chats SET members = ? WHERE id = ?", (chat.members, chat.id))
+        add_update(conn, fx, user_id, "chat.left", {"chat": chat.id, "reason": state})
+        fx.membership.append((chat.id, user_id, False))
+    return ev
+
+
+# --- invites --------------------------------------------------------------------------------
+def _token_hash(token: str) -> bytes:
+    return hashlib.blake2b(token.encode(), digest_size=32).digest()
+
+
+def create_invite(
+    conn: sqlite3.Connection, chat_id: str, creator_id: int, uses: int | None, ttl: float | None
+) -> str:
+    token = secrets.token_urlsafe(18)
+    now = time.time()
+    conn.execute(
+        "INSERT INTO chat_invites(token_hash, chat_id, creator_id, uses_left, expires, created) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (_token_hash(token), chat_id, creator_id, uses, now + ttl if ttl else None, now),
+    )
+    return token
+
+
+def use_invite(conn: sqlite3.Connection, token: str) -> str:
+    """The chat an invite opens; consumes one use. Unknown, revoked, used up or expired
+    invites all answer the same code (a guess learns nothing)."""
+    h = _token_hash(token)
+    row = conn.execute(
+        "SELECT chat_id, uses_left, expires, revoked FROM chat_invites WHERE token_hash = ?",
+        (h,),
+    ).fetchone()
+    if row is None or row[3] or (row[1] is not None and row[1] <= 0):
+        raise RpcError(ErrorCode.CHAT_INVITE_INVALID)
+    if row[2] is not None and row[2] < time.time():
+        raise RpcError(ErrorCode.CHAT_INVITE_INVALID)
+    if row[1] is not None:
+        conn.execute("UPDATE chat_invites SET uses_left = uses_left - 1 WHERE token_hash = ?", (h,))
+    return str(row[0])
+
+
+# --- search ---------------------------------------------------------------------------------
+def search(
+    conn: sqlite3.Connection, user_id: int, match: str, chat_id: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Full-text search limited to chats the caller can read now, newest first."""
+    sql = (
+        f"SELECT {', '.join('e.' + c.strip() for c in _EV_COLS.split(','))} "
+        "FROM events_fts f JOIN events e ON e.id = f.rowid "
+        "JOIN chat_members m ON m.chat_id = e.chat_id AND m.user_id = ? AND m.state = 'member' "
+        "WHERE events_fts MATCH ? AND e.deleted = 0 AND e.seq >= m.joined_seq "
+        "AND NOT EXISTS (SELECT 1 FROM hidden_messages h WHERE h.user_id = m.user_id "
+        "AND h.chat_id = e.chat_id AND h.seq = e.seq)"
+    )
+    args: list[Any] = [user_id, match]
+    if chat_id is not None:
+        sql += " AND e.chat_id = ?"
+        args.append(chat_id)
+    sql += " ORDER BY e.id DESC LIMIT ?"
+    args.append(limit)
+    return [event_out(r) for r in conn.execute(sql, args)]

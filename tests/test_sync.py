@@ -1,0 +1,265 @@
+"""Sync and scale: gap recovery with getDifference, 10,000-member groups in O(1) rows per
+message, a stalled session that delays nobody, kill -9 mid-burst, the hash chain."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from nacl.signing import SigningKey
+
+from node.app import Node
+from node.client import Client, RpcError
+from node.protocol import frames
+from node.protocol.codec import encode
+from node.protocol.handshake import device_proof
+from tests.conftest import fedgram, make_config
+from tests.helpers import add_user, admin, fresh_code, next_of, send, signed_in
+from tests.test_gateway import handshaken
+
+
+async def test_gap_recovery_returns_exactly_the_missed_events(node: Node) -> None:
+    bob_laptop = SigningKey.generate()
+    async with signed_in(node, "alice") as a, signed_in(node, "bob", device="phone") as b_phone:
+        chat = (await a.call("chats.startPrivate", {"user": "bob"}))["chat"]["id"]
+        await send(a, chat, "before")
+        async with Client.connect(node.url) as c:
+            await c.sign_in("bob", await fresh_code(node, "bob"), bob_laptop, "laptop")
+            state = await c.call("updates.getState")
+        assert state["chats"] == {chat: 2}
+        # the laptop is offline: 500 messages, a new group, a read on the phone
+        sent = [await send(a, chat, f"missed {i}") for i in range(500)]
+        g = (await a.call("chats.createGroup", {"title": "New", "members": ["bob"]}))["chat"]
+        await send(a, g["id"], "in the new group")
+        await b_phone.call("messages.read", {"chat": chat})
+        async with Client.connect(node.url) as c:
+            await c.authorize(bob_laptop)
+            diff = await c.call(
+                "updates.getDifference", {"pts": state["pts"], "chats": state["chats"]}
+            )
+    assert diff["complete"] is True and diff["too_long"] == {}
+    mine = [e for e in diff["events"] if e["chat"] == chat]
+    assert [e["seq"] for e in mine] == sent
+    assert [e["body"]["text"] for e in mine] == [f"missed {i}" for i in range(500)]
+    new = [e for e in diff["events"] if e["chat"] == g["id"]]
+    assert [e["kind"] for e in new] == ["create", "message"]
+    assert [u["kind"] for u in diff["updates"]] == ["chat.joined", "chat.read"]
+    assert diff["pts"] == state["pts"] + 2
+    assert diff["chats"] == {chat: sent[-1], g["id"]: 2}
+
+
+async def test_difference_too_long_pages_with_history(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path / "n", chats={"difference_limit": 50})
+    async with Node.start(cfg) as node, signed_in(node, "alice") as a, signed_in(node, "bob") as b:
+        chat = (await a.call("chats.startPrivate", {"user": "bob"}))["chat"]["id"]
+        state = await b.call("updates.getState")
+        for i in range(120):
+            await send(a, chat, f"m{i}")
+        diff = await b.call("updates.getDifference", {"pts": state["pts"], "chats": state["chats"]})
+        assert diff["too_long"] == {chat: 121} and diff["events"] == []
+        got: list[int] = []
+        after = state["chats"][chat]
+        while True:
+            page = await b.call("chats.history", {"chat": chat, "after": after, "limit": 100})
+            if not page["events"]:
+                break
+            got += [e["seq"] for e in page["events"]]
+            after = got[-1]
+        assert got == list(range(2, 122))
+
+
+async def _add_users(node: Node, names: list[str]) -> None:
+    limiter = trio.CapacityLimiter(64)
+
+    async def one(name: str) -> None:
+        async with limiter:
+            await add_user(node, name)
+
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            nursery.start_soon(one, name)
+
+
+def _row_counts(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        tables = [
+            r[0]
+            for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if not r[0].startswith(("events_fts_", "sqlite_"))
+        ]
+        return {t: conn.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] for t in tables}
+
+
+async def test_ten_thousand_member_group_costs_one_row_per_message(node: Node) -> None:
+    names = [f"user{i:05d}" for i in range(10_000)]
+    await _add_users(node, names)
+    async with signed_in(node, "owner") as owner, signed_in(node, names[7]) as member:
+        g = await owner.call("chats.createGroup", {"title": "Big", "members": names}, timeout=60)
+        gid = g["chat"]["id"]
+        assert g["chat"]["members"] == 10_001
+        before = _row_counts(node.config.db_path)
+        assert before["chat_members"] == 10_001
+        for i in range(50):
+            await send(owner, gid, f"hello {i}")
+        after = _row_counts(node.config.db_path)
+        changed = {t: after[t] - before[t] for t in after if after[t] != before[t]}
+        # 50 events and their 50 search-index rows; nothing per member
+        assert changed == {"events": 50, "events_fts": 50}, changed
+        seen = [(await next_of(member, "chat.event"))["event"] for _ in range(51)]
+        assert [e["kind"] for e in seen][:1] == ["create"]
+        assert [e["body"]["text"] for e in seen[1:]] == [f"hello {i}" for i in range(50)]
+        d = (await member.call("chats.get", {"chat": gid}))["chat"]
+        assert d["unread"] == 50 and d["members"] == 10_001
+
+
+async def _stalled_session(node: Node, key: SigningKey) -> Any:
+    """A signed-in session that then never reads again (nor answers pings)."""
+    before = set(node.gateway.sessions)
+    raw, sealer = await handshaken(node.url)
+    # a small receive window, so the node's socket buffers fill after a few MB, not 32 MB
+    raw.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    # the raw client never decrypts, so it cannot see the transcript; take it from the node
+    with trio.fail_after(5):
+        while not set(node.gateway.sessions) - before:
+            await trio.sleep(0.01)
+    (sid,) = set(node.gateway.sessions) - before
+    session = node.gateway.sessions[sid]
+    proof = {"device_key": bytes(key.verify_key), "sig": device_proof(key, session.transcript_hash)}
+    await raw.send(sealer.seal(encode(frames.request(1, "auth.authorize", proof))))
+    with trio.fail_after(5):
+        while session.user_id is None:
+            await trio.sleep(0.01)
+    raw.auto_pong = False
+    return raw, session
+
+
+async def test_stalled_session_delays_nobody(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path / "n", limits={"session_queue": 32})
+    async with Node.start(cfg) as node:
+        key = SigningKey.generate()
+        await add_user(node, "slow")
+        async with Client.connect(node.url) as c:
+            await c.sign_in("slow", await fresh_code(node, "slow"), key, "stalled phone")
+        async with signed_in(node, "alice") as a, signed_in(node, "bob") as b:
+            g = await a.call("chats.createGroup", {"title": "G", "members": ["bob", "slow"]})
+            gid = g["chat"]["id"]
+            assert (await next_of(b, "chat.event"))["event"]["kind"] == "create"
+            raw, stalled = await _stalled_session(node, key)
+            text = "x" * 4000  # 1500 of these: 6 MB, more than the socket buffers hold
+            received: list[int] = []
+
+            async def bob_reads() -> None:
+                while len(received) < 1500:
+                    u = await next_of(b, "chat.event", timeout=10)
+                    received.append(u["event"]["seq"])
+
+            with trio.fail_after(30):  # bounded: the stalled member must not hold the sender
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(bob_reads)
+                    sent = [await send(a, gid, text) for _ in range(1500)]
+            assert received == sent
+            assert stalled.behind is True  # flagged to re-sync instead of slowing anyone
+            await raw.aclose()
+
+
+async def test_hash_chain_verifies_and_detects_tampering(node: Node) -> None:
+    async with signed_in(node, "alice") as a, signed_in(node, "bob") as b:
+        g = (await a.call("chats.createGroup", {"title": "G", "members": ["bob"]}))["chat"]["id"]
+        s = await send(a, g, "one")
+        await send(b, g, "two", reply_to=s)
+        await a.call("messages.edit", {"chat": g, "seq": s, "text": "one!"})
+        await a.call("messages.pin", {"chat": g, "seq": s})
+        await a.call("chats.edit", {"chat": g, "title": "G2"})
+        await b.call("messages.delete", {"chat": g, "seq": s + 1})
+        ok = await admin(node, "admin.chatVerify", {"chat": g})
+        assert ok == {"ok": True, "events": 7, "error": None}
+        export = await admin(node, "admin.chatExport", {"chat": g})
+        assert [e["seq"] for e in export["events"]] == list(range(1, 8))
+        # change one byte of one event: the chain no longer verifies, and says where
+        await node.db.write(
+            lambda c: c.execute(
+                "UPDATE events SET raw = CAST(replace(raw, 'one', '0ne') AS BLOB) "
+                "WHERE chat_id = ? AND seq = ?",
+                (g, s),
+            )
+        )
+        bad = await admin(node, "admin.chatVerify", {"chat": g})
+        assert bad["ok"] is False and f"seq {s}" in bad["error"]
+
+
+async def test_kill_9_mid_burst_loses_and_duplicates_nothing(node_process: Any) -> None:
+    n = node_process("n1")
+    d = str(n.data)
+    for name in ("alice", "bob"):
+        fedgram("user", "add", name, "--data", d, check=True)
+    key = SigningKey.generate()
+    code = fedgram("user", "code", "alice", "--data", d, check=True).stdout.strip()
+    acked: dict[int, int] = {}  # random_id -> seq
+    pending: dict[int, str] = {}  # random_id -> text, sent but not acknowledged
+    async with Client.connect(n.url) as c:
+        await c.sign_in("alice", code, key, "phone")
+        chat = (await c.call("chats.startPrivate", {"user": "bob"}))["chat"]["id"]
+
+        async def sender(w: int) -> None:
+            for i in range(100_000):
+                rid = secrets.randbits(63)
+                text = f"w{w}-{i}"
+                pending[rid] = text
+                try:
+                    r = await c.call(
+                        "messages.send", {"chat": chat, "random_id": rid, "text": text}
+                    )
+                except RpcError:
+                    return
+                acked[rid] = r["seq"]
+                del pending[rid]
+
+        async with trio.open_nursery() as nursery:
+            for w in range(4):
+                nursery.start_soon(sender, w)
+            while len(acked) < 300:
+                await trio.sleep(0.01)
+            n.kill9()
+            with trio.move_on_after(5):
+                await c.wait_closed()
+            nursery.cancel_scope.cancel()
+    texts = {rid: t for rid, t in pending.items()}
+    n2 = node_process("n1")
+    async with Client.connect(n2.url) as c:
+        await c.authorize(key)
+        # the client retries what it never saw acknowledged, with the same random_ids
+        for rid, text in texts.items():
+            r = await c.call("messages.send", {"chat": chat, "random_id": rid, "text": text})
+            acked[rid] = r["seq"]
+        events: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = await c.call("chats.history", {"chat": chat, "after": after, "limit": 100})
+            if not page["events"]:
+                break
+            events += page["events"]
+            after = events[-1]["seq"]
+    msgs = [e for e in events if e["kind"] == "message"]
+    bodies = [e["body"]["text"] for e in msgs]
+    assert len(bodies) == len(set(bodies)), "a retried send was stored twice"
+    by_seq = {e["seq"]: e["body"]["text"] for e in msgs}
+    assert len(msgs) == len(acked)
+    for seq in acked.values():
+        assert seq in by_seq
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+
+
+async def test_pushes_carry_seq_so_gaps_show(node: Node) -> None:
+    async with signed_in(node, "alice") as a, signed_in(node, "bob") as b:
+        chat = (await a.call("chats.startPrivate", {"user": "bob"}))["chat"]["id"]
+        seqs = [await send(a, chat, f"{i}") for i in range(5)]
+        got = [(await next_of(b, "chat.event"))["event"]["seq"] for _ in range(6)]
+        assert got == [1, *seqs]
+        with pytest.raises(RpcError) as e:
+            await b.call("updates.getDifference", {"pts": -1, "chats": {}})
+        assert e.value.code == "PARAMS_INVALID"
