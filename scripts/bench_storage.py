@@ -29,11 +29,9 @@ from typing import Any
 
 import trio
 
-try:
-    from node.storage import MIGRATIONS, Database, Migration
-except ImportError:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from node.storage import MIGRATIONS, Database, Migration
+# this checkout's code, whatever `pip install -e` elsewhere points at
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from node.storage import MIGRATIONS, Database, Migration
 
 ROW = bytes(range(200))
 TABLE_SQL = "CREATE TABLE bench(id INTEGER PRIMARY KEY, b BLOB NOT NULL)"

@@ -31,11 +31,9 @@ from typing import Any
 import trio
 from trio_websocket import open_websocket_url, serve_websocket
 
-try:
-    from node.client import Client
-except ImportError:  # a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from node.client import Client
+# this checkout's code, whatever `pip install -e` elsewhere points at
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from node.client import Client
 
 REPO = Path(__file__).resolve().parent.parent
 # an echo payload about the size of a sealed system.ping request (CBOR envelope + 16-byte tag)

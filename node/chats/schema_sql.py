@@ -59,8 +59,9 @@ CREATE TABLE events(
     deleted INTEGER NOT NULL DEFAULT 0,
     UNIQUE (chat_id, seq)
 );
-CREATE UNIQUE INDEX events_random ON events(chat_id, sender_id, random_id)
-    WHERE random_id IS NOT NULL;
+-- not a partial index: a lookup "random_id = ?" cannot use one (SQLite cannot know ? is not
+-- NULL) and would scan the chat's whole log on every send; NULLs never collide in UNIQUE
+CREATE UNIQUE INDEX events_random ON events(chat_id, sender_id, random_id);
 CREATE VIRTUAL TABLE events_fts USING fts5(text, tokenize = 'unicode61 remove_diacritics 2');
 CREATE TABLE hidden_messages(
     user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,

@@ -80,7 +80,7 @@ class Chats:
             return job(conn, fx)
 
         result = await self.node.db.write(run)
-        self._publish(fx, ctx.session)
+        ctx.after_reply.append(lambda: self._publish(fx, ctx.session))
         return result
 
     def _publish(self, fx: Effects, origin: Session | None) -> None:
