@@ -57,6 +57,7 @@ class Node:
         if missing:
             raise RuntimeError(f"schema methods without a handler: {', '.join(missing)}")
         self.gateway = Gateway(self)
+        self.background.append(self.gateway.heartbeats)
         self.started_at = time.time()
         self.host, self.port = config.listen
 

@@ -1,0 +1,133 @@
+"""A minimal signed-in receiver for the scale benchmarks (fan-out, idle connections).
+
+It speaks the real protocol up to sign-in (WebSocket upgrade, hello/welcome, a sealed
+``auth.authorize`` with the device's proof) and then only reads: every binary frame's arrival
+time is recorded, ping frames are answered, nothing is decrypted. A full SDK client
+decrypts and decodes every push in Python; a thousand of them in one process measure the
+client, not the node. With these, what a fan-out figure shows is how fast the node gets the
+bytes onto every member's socket.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from typing import Any
+
+import trio
+from nacl.signing import SigningKey
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, Request
+
+from node.protocol import frames
+from node.protocol.codec import decode, encode
+from node.protocol.handshake import Initiator, device_proof
+from node.protocol.seal import Opener, Sealer
+
+OP_BINARY, OP_PING, OP_PONG = 0x2, 0x9, 0xA
+
+
+def _masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client-to-server frame (clients must mask)."""
+    mask = os.urandom(4)
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x80 | opcode, 0x80 | n)
+    elif n < 1 << 16:
+        head = struct.pack("!BBH", 0x80 | opcode, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, n)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return head + mask + body
+
+
+class LightReceiver:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.arrivals: list[int] = []  # time.time_ns() of each data frame after sign-in
+        self._buf = bytearray()
+
+    @classmethod
+    async def connect(cls, url: str, device_key: SigningKey) -> LightReceiver:
+        host_port = url.split("//", 1)[1].strip("/")
+        host, port = host_port.rsplit(":", 1)
+        self = cls(await trio.open_tcp_stream(host, int(port)))
+        ws = WSConnection(ConnectionType.CLIENT)
+        await self.stream.send_all(ws.send(Request(host=host_port, target="/")))
+        pending: list[bytes] = []
+        accepted = False
+        while not accepted:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise ConnectionError("closed during upgrade")
+            ws.receive_data(data)
+            for ev in ws.events():
+                if isinstance(ev, AcceptConnection):
+                    accepted = True
+                elif isinstance(ev, BytesMessage):
+                    pending.append(bytes(ev.data))
+        # from here on frames are handled by hand; wsproto has consumed nothing past the
+        # 101 response because the node speaks only after our hello
+        init = Initiator()
+        await self.stream.send_all(_masked_frame(OP_BINARY, init.hello))
+        keys = init.receive_welcome(await self._next_data())
+        sealer, opener = Sealer(keys.tx), Opener(keys.rx)
+        proof = {
+            "device_key": bytes(device_key.verify_key),
+            "sig": device_proof(device_key, keys.transcript_hash),
+        }
+        req = encode(frames.request(1, "auth.authorize", proof))
+        await self.stream.send_all(_masked_frame(OP_BINARY, sealer.seal(req)))
+        reply: Any = decode(opener.open(await self._next_data()))
+        if "r" not in reply:
+            raise ConnectionError(f"authorize failed: {reply.get('e')}")
+        return self
+
+    async def _next_data(self) -> bytes:
+        while True:
+            for opcode, payload in await self._frames():
+                if opcode == OP_BINARY:
+                    return payload
+
+    async def _frames(self) -> list[tuple[int, bytes]]:
+        """Read at least one chunk and return the complete frames in the buffer."""
+        data = await self.stream.receive_some(1 << 18)
+        if not data:
+            raise ConnectionError("closed")
+        self._buf += data
+        out: list[tuple[int, bytes]] = []
+        buf = self._buf
+        pos = 0
+        while len(buf) - pos >= 2:
+            b0, b1 = buf[pos], buf[pos + 1]
+            n = b1 & 0x7F
+            head = 2
+            if n == 126:
+                if len(buf) - pos < 4:
+                    break
+                n = struct.unpack_from("!H", buf, pos + 2)[0]
+                head = 4
+            elif n == 127:
+                if len(buf) - pos < 10:
+                    break
+                n = struct.unpack_from("!Q", buf, pos + 2)[0]
+                head = 10
+            if len(buf) - pos < head + n:
+                break
+            out.append((b0 & 0x0F, bytes(buf[pos + head : pos + head + n])))
+            pos += head + n
+        del buf[:pos]
+        return out
+
+    async def listen(self) -> None:
+        """Record arrivals until cancelled; answer pings so the node keeps us."""
+        while True:
+            for opcode, payload in await self._frames():
+                if opcode == OP_BINARY:
+                    self.arrivals.append(time.time_ns())
+                elif opcode == OP_PING:
+                    await self.stream.send_all(_masked_frame(OP_PONG, payload))
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
