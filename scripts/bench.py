@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -198,13 +198,15 @@ class NodeUnderTest:
 
 
 async def sign_in_many(
-    url: str, data: Path, names: list[str], stack: AsyncExitStack
+    url: str, data: Path, names: list[str], stack: AsyncExitStack, create: bool = True
 ) -> list[Client]:
-    """Users created over the admin socket, each signed in on its own device."""
+    """Users (created over the admin socket unless they exist), each signed in on its own
+    new device."""
     clients: list[Client] = []
     async with AdminClient.connect(data) as admin:
         for name in names:
-            await admin.call("admin.userAdd", {"name": name})
+            if create:
+                await admin.call("admin.userAdd", {"name": name})
             code = (await admin.call("admin.userCode", {"name": name}))["code"]
             c = await stack.enter_async_context(Client.connect(url))
             await c.sign_in(name, code, SigningKey.generate(), "bench")
@@ -222,102 +224,234 @@ async def drain(c: Client, on_message: Callable[[str, int], None]) -> None:
 
 
 # --- the reference workload ------------------------------------------------------------------
-async def reference_run(nut: NodeUnderTest) -> dict[str, Any]:
-    proc = Proc(nut.pid)
+# The members live in load-worker processes (``--procs``, default 3): sender 0, whose acks
+# are the sequential phase's critical path, alone in the first; the other nine senders and
+# the listener spread over the rest. The coordinator (this process) sets up, starts each
+# phase and collects the figures; workers talk JSON lines over stdin/stdout.
+
+
+def assign(procs: int) -> list[list[int]]:
+    """Member indexes per worker: 0..9 are senders, 10 the listener."""
+    if procs <= 1:
+        return [list(range(N_SENDERS + 1))]
+    rest = list(range(1, N_SENDERS + 1))
+    return [[0]] + [rest[i :: procs - 1] for i in range(procs - 1)]
+
+
+async def load_worker(args: argparse.Namespace) -> None:
+    """One load process: sign in its members, drain their pushes, run send loops on
+    command, report acks, listener latencies and deliveries."""
+    spec = json.loads(args.load_worker)
+    names: dict[int, str] = {int(k): v for k, v in spec["names"].items()}
+    chat: str = spec["chat"]
     collector = Collector()
-    tag = secrets.token_hex(3)
+    stdin = trio.lowlevel.FdStream(os.dup(0))
+    lines = _lines(stdin)
+
+    def out(obj: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
     async with AsyncExitStack() as stack:
-        t_setup = time.perf_counter()
-        names = [f"b{tag}s{i}" for i in range(N_SENDERS)] + [f"b{tag}listener"]
-        clients = await sign_in_many(nut.url, nut.data, names, stack)
-        senders, listener = clients[:N_SENDERS], clients[N_SENDERS]
-        group = await senders[0].call("chats.createGroup", {"title": "bench", "members": names[1:]})
-        chat = group["chat"]["id"]
-        setup_s = time.perf_counter() - t_setup
+        clients = dict(
+            zip(
+                names,
+                await sign_in_many(
+                    args.url, Path(args.data), list(names.values()), stack, create=False
+                ),
+                strict=True,
+            )
+        )
         nursery = await stack.enter_async_context(trio.open_nursery())
-        nursery.start_soon(drain, listener, collector.got)
-        for i, s in enumerate(senders):
+        for i, c in clients.items():
+            if i == N_SENDERS:
+                nursery.start_soon(drain, c, collector.got)
+            else:
 
-            def count(text: str, _t: int, who: str = names[i]) -> None:
-                collector.member_deliveries[who] = collector.member_deliveries.get(who, 0) + 1
+                def count(_text: str, _t: int, who: str = names[i]) -> None:
+                    d = collector.member_deliveries
+                    d[who] = d.get(who, 0) + 1
 
-            nursery.start_soon(drain, s, count)
+                nursery.start_soon(drain, c, count)
 
         async def send_loop(i: int, phase: str, n: int, acks: list[float]) -> None:
-            c = senders[i]
+            c = clients[i]
             for seq in range(n):
                 body = make_body(phase, i, seq)
                 t = time.perf_counter()
-                await c.call(
-                    "messages.send",
-                    {"chat": chat, "random_id": secrets.randbits(63), "text": body},
-                )
+                params = {"chat": chat, "random_id": secrets.randbits(63), "text": body}
+                await c.call("messages.send", params)
                 acks.append((time.perf_counter() - t) * 1000)
 
-        async def wait_listener(phase: str, n: int) -> None:
-            with trio.move_on_after(60):
-                while len(collector.phase(phase)) < n:
-                    await trio.sleep(0.01)
+        out({"ready": True})
+        k0 = client_cpu_s()
+        async for line in lines:
+            cmd = json.loads(line)
+            if cmd["cmd"] == "send":
+                acks: list[float] = []
+                async with trio.open_nursery() as n:
+                    for i in cmd["senders"]:
+                        n.start_soon(send_loop, i, cmd["phase"], cmd["n"], acks)
+                out({"acks": acks})
+            elif cmd["cmd"] == "wait":
+                with trio.move_on_after(60):
+                    while len(collector.phase(cmd["phase"])) < cmd["n"]:
+                        await trio.sleep(0.005)
+                out({"e2e": collector.phase(cmd["phase"])})
+            elif cmd["cmd"] == "stop":
+                await trio.sleep(0.5)
+                out(
+                    {
+                        "deliveries": collector.member_deliveries,
+                        "dups": collector.dups,
+                        "listener_received": len(collector.e2e),
+                        "cpu_s": client_cpu_s() - k0,
+                    }
+                )
+                nursery.cancel_scope.cancel()
+                return
 
-        async def phase(
-            name: str, run: Callable[[list[float]], Awaitable[None]], n: int
-        ) -> dict[str, Any]:
+
+async def _lines(stream: trio.abc.ReceiveStream) -> Any:
+    buf = b""
+    while True:
+        data = await stream.receive_some(65536)
+        if not data:
+            return
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            yield line.decode()
+
+
+class Worker:
+    """The coordinator's handle on one load process."""
+
+    def __init__(self, nut: NodeUnderTest, names: dict[int, str], chat: str) -> None:
+        spec = json.dumps({"names": names, "chat": chat})
+        self.members = sorted(names)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--load-worker",
+                spec,
+                "--url",
+                nut.url,
+                "--data",
+                str(nut.data),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    async def ask(self, cmd: dict[str, Any] | None) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        if cmd is not None:
+            self.proc.stdin.write(json.dumps(cmd) + "\n")
+            self.proc.stdin.flush()
+        line = await trio.to_thread.run_sync(self.proc.stdout.readline)
+        if not line:
+            raise SystemExit(f"load worker {self.members} died ({self.proc.wait()})")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def cpu_s(self) -> float:
+        return Proc(self.proc.pid).cpu_s()
+
+
+async def reference_run(nut: NodeUnderTest, procs: int) -> dict[str, Any]:
+    proc = Proc(nut.pid)
+    tag = secrets.token_hex(3)
+    names = {i: f"b{tag}s{i}" for i in range(N_SENDERS)} | {N_SENDERS: f"b{tag}listener"}
+    t_setup = time.perf_counter()
+    async with AsyncExitStack() as stack:
+        (owner,) = await sign_in_many(nut.url, nut.data, [names[0]], stack)
+        async with AdminClient.connect(nut.data) as admin:
+            for i in range(1, N_SENDERS + 1):
+                await admin.call("admin.userAdd", {"name": names[i]})
+        members = [names[i] for i in range(1, N_SENDERS + 1)]
+        group = await owner.call("chats.createGroup", {"title": "bench", "members": members})
+        chat = group["chat"]["id"]
+    workers = [Worker(nut, {i: names[i] for i in share}, chat) for share in assign(procs)]
+    try:
+        for w in workers:
+            await w.ask(None)  # ready
+        setup_s = time.perf_counter() - t_setup
+        by_sender = {i: w for w in workers for i in w.members if i < N_SENDERS}
+        listener = next(w for w in workers if N_SENDERS in w.members)
+
+        async def send(phase: str, per_sender: int, senders: list[int]) -> list[float]:
             acks: list[float] = []
-            c0, k0, t0 = proc.cpu_s(), client_cpu_s(), time.perf_counter()
-            await run(acks)
+
+            async def one(w: Worker, mine: list[int]) -> None:
+                r = await w.ask({"cmd": "send", "phase": phase, "n": per_sender, "senders": mine})
+                acks.extend(r["acks"])
+
+            async with trio.open_nursery() as n:
+                for w in workers:
+                    mine = [i for i in senders if by_sender.get(i) is w]
+                    if mine:
+                        n.start_soon(one, w, mine)
+            return acks
+
+        def cpu_all() -> float:
+            return sum(w.cpu_s() for w in workers)
+
+        async def phase(name: str, per_sender: int, senders: list[int]) -> dict[str, Any]:
+            total = per_sender * len(senders)
+            c0, k0, t0 = proc.cpu_s(), cpu_all(), time.perf_counter()
+            acks = await send(name, per_sender, senders)
             t1 = time.perf_counter()
-            await wait_listener(name, n)
-            c1, k1, t2 = proc.cpu_s(), client_cpu_s(), time.perf_counter()
-            e2e = collector.phase(name)
+            e2e = (await listener.ask({"cmd": "wait", "phase": name, "n": total}))["e2e"]
+            c1, k1, t2 = proc.cpu_s(), cpu_all(), time.perf_counter()
             return {
-                "messages": n,
+                "messages": total,
                 "elapsed_s": round(t1 - t0, 3),
-                "msgs_per_s": round(n / (t1 - t0), 1),
+                "msgs_per_s": round(total / (t1 - t0), 1),
                 "ack_latency": lat(acks),
                 "e2e_latency": lat(e2e),
                 "listener_received": len(e2e),
-                "listener_missing": n - len(e2e),
+                "listener_missing": total - len(e2e),
                 "server_cpu_s": round(c1 - c0, 2),
-                "server_cpu_ms_per_msg": round((c1 - c0) * 1000 / n, 3),
+                "server_cpu_ms_per_msg": round((c1 - c0) * 1000 / total, 3),
                 "server_cpu_util": round((c1 - c0) / (t2 - t0), 3),
                 "client_cpu_s": round(k1 - k0, 2),
                 "client_cpu_util": round((k1 - k0) / (t2 - t0), 3),
             }
 
         cpu_start = proc.cpu_s()
-        await send_loop(0, "warm", WARMUP, [])
-        await wait_listener("warm", WARMUP)
+        await phase("warm", WARMUP, [0])
         await trio.sleep(1.0)
-        seq_res = await phase("seq", lambda acks: send_loop(0, "seq", SEQ_N, acks), SEQ_N)
+        seq_res = await phase("seq", SEQ_N, [0])
         seq_res["server_rss_mib_after"] = proc.rss_mib()
         await trio.sleep(2.0)
         per = CONC_TOTAL // N_SENDERS
-
-        async def concurrent(acks: list[float]) -> None:
-            async with trio.open_nursery() as n:
-                for i in range(N_SENDERS):
-                    n.start_soon(send_loop, i, "conc", per, acks)
-
-        conc_res = await phase("conc", concurrent, per * N_SENDERS)
+        conc_res = await phase("conc", per, list(range(N_SENDERS)))
         conc_res["senders"] = N_SENDERS
-        await trio.sleep(0.5)
-        total = WARMUP + SEQ_N + CONC_TOTAL
-        # each sender gets every message of the others pushed (its own come back as acks)
-        pushed_expected = {
-            names[i]: total - (WARMUP + SEQ_N if i == 0 else 0) - per for i in range(N_SENDERS)
-        }
-        nursery.cancel_scope.cancel()
+        reports = [await w.ask({"cmd": "stop"}) for w in workers]
+    finally:
+        for w in workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+            w.proc.wait()
+    total = WARMUP + SEQ_N + CONC_TOTAL
+    deliveries = {k: v for r in reports for k, v in r["deliveries"].items()}
+    # every sender gets every other member's message pushed; its own come back as acks
+    expected = {names[i]: total - (WARMUP + SEQ_N if i == 0 else 0) - per for i in range(N_SENDERS)}
     stored = count_stored(nut.data, chat)
     return {
         "setup_s": round(setup_s, 2),
+        "load_processes": len(workers),
         "sequential": seq_res,
         "concurrent": conc_res,
-        "listener_duplicates": collector.dups,
+        "listener_duplicates": sum(r["dups"] for r in reports),
         "deliveries": {
-            "per_message": 11,
-            "listener_received": len(collector.e2e),
-            "senders_received_all_pushes": all(
-                collector.member_deliveries.get(k, 0) >= v for k, v in pushed_expected.items()
+            "per_message": N_SENDERS + 1,
+            "listener_received": sum(r["listener_received"] for r in reports),
+            "every_sender_received_every_other_message": all(
+                deliveries.get(k, 0) >= v for k, v in expected.items()
             ),
         },
         "stored_messages": stored,
@@ -482,7 +616,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix="fedgram-bench-") as tmp:
             nut = NodeUnderTest(args, Path(tmp))
             try:
-                runs.append(await reference_run(nut))
+                runs.append(await reference_run(nut, args.procs))
             finally:
                 nut.stop()
     if args.fanout:
@@ -520,12 +654,17 @@ def main() -> None:
     p.add_argument("--data", help="the running node's data folder")
     p.add_argument("--fanout", type=int, default=0, help="also: a group of N online members")
     p.add_argument("--fanout-seconds", type=float, default=10.0)
+    p.add_argument("--procs", type=int, default=3, help="load processes for the reference workload")
+    p.add_argument("--load-worker", help=argparse.SUPPRESS)
     p.add_argument("--idle", type=int, default=0, help="also: N idle signed-in connections")
     args = p.parse_args()
     if bool(args.url) != bool(args.data):
         p.error("--url and --data go together")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.load_worker:
+        trio.run(load_worker, args)
+        return
     print(json.dumps(trio.run(main_async, args), indent=2))
 
 
