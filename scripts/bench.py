@@ -654,7 +654,7 @@ def main() -> None:
     p.add_argument("--data", help="the running node's data folder")
     p.add_argument("--fanout", type=int, default=0, help="also: a group of N online members")
     p.add_argument("--fanout-seconds", type=float, default=10.0)
-    p.add_argument("--procs", type=int, default=3, help="load processes for the reference workload")
+    p.add_argument("--procs", type=int, default=1, help="load processes for the reference workload")
     p.add_argument("--load-worker", help=argparse.SUPPRESS)
     p.add_argument("--idle", type=int, default=0, help="also: N idle signed-in connections")
     args = p.parse_args()
