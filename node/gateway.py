@@ -59,6 +59,7 @@ class Session:
         self.device_id: int | None = None
         self.device_name = ""
         self.behind = False
+        self._behind_told = False
         self._opener = opener
         self._sealer = Sealer(keys.tx)
         queue: int = cfg.get("limits", "session_queue")
@@ -86,6 +87,12 @@ class Session:
             return False
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             return False
+
+    def resync(self) -> None:
+        """The client is re-syncing (getState/getDifference): pushes may flow again. Its
+        difference covers whatever was dropped before this moment."""
+        self.behind = False
+        self._behind_told = False
 
     def close(self, reason: ErrorCode) -> None:
         """Ask the session to close with a reason (e.g. its device was revoked)."""
@@ -164,7 +171,6 @@ class Session:
             self._cancel.cancel()
 
     async def _writer(self) -> None:
-        behind_told = False
         async for first in self._out_recv:
             await self._send_sealed(first)
             # drain what queued meanwhile without a checkpoint per frame (busy group chats)
@@ -174,8 +180,8 @@ class Session:
                 except trio.WouldBlock:
                     break
                 await self._send_sealed(plain)
-            if self.behind and not behind_told:
-                behind_told = True
+            if self.behind and not self._behind_told:
+                self._behind_told = True
                 await self._send_sealed(encode(frames.push([{"type": "session.behind"}])))
 
     async def ping_once(self, timeout: float) -> None:

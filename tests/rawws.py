@@ -26,6 +26,7 @@ class RawWS:
         self.close_code: int | None = None
         self.close_reason: str | None = None
         self.auto_pong = True
+        self._pending: list[Any] = []  # events read but not yet consumed by recv()
 
     @classmethod
     async def connect(cls, url: str) -> RawWS:
@@ -58,11 +59,13 @@ class RawWS:
         """Next message; None once the node closed the connection (close code kept)."""
         buf: list[Any] = []
         while True:
-            try:
-                events = await self._events()
-            except (EOFError, trio.BrokenResourceError):
-                return None
-            for ev in events:
+            if not self._pending:
+                try:
+                    self._pending = await self._events()
+                except (EOFError, trio.BrokenResourceError):
+                    return None
+            while self._pending:
+                ev = self._pending.pop(0)
                 if isinstance(ev, BytesMessage | TextMessage):
                     buf.append(ev.data)
                     if ev.message_finished:

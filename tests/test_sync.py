@@ -16,11 +16,12 @@ from nacl.signing import SigningKey
 from node.app import Node
 from node.client import Client, RpcError
 from node.protocol import frames
-from node.protocol.codec import encode
-from node.protocol.handshake import device_proof
+from node.protocol.codec import decode, encode
+from node.protocol.handshake import Initiator, device_proof
+from node.protocol.seal import Opener, Sealer
 from tests.conftest import fedgram, make_config
 from tests.helpers import add_user, admin, fresh_code, next_of, send, signed_in
-from tests.test_gateway import handshaken
+from tests.rawws import RawWS
 
 
 async def test_gap_recovery_returns_exactly_the_missed_events(node: Node) -> None:
@@ -117,28 +118,52 @@ async def test_ten_thousand_member_group_costs_one_row_per_message(node: Node) -
         assert d["unread"] == 50 and d["members"] == 10_001
 
 
-async def _stalled_session(node: Node, key: SigningKey) -> Any:
-    """A signed-in session that then never reads again (nor answers pings)."""
-    before = set(node.gateway.sessions)
-    raw, sealer = await handshaken(node.url)
-    # a small receive window, so the node's socket buffers fill after a few MB, not 32 MB
-    raw.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    # the raw client never decrypts, so it cannot see the transcript; take it from the node
-    with trio.fail_after(5):
-        while not set(node.gateway.sessions) - before:
-            await trio.sleep(0.01)
-    (sid,) = set(node.gateway.sessions) - before
-    session = node.gateway.sessions[sid]
-    proof = {"device_key": bytes(key.verify_key), "sig": device_proof(key, session.transcript_hash)}
-    await raw.send(sealer.seal(encode(frames.request(1, "auth.authorize", proof))))
-    with trio.fail_after(5):
-        while session.user_id is None:
-            await trio.sleep(0.01)
-    raw.auto_pong = False
-    return raw, session
+class StalledDevice:
+    """A signed-in session driven by hand: it can stop reading (and answering pings) and
+    later read again, decrypting what the node sent."""
+
+    def __init__(self, raw: RawWS, sealer: Sealer, opener: Opener, session: Any) -> None:
+        self.raw, self.sealer, self.opener, self.session = raw, sealer, opener, session
+        self._rid = 1
+
+    @classmethod
+    async def connect(cls, node: Node, key: SigningKey) -> StalledDevice:
+        before = set(node.gateway.sessions)
+        raw = await RawWS.connect(node.url)
+        # a small receive window, so the node's socket buffers fill after a few MB, not 32
+        raw.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        init = Initiator()
+        await raw.send(init.hello)
+        welcome = await raw.recv()
+        assert isinstance(welcome, bytes)
+        keys = init.receive_welcome(welcome)
+        self = cls(raw, Sealer(keys.tx), Opener(keys.rx), None)
+        proof = {
+            "device_key": bytes(key.verify_key),
+            "sig": device_proof(key, keys.transcript_hash),
+        }
+        assert "r" in await self.call("auth.authorize", proof)
+        (sid,) = set(node.gateway.sessions) - before
+        self.session = node.gateway.sessions[sid]
+        raw.auto_pong = False
+        return self
+
+    async def call(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self._rid += 1
+        await self.raw.send(self.sealer.seal(encode(frames.request(self._rid, method, params))))
+        while True:
+            frame = await self.next()
+            if frame.get("id") == self._rid:
+                return frame
+
+    async def next(self) -> dict[str, Any]:
+        data = await self.raw.recv()
+        assert isinstance(data, bytes)
+        obj: dict[str, Any] = decode(self.opener.open(data))
+        return obj
 
 
-async def test_stalled_session_delays_nobody(tmp_path: Path) -> None:
+async def test_stalled_session_delays_nobody_then_resyncs(tmp_path: Path) -> None:
     cfg = make_config(tmp_path / "n", limits={"session_queue": 32})
     async with Node.start(cfg) as node:
         key = SigningKey.generate()
@@ -149,7 +174,7 @@ async def test_stalled_session_delays_nobody(tmp_path: Path) -> None:
             g = await a.call("chats.createGroup", {"title": "G", "members": ["bob", "slow"]})
             gid = g["chat"]["id"]
             assert (await next_of(b, "chat.event"))["event"]["kind"] == "create"
-            raw, stalled = await _stalled_session(node, key)
+            slow = await StalledDevice.connect(node, key)
             text = "x" * 4000  # 1500 of these: 6 MB, more than the socket buffers hold
             received: list[int] = []
 
@@ -163,8 +188,29 @@ async def test_stalled_session_delays_nobody(tmp_path: Path) -> None:
                     nursery.start_soon(bob_reads)
                     sent = [await send(a, gid, text) for _ in range(1500)]
             assert received == sent
-            assert stalled.behind is True  # flagged to re-sync instead of slowing anyone
-            await raw.aclose()
+            assert slow.session.behind is True  # flagged to re-sync instead of slowing anyone
+
+            # the stalled device reads again: what was queued, then the notice to re-sync
+            with trio.fail_after(20):
+                got: list[int] = []
+                while True:
+                    updates = (await slow.next()).get("u", [])
+                    got += [u["event"]["seq"] for u in updates if u["type"] == "chat.event"]
+                    if any(u["type"] == "session.behind" for u in updates):
+                        break
+            assert got == sorted(got) and len(got) < 1500
+            diff = await slow.call(
+                "updates.getDifference", {"pts": 0, "chats": {gid: got[-1] if got else 0}}
+            )
+            assert diff["r"]["too_long"] == {gid: sent[-1]}  # more than difference_limit missed
+            # pushes flow again after the re-sync
+            s = await send(a, gid, "are you back?")
+            with trio.fail_after(5):
+                while True:
+                    updates = (await slow.next()).get("u", [])
+                    if any(u.get("event", {}).get("seq") == s for u in updates):
+                        break
+            await slow.raw.aclose()
 
 
 async def test_hash_chain_verifies_and_detects_tampering(node: Node) -> None:

@@ -620,6 +620,8 @@ class Chats:
     # --- updates.* ----------------------------------------------------------------------
     async def get_state(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = _uid(ctx)
+        if ctx.session is not None:
+            ctx.session.resync()  # before reading: what is pushed from now on is not missed
 
         def job(c: sqlite3.Connection) -> dict[str, Any]:
             rows = c.execute(
@@ -633,6 +635,8 @@ class Chats:
 
     async def get_difference(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = _uid(ctx)
+        if ctx.session is not None:
+            ctx.session.resync()  # before reading: what is pushed from now on is not missed
         known: dict[str, int] = p["chats"]
         limit = self.difference_limit
 
