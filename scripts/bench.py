@@ -40,10 +40,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from nacl.signing import SigningKey
@@ -55,6 +55,7 @@ from node.client.admin import AdminClient
 from scripts.light_receiver import LightReceiver
 
 REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 BODY_LEN = 100
 WARMUP = 50
 SEQ_N = 1000
@@ -609,30 +610,28 @@ def machine() -> dict[str, Any]:
     }
 
 
+async def on_fresh_node(args: argparse.Namespace, fn: Callable[[NodeUnderTest], Awaitable[T]]) -> T:
+    """Run one measurement against a node started for it (or the running one: --url)."""
+    with tempfile.TemporaryDirectory(prefix="fedgram-bench-") as tmp:
+        nut = NodeUnderTest(args, Path(tmp))
+        try:
+            return await fn(nut)
+        finally:
+            nut.stop()
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
-    runs: list[dict[str, Any]] = []
+    runs = [
+        await on_fresh_node(args, lambda nut: reference_run(nut, args.procs))
+        for _ in range(args.runs)
+    ]
     extra: dict[str, Any] = {}
-    for _ in range(args.runs):
-        with tempfile.TemporaryDirectory(prefix="fedgram-bench-") as tmp:
-            nut = NodeUnderTest(args, Path(tmp))
-            try:
-                runs.append(await reference_run(nut, args.procs))
-            finally:
-                nut.stop()
     if args.fanout:
-        with tempfile.TemporaryDirectory(prefix="fedgram-bench-") as tmp:
-            nut = NodeUnderTest(args, Path(tmp))
-            try:
-                extra["fanout"] = await fanout_run(nut, args.fanout, args.fanout_seconds)
-            finally:
-                nut.stop()
+        extra["fanout"] = await on_fresh_node(
+            args, lambda nut: fanout_run(nut, args.fanout, args.fanout_seconds)
+        )
     if args.idle:
-        with tempfile.TemporaryDirectory(prefix="fedgram-bench-") as tmp:
-            nut = NodeUnderTest(args, Path(tmp))
-            try:
-                extra["idle"] = await idle_run(nut, args.idle)
-            finally:
-                nut.stop()
+        extra["idle"] = await on_fresh_node(args, lambda nut: idle_run(nut, args.idle))
     out: dict[str, Any] = {
         "server": "fedgram",
         "workload": "11 members (10 senders + 1 listener), 100-byte bodies, 50 warm-up, "
