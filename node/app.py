@@ -24,6 +24,7 @@ from .chats.service import Chats
 from .config import Config, ConfigError, check_writable
 from .gateway import Gateway
 from .lock import DataDirLock
+from .media.service import Media
 from .protocol.identity import fingerprint, load_or_create_key
 from .ratelimit import RateLimiter, Rule
 from .rpc import Router
@@ -53,6 +54,9 @@ class Node:
         self.accounts.register(self.router)
         self.chats = Chats(self)
         self.chats.register(self.router)
+        self.media = Media(self)
+        self.media.register(self.router)
+        self.background.append(self.media.run)
         missing = self.router.missing()
         if missing:
             raise RuntimeError(f"schema methods without a handler: {', '.join(missing)}")

@@ -45,6 +45,7 @@ GROUPS: dict[str, list[tuple[str, str]]] = {
     "auth.signup": [("ip", "signup_per_ip")],
     "auth.authorize": [("ip", "authorize_per_ip")],
     "typing": [("device", "typing_per_device")],
+    "media": [("device", "media_per_device")],
     "default": [("device", "calls_per_device"), ("user", "calls_per_user")],
 }
 
@@ -59,6 +60,7 @@ DEFAULT_RULES: dict[str, str] = {
     "calls_per_device": "3000/10",
     "calls_per_user": "6000/10",
     "typing_per_device": "60/60",
+    "media_per_device": "20000/10",
 }
 
 

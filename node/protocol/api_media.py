@@ -2,6 +2,136 @@
 
 from __future__ import annotations
 
-from .schema import Method
+from .errors import ErrorCode as E
+from .schema import Bool, Bytes, Field, Float, Int, List, Method, Str, Struct
 
-MEDIA_METHODS: list[Method] = []
+UPLOAD_ID = Str(1, 64, r"[A-Za-z0-9_-]+")
+MEDIA_ID = Str(1, 64, r"[a-z0-9]+")
+SHA256_HEX = Str(64, 64, r"[0-9a-f]{64}")
+# the schema bound is the frame's; the node's configured part size is checked by the handler
+PART_BYTES = Bytes(0, 1 << 20)
+
+MediaInfo = Struct(
+    {
+        "media_id": Field(Str()),
+        "sha256": Field(Str(), "hex"),
+        "size": Field(Int()),
+        "mime": Field(Str()),
+        "name": Field(Str()),
+        "width": Field(Int(), "images: pixels", False),
+        "height": Field(Int(), "images: pixels", False),
+        "created": Field(Float(), required=False),
+    },
+    name="MediaInfo",
+)
+
+MEDIA_METHODS: list[Method] = [
+    Method(
+        "media.uploadPart",
+        "Store one part of an upload (any order, any session of the same user). Parts are "
+        "part_size bytes (media.uploadStatus tells it) except the last. Acknowledged parts "
+        "are on disk.",
+        {
+            "upload_id": Field(UPLOAD_ID, "chosen by the client; reuse it to resume"),
+            "index": Field(Int(0), "part number from 0"),
+            "data": Field(PART_BYTES),
+        },
+        Struct({"index": Field(Int()), "size": Field(Int())}, name="PartStored"),
+        (E.PART_TOO_BIG, E.PART_INVALID, E.FILE_TOO_BIG, E.DISK_FULL),
+        rate_group="media",
+    ),
+    Method(
+        "media.uploadStatus",
+        "Which parts of an upload the node already has (resume after a lost connection).",
+        {"upload_id": Field(UPLOAD_ID)},
+        Struct(
+            {
+                "parts": Field(List(Int(), 1 << 20), "indexes present"),
+                "part_size": Field(Int(), "bytes per part (all but the last)"),
+                "expires": Field(Int(), "Unix time the unfinished upload is dropped (0: none)"),
+            },
+            name="UploadStatus",
+        ),
+        rate_group="media",
+    ),
+    Method(
+        "media.complete",
+        "Assemble the parts, verify size and SHA-256 and store the file (once per content). "
+        "Returns the media id to attach to messages.",
+        {
+            "upload_id": Field(UPLOAD_ID),
+            "parts": Field(Int(1), "number of parts"),
+            "size": Field(Int(0), "bytes"),
+            "sha256": Field(SHA256_HEX),
+            "name": Field(Str(0, 255), "file name"),
+            "mime": Field(Str(1, 127, r"[\w.+-]+/[\w.+-]+"), "e.g. image/png"),
+        },
+        MediaInfo,
+        (
+            E.UPLOAD_NOT_FOUND,
+            E.PART_MISSING,
+            E.PART_INVALID,
+            E.CHECKSUM_MISMATCH,
+            E.FILE_TOO_BIG,
+            E.QUOTA_EXCEEDED,
+            E.DISK_FULL,
+        ),
+    ),
+    Method(
+        "media.info",
+        "Metadata of a media the caller may read.",
+        {"media_id": Field(MEDIA_ID)},
+        MediaInfo,
+        (E.MEDIA_NOT_FOUND, E.MEDIA_FORBIDDEN),
+    ),
+    Method(
+        "media.download",
+        "A chunk of a media the caller may read (its uploader, or a member who can read a "
+        "message carrying it).",
+        {
+            "media_id": Field(MEDIA_ID),
+            "offset": Field(Int(0)),
+            "limit": Field(Int(1, 1 << 20), "bytes; capped at the node's download_chunk_max"),
+        },
+        Struct(
+            {"data": Field(Bytes()), "size": Field(Int(), "whole file"), "eof": Field(Bool())},
+            name="Chunk",
+        ),
+        (E.MEDIA_NOT_FOUND, E.MEDIA_FORBIDDEN),
+        rate_group="media",
+    ),
+    Method(
+        "admin.mediaStats",
+        "Media counts and bytes on disk (admin socket).",
+        {},
+        Struct(
+            {
+                "media": Field(Int(), "finished uploads"),
+                "blobs": Field(Int(), "distinct files"),
+                "refs": Field(Int(), "message attachments"),
+                "uploads_in_progress": Field(Int()),
+                "files_on_disk": Field(Int()),
+                "bytes_on_disk": Field(Int()),
+                "partial_bytes": Field(Int(), "parts of unfinished uploads"),
+            },
+            name="MediaStats",
+        ),
+        access="admin",
+    ),
+    Method(
+        "admin.mediaGc",
+        "Expire abandoned uploads, drop never-attached media past the upload TTL, delete "
+        "files nothing refers to (admin socket; also runs every gc_interval).",
+        {},
+        Struct(
+            {
+                "expired_uploads": Field(Int()),
+                "dropped_media": Field(Int()),
+                "removed_files": Field(Int()),
+                "freed_bytes": Field(Int()),
+            },
+            name="MediaGc",
+        ),
+        access="admin",
+    ),
+]

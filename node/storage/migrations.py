@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from ..auth.store import SCHEMA as ACCOUNTS_SCHEMA
 from ..chats.schema_sql import SCHEMA as CHATS_SCHEMA
+from ..media.store import SCHEMA as MEDIA_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -112,5 +113,7 @@ MIGRATIONS: list[Migration] = [
     Migration(2, "accounts", ACCOUNTS_SCHEMA),
     # Chat logs, membership, per-user sync state (node/chats/schema_sql.py, same rule).
     Migration(3, "chats", CHATS_SCHEMA),
+    # Media rows, message attachments, uploads in progress (node/media/store.py, same rule).
+    Migration(4, "media", MEDIA_SCHEMA),
 ]
 check_sequence(MIGRATIONS)

@@ -1,0 +1,1 @@
+"""Media: chunked resumable uploads, content-addressed deduplicated files, ranged downloads."""

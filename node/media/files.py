@@ -1,0 +1,206 @@
+"""The media folder on disk. Blocking functions, called through ``trio.to_thread``.
+
+Layout under the data folder's ``media/``:
+
+* ``ab/cd/<sha256>``: finished files, content-addressed, so identical bytes exist once;
+* ``tmp/u<user>-<upload>/<index>.part``: parts of uploads in progress;
+* ``tmp/*.assembling``: a file being assembled and hashed.
+
+A part or file becomes visible only complete: written to a temporary name, fsynced, renamed,
+and the directory fsynced, so an acknowledged part survives a crash and a half-written one
+is never mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import shutil
+import struct
+import uuid
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+class DiskFull(Exception):
+    """No space left; nothing partial was kept."""
+
+
+class Mismatch(Exception):
+    """The assembled bytes are not the declared size/hash; nothing was kept."""
+
+
+def blob_path(root: Path, sha_hex: str) -> Path:
+    return root / sha_hex[:2] / sha_hex[2:4] / sha_hex
+
+
+def upload_dir(root: Path, user_id: int, upload_id: str) -> Path:
+    return root / "tmp" / f"u{user_id}-{upload_id}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _full(e: OSError) -> bool:
+    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_part(directory: Path, index: int, data: bytes) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{index}.{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, directory / f"{index}.part")
+        _fsync_dir(directory)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if _full(e):
+            raise DiskFull(str(e)) from None
+        raise
+
+
+def list_parts(directory: Path) -> dict[int, int]:
+    """index -> size of the parts present."""
+    out: dict[int, int] = {}
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return out
+    for entry in entries:
+        stem, dot, ext = entry.name.partition(".")
+        if dot and ext == "part" and stem.isdigit():
+            out[int(stem)] = entry.stat().st_size
+    return out
+
+
+def assemble(
+    directory: Path, count: int, root: Path, size: int, sha256_hex: str
+) -> tuple[Path, bytes]:
+    """Concatenate parts 0..count-1 into the blob store, verifying size and SHA-256 while
+    streaming (never the whole file in memory). Returns (blob path, first bytes for
+    sniffing). Identical content already stored is kept as is (dedupe)."""
+    tmp_root = root / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_root / f"{uuid.uuid4().hex}.assembling"
+    h = hashlib.sha256()
+    head = b""
+    total = 0
+    try:
+        with open(tmp, "wb") as out:
+            for i in range(count):
+                with open(directory / f"{i}.part", "rb") as part:
+                    while chunk := part.read(CHUNK):
+                        if len(head) < 64 * 1024:
+                            head += chunk[: 64 * 1024 - len(head)]
+                        h.update(chunk)
+                        out.write(chunk)
+                        total += len(chunk)
+            out.flush()
+            if total != size or h.hexdigest() != sha256_hex:
+                raise Mismatch(
+                    f"got {total} bytes with SHA-256 {h.hexdigest()}, declared {size} "
+                    f"bytes with {sha256_hex}"
+                )
+            os.fsync(out.fileno())
+        final = blob_path(root, sha256_hex)
+        if final.exists():
+            tmp.unlink()
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        return final, head
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OSError) and _full(e):
+            raise DiskFull(str(e)) from None
+        raise
+
+
+def read_range(path: Path, offset: int, limit: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(limit)
+
+
+def remove_tree(path: Path) -> None:
+    """A folder (an upload's parts) or a single leftover file."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def tree_size(path: Path) -> int:
+    if not path.exists():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def remove_blob(root: Path, sha_hex: str) -> int:
+    """Delete one stored file; returns the bytes freed."""
+    path = blob_path(root, sha_hex)
+    try:
+        n = path.stat().st_size
+        path.unlink()
+    except FileNotFoundError:
+        return 0
+    for parent in (path.parent, path.parent.parent):
+        with contextlib.suppress(OSError):
+            parent.rmdir()  # only if empty
+    return n
+
+
+def stored_blobs(root: Path) -> dict[str, int]:
+    """sha256 hex -> size of every finished file on disk."""
+    out: dict[str, int] = {}
+    for d1 in root.iterdir() if root.exists() else ():
+        if len(d1.name) != 2 or not d1.is_dir():
+            continue
+        for d2 in d1.iterdir():
+            if not d2.is_dir():
+                continue
+            for f in d2.iterdir():
+                if len(f.name) == 64:
+                    out[f.name] = f.stat().st_size
+    return out
+
+
+def image_size(head: bytes) -> tuple[int, int] | None:
+    """Width and height of a PNG, GIF or JPEG from its first bytes (None if not one)."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24 and head[12:16] == b"IHDR":
+        w, h = struct.unpack(">II", head[16:24])
+        return int(w), int(h)
+    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        w, h = struct.unpack("<HH", head[6:10])
+        return int(w), int(h)
+    if head.startswith(b"\xff\xd8"):
+        i = 2
+        while i + 9 < len(head):
+            if head[i] != 0xFF:
+                return None
+            marker = head[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                i += 2
+                continue
+            length = struct.unpack(">H", head[i + 2 : i + 4])[0]
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                h, w = struct.unpack(">HH", head[i + 5 : i + 9])
+                return int(w), int(h)
+            i += 2 + length
+    return None

@@ -1,0 +1,217 @@
+"""Media: chunked, resumable uploads; verified, content-addressed, deduplicated storage;
+authorized ranged downloads; expiry and garbage collection.
+
+Nothing here reads file content except to hash it and to sniff image dimensions, so secret
+chats can later upload client-side-encrypted files through the same path. Disk I/O and
+hashing run in threads; the event loop only moves bytes between frames and threads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..protocol.errors import ErrorCode, RpcError
+from . import files, store
+
+if TYPE_CHECKING:
+    from ..app import Node
+    from ..rpc import CallContext, Router
+
+Params = dict[str, Any]
+IO_THREADS = 8  # concurrent part writes/reads; each holds at most one part in memory
+
+
+def _uid(ctx: CallContext) -> int:
+    assert ctx.session is not None and ctx.session.user_id is not None
+    return ctx.session.user_id
+
+
+class Media:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        cfg = node.config
+        self.root: Path = cfg.media_dir
+        self.part_size = int(cfg.get("media", "part_max_bytes"))
+        self.file_max = int(cfg.get("media", "file_max_bytes"))
+        self.quota = int(cfg.get("media", "quota_bytes"))
+        self.upload_ttl = float(cfg.get("media", "upload_ttl"))
+        self.gc_interval = float(cfg.get("media", "gc_interval"))
+        self.chunk_max = int(cfg.get("media", "download_chunk_max"))
+        self._io = trio.CapacityLimiter(IO_THREADS)
+        self._gc_lock = trio.Lock()
+
+    def register(self, router: Router) -> None:
+        for name, fn in {
+            "media.uploadPart": self.upload_part,
+            "media.uploadStatus": self.upload_status,
+            "media.complete": self.complete,
+            "media.info": self.info,
+            "media.download": self.download,
+            "admin.mediaStats": self.admin_stats,
+            "admin.mediaGc": self.admin_gc,
+        }.items():
+            router.add(name, fn)
+
+    async def _thread(self, fn: Any, *args: Any) -> Any:
+        return await trio.to_thread.run_sync(fn, *args, limiter=self._io)
+
+    # --- uploads --------------------------------------------------------------------------
+    async def upload_part(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = _uid(ctx)
+        index, data = p["index"], p["data"]
+        if len(data) > self.part_size:
+            raise RpcError(ErrorCode.PART_TOO_BIG, f"parts are at most {self.part_size} bytes")
+        if index * self.part_size >= self.file_max:
+            raise RpcError(ErrorCode.FILE_TOO_BIG, f"files are at most {self.file_max} bytes")
+        await self.node.db.write(lambda c: store.touch_upload(c, uid, p["upload_id"]))
+        try:
+            await self._thread(
+                files.write_part, files.upload_dir(self.root, uid, p["upload_id"]), index, data
+            )
+        except files.DiskFull:
+            raise RpcError(ErrorCode.DISK_FULL) from None
+        return {"index": index, "size": len(data)}
+
+    async def upload_status(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = _uid(ctx)
+        started = await self.node.db.read(lambda c: store.upload_started(c, uid, p["upload_id"]))
+        parts: dict[int, int] = {}
+        if started is not None:
+            parts = await self._thread(
+                files.list_parts, files.upload_dir(self.root, uid, p["upload_id"])
+            )
+        return {
+            "parts": sorted(parts),
+            "part_size": self.part_size,
+            "expires": int(started + self.upload_ttl) if started is not None else 0,
+        }
+
+    async def complete(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = _uid(ctx)
+        upload_id, count, size = p["upload_id"], p["parts"], p["size"]
+        if size > self.file_max:
+            raise RpcError(ErrorCode.FILE_TOO_BIG, f"files are at most {self.file_max} bytes")
+        started = await self.node.db.read(lambda c: store.upload_started(c, uid, upload_id))
+        if started is None:
+            raise RpcError(ErrorCode.UPLOAD_NOT_FOUND)
+        directory = files.upload_dir(self.root, uid, upload_id)
+        parts = await self._thread(files.list_parts, directory)
+        missing = [i for i in range(count) if i not in parts]
+        if missing:
+            shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+            raise RpcError(ErrorCode.PART_MISSING, f"missing parts: {shown}")
+        short = [i for i in range(count - 1) if parts[i] != self.part_size]
+        if short or parts[count - 1] > self.part_size or any(i >= count for i in parts):
+            raise RpcError(
+                ErrorCode.PART_INVALID,
+                f"all parts but the last must be {self.part_size} bytes and indexes < {count}",
+            )
+        if self.quota:
+            used = await self.node.db.read(lambda c: store.used_bytes(c, uid))
+            if used + size > self.quota:
+                raise RpcError(ErrorCode.QUOTA_EXCEEDED, f"{used} of {self.quota} bytes in use")
+        try:
+            path, head = await self._thread(
+                files.assemble, directory, count, self.root, size, p["sha256"]
+            )
+        except files.Mismatch as e:
+            await self._drop_upload(uid, upload_id)  # a corrupted upload keeps nothing
+            raise RpcError(ErrorCode.CHECKSUM_MISMATCH, str(e)) from None
+        except files.DiskFull:
+            raise RpcError(ErrorCode.DISK_FULL) from None
+        dims = files.image_size(head) if p["mime"].startswith("image/") else None
+        sha = bytes.fromhex(p["sha256"])
+
+        def job(c: sqlite3.Connection) -> dict[str, Any]:
+            store.end_upload(c, uid, upload_id)
+            return store.insert(c, uid, sha, size, p["mime"], p["name"], dims)
+
+        async with self._gc_lock:  # the blob must not be collected between rename and row
+            if not path.exists():  # collected while we assembled: assemble again
+                path, _ = await self._thread(
+                    files.assemble, directory, count, self.root, size, p["sha256"]
+                )
+            info = await self.node.db.write(job)
+        await self._thread(files.remove_tree, directory)
+        return info
+
+    async def _drop_upload(self, uid: int, upload_id: str) -> None:
+        await self.node.db.write(lambda c: store.end_upload(c, uid, upload_id))
+        await self._thread(files.remove_tree, files.upload_dir(self.root, uid, upload_id))
+
+    # --- downloads ------------------------------------------------------------------------
+    async def info(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = _uid(ctx)
+        meta: dict[str, Any] = await self.node.db.read(
+            lambda c: store.need_readable(c, uid, p["media_id"])
+        )
+        return meta
+
+    async def download(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = _uid(ctx)
+        meta = await self.node.db.read(lambda c: store.need_readable(c, uid, p["media_id"]))
+        offset, limit = p["offset"], min(p["limit"], self.chunk_max)
+        data = b""
+        if offset < meta["size"]:
+            path = files.blob_path(self.root, meta["sha256"])
+            data = await self._thread(files.read_range, path, offset, limit)
+        return {"data": data, "size": meta["size"], "eof": offset + len(data) >= meta["size"]}
+
+    # --- housekeeping ---------------------------------------------------------------------
+    async def run(self) -> None:
+        """The node's sweep loop: expiry and garbage collection every gc_interval."""
+        while True:
+            await trio.sleep(self.gc_interval)
+            await self.gc()
+
+    async def gc(self) -> dict[str, int]:
+        cutoff = time.time() - self.upload_ttl
+        async with self._gc_lock:
+            expired = await self.node.db.write(lambda c: store.expired_uploads(c, cutoff))
+            dropped = await self.node.db.write(lambda c: store.drop_unattached(c, cutoff))
+            live = await self.node.db.read(store.live_blobs)
+            active = await self.node.db.read(store.active_uploads)
+            removed, freed = await self._thread(self._sweep_disk, live, active)
+        return {
+            "expired_uploads": len(expired),
+            "dropped_media": dropped,
+            "removed_files": removed,
+            "freed_bytes": freed,
+        }
+
+    def _sweep_disk(self, live: set[str], active: set[tuple[int, str]]) -> tuple[int, int]:
+        """Delete files no media row refers to, and upload leftovers nobody owns any more.
+        A leftover must also be quiet for a grace period: its upload may have started after
+        ``active`` was read."""
+        removed = freed = 0
+        for sha in files.stored_blobs(self.root):
+            if sha not in live:
+                freed += files.remove_blob(self.root, sha)
+                removed += 1
+        grace = min(60.0, self.upload_ttl)
+        keep = {files.upload_dir(self.root, u, up).name for u, up in active}
+        tmp = self.root / "tmp"
+        for entry in list(tmp.iterdir()) if tmp.exists() else []:
+            if entry.name in keep or time.time() - entry.stat().st_mtime < grace:
+                continue
+            freed += files.tree_size(entry)
+            files.remove_tree(entry)
+        return removed, freed
+
+    async def admin_stats(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        counts = await self.node.db.read(store.stats)
+
+        def disk() -> tuple[int, int, int]:
+            blobs = files.stored_blobs(self.root)
+            return len(blobs), sum(blobs.values()), files.tree_size(self.root / "tmp")
+
+        n, total, partial = await self._thread(disk)
+        return {**counts, "files_on_disk": n, "bytes_on_disk": total, "partial_bytes": partial}
+
+    async def admin_gc(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        return await self.gc()

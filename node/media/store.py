@@ -1,0 +1,201 @@
+"""SQL for media. A *media* row is one finished, verified upload (name, mime, uploader) of a
+content-addressed blob: many rows may share one blob (the same bytes uploaded twice are
+stored once). ``media_refs`` records which chat messages carry which media; reading a media
+needs being its uploader or being able to read one of those messages.
+
+Every function runs inside one ``Database.write``/``read`` job.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import sqlite3
+import time
+from typing import Any
+
+from ..protocol.errors import ErrorCode, RpcError
+
+SCHEMA = """
+CREATE TABLE media(
+    id TEXT PRIMARY KEY,
+    sha256 BLOB NOT NULL,
+    size INTEGER NOT NULL,
+    mime TEXT NOT NULL,
+    name TEXT NOT NULL,
+    width INTEGER,
+    height INTEGER,
+    uploader_id INTEGER REFERENCES users(id) ON DELETE SET NULL,
+    created REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX media_sha ON media(sha256);
+CREATE INDEX media_uploader ON media(uploader_id);
+CREATE TABLE media_refs(
+    media_id TEXT NOT NULL REFERENCES media(id) ON DELETE CASCADE,
+    chat_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (media_id, chat_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE media_uploads(
+    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    upload_id TEXT NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (user_id, upload_id)
+) WITHOUT ROWID;
+"""
+
+_COLS = "id, sha256, size, mime, name, width, height, uploader_id, created"
+
+
+def new_media_id() -> str:
+    return base64.b32encode(secrets.token_bytes(15)).decode().lower()
+
+
+def _out(row: Any) -> dict[str, Any]:
+    out = {
+        "media_id": row[0],
+        "sha256": bytes(row[1]).hex(),
+        "size": row[2],
+        "mime": row[3],
+        "name": row[4],
+        "created": row[8],
+    }
+    if row[5] is not None and row[6] is not None:
+        out["width"], out["height"] = row[5], row[6]
+    return out
+
+
+def get(conn: sqlite3.Connection, media_id: str) -> Any:
+    return conn.execute(f"SELECT {_COLS} FROM media WHERE id = ?", (media_id,)).fetchone()
+
+
+def may_read(conn: sqlite3.Connection, user_id: int, media_id: str, uploader: int | None) -> bool:
+    """The uploader, or a member who can read a (not deleted) message carrying it."""
+    if uploader == user_id:
+        return True
+    row = conn.execute(
+        "SELECT 1 FROM media_refs r "
+        "JOIN chat_members m ON m.chat_id = r.chat_id AND m.user_id = ? AND m.state = 'member' "
+        "JOIN events e ON e.chat_id = r.chat_id AND e.seq = r.seq AND e.deleted = 0 "
+        "WHERE r.media_id = ? AND r.seq >= m.joined_seq LIMIT 1",
+        (user_id, media_id),
+    ).fetchone()
+    return row is not None
+
+
+def need_readable(conn: sqlite3.Connection, user_id: int, media_id: str) -> dict[str, Any]:
+    row = get(conn, media_id)
+    if row is None:
+        raise RpcError(ErrorCode.MEDIA_NOT_FOUND, f"no media {media_id}")
+    if not may_read(conn, user_id, media_id, row[7]):
+        raise RpcError(ErrorCode.MEDIA_FORBIDDEN)
+    return _out(row)
+
+
+def attach_to_message(
+    conn: sqlite3.Connection, user_id: int, chat_id: str, seq: int, items: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Inside the message-send job: check the sender may use each media, record the refs,
+    and return the metadata that travels (signed) inside the message event."""
+    out = []
+    for item in items:
+        meta = need_readable(conn, user_id, item["media_id"])
+        conn.execute(
+            "INSERT OR IGNORE INTO media_refs(media_id, chat_id, seq) VALUES (?, ?, ?)",
+            (item["media_id"], chat_id, seq),
+        )
+        meta.pop("created")
+        out.append({**meta, "kind": item["kind"]})
+    return out
+
+
+def used_bytes(conn: sqlite3.Connection, user_id: int) -> int:
+    """A user's quota use: each distinct blob they uploaded counts once."""
+    row = conn.execute(
+        "SELECT COALESCE(SUM(size), 0) FROM (SELECT DISTINCT sha256, size FROM media "
+        "WHERE uploader_id = ?)",
+        (user_id,),
+    ).fetchone()
+    return int(row[0])
+
+
+def insert(
+    conn: sqlite3.Connection,
+    user_id: int,
+    sha256: bytes,
+    size: int,
+    mime: str,
+    name: str,
+    dims: tuple[int, int] | None,
+) -> dict[str, Any]:
+    media_id = new_media_id()
+    w, h = dims if dims else (None, None)
+    conn.execute(
+        f"INSERT INTO media({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (media_id, sha256, size, mime, name, w, h, user_id, time.time()),
+    )
+    row = get(conn, media_id)
+    return _out(row)
+
+
+def touch_upload(conn: sqlite3.Connection, user_id: int, upload_id: str) -> float:
+    """Register an upload on its first part; returns when it started (for expiry)."""
+    conn.execute(
+        "INSERT OR IGNORE INTO media_uploads(user_id, upload_id, created) VALUES (?, ?, ?)",
+        (user_id, upload_id, time.time()),
+    )
+    row = conn.execute(
+        "SELECT created FROM media_uploads WHERE user_id = ? AND upload_id = ?",
+        (user_id, upload_id),
+    ).fetchone()
+    return float(row[0])
+
+
+def upload_started(conn: sqlite3.Connection, user_id: int, upload_id: str) -> float | None:
+    row = conn.execute(
+        "SELECT created FROM media_uploads WHERE user_id = ? AND upload_id = ?",
+        (user_id, upload_id),
+    ).fetchone()
+    return float(row[0]) if row else None
+
+
+def end_upload(conn: sqlite3.Connection, user_id: int, upload_id: str) -> None:
+    conn.execute(
+        "DELETE FROM media_uploads WHERE user_id = ? AND upload_id = ?", (user_id, upload_id)
+    )
+
+
+def expired_uploads(conn: sqlite3.Connection, before: float) -> list[tuple[int, str]]:
+    rows = conn.execute(
+        "SELECT user_id, upload_id FROM media_uploads WHERE created < ?", (before,)
+    ).fetchall()
+    conn.execute("DELETE FROM media_uploads WHERE created < ?", (before,))
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+def drop_unattached(conn: sqlite3.Connection, before: float) -> int:
+    """Media finished but never attached to a message within the upload TTL are garbage."""
+    cur = conn.execute(
+        "DELETE FROM media WHERE created < ? AND NOT EXISTS "
+        "(SELECT 1 FROM media_refs r WHERE r.media_id = media.id)",
+        (before,),
+    )
+    return cur.rowcount
+
+
+def live_blobs(conn: sqlite3.Connection) -> set[str]:
+    return {bytes(r[0]).hex() for r in conn.execute("SELECT DISTINCT sha256 FROM media")}
+
+
+def active_uploads(conn: sqlite3.Connection) -> set[tuple[int, str]]:
+    return {
+        (int(r[0]), str(r[1])) for r in conn.execute("SELECT user_id, upload_id FROM media_uploads")
+    }
+
+
+def stats(conn: sqlite3.Connection) -> dict[str, int]:
+    media, blobs, refs = conn.execute(
+        "SELECT COUNT(*), COUNT(DISTINCT sha256), (SELECT COUNT(*) FROM media_refs) FROM media"
+    ).fetchone()
+    uploads = conn.execute("SELECT COUNT(*) FROM media_uploads").fetchone()[0]
+    return {"media": media, "blobs": blobs, "refs": refs, "uploads_in_progress": uploads}
