@@ -15,11 +15,12 @@ from node.client.admin import AdminClient
 from node.config import ConfigError
 from node.lock import node_running
 
-from . import chat_client_cmds  # noqa: F401 - registers the client's chat commands
+from . import chat_client_cmds, client_media_cmds  # noqa: F401 - register client commands
 from .admin_cmds import invite_app, user_app
 from .chat_admin_cmds import chat_app
 from .client_cmds import client_app
 from .common import DataOpt, JsonOpt, fail, print_json, run_async
+from .media_cmds import media_app
 
 app = typer.Typer(
     name="fedgram",
@@ -34,6 +35,7 @@ app.add_typer(user_app, name="user")
 app.add_typer(invite_app, name="invite")
 app.add_typer(client_app, name="client")
 app.add_typer(chat_app, name="chat")
+app.add_typer(media_app, name="media")
 
 ListenOpt = Annotated[
     str | None, typer.Option("--listen", help="host:port for the gateway (port 0: any free).")

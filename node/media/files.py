@@ -3,12 +3,12 @@
 Layout under the data folder's ``media/``:
 
 * ``ab/cd/<sha256>``: finished files, content-addressed, so identical bytes exist once;
-* ``tmp/u<user>-<upload>/<index>.part``: parts of uploads in progress;
-* ``tmp/*.assembling``: a file being assembled and hashed.
+* ``tmp/u<user>-<upload>``: an upload in progress, each part written at its own offset
+  (index x part size) and fsynced before the database records it, so an acknowledged part
+  survives a crash and a half-written one is never counted.
 
-A part or file becomes visible only complete: written to a temporary name, fsynced, renamed,
-and the directory fsynced, so an acknowledged part survives a crash and a half-written one
-is never mistaken for a finished one.
+A finished file becomes visible only complete: hashed and verified, fsynced, renamed into
+place, and the directory fsynced.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import hashlib
 import os
 import shutil
 import struct
-import uuid
 from pathlib import Path
 
 CHUNK = 1 << 20
@@ -37,7 +36,7 @@ def blob_path(root: Path, sha_hex: str) -> Path:
     return root / sha_hex[:2] / sha_hex[2:4] / sha_hex
 
 
-def upload_dir(root: Path, user_id: int, upload_id: str) -> Path:
+def upload_path(root: Path, user_id: int, upload_id: str) -> Path:
     return root / "tmp" / f"u{user_id}-{upload_id}"
 
 
@@ -53,79 +52,58 @@ def _full(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def write_part(directory: Path, index: int, data: bytes) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{index}.{uuid.uuid4().hex}"
+def write_part(path: Path, offset: int, data: bytes) -> None:
+    """Write one part at its offset and make it durable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, directory / f"{index}.part")
-        _fsync_dir(directory)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.pwrite(fd, view, offset)
+                view, offset = view[n:], offset + n
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         if _full(e):
             raise DiskFull(str(e)) from None
         raise
 
 
-def list_parts(directory: Path) -> dict[int, int]:
-    """index -> size of the parts present."""
-    out: dict[int, int] = {}
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return out
-    for entry in entries:
-        stem, dot, ext = entry.name.partition(".")
-        if dot and ext == "part" and stem.isdigit():
-            out[int(stem)] = entry.stat().st_size
-    return out
-
-
-def assemble(
-    directory: Path, count: int, root: Path, size: int, sha256_hex: str
-) -> tuple[Path, bytes]:
-    """Concatenate parts 0..count-1 into the blob store, verifying size and SHA-256 while
-    streaming (never the whole file in memory). Returns (blob path, first bytes for
-    sniffing). Identical content already stored is kept as is (dedupe)."""
-    tmp_root = root / "tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_root / f"{uuid.uuid4().hex}.assembling"
+def finish(path: Path, root: Path, size: int, sha256_hex: str) -> tuple[Path, bytes]:
+    """Verify an upload's bytes (size and SHA-256, streamed) and move them into the blob
+    store; identical content already stored is kept as is (dedupe). Returns (blob path,
+    first bytes for sniffing). On a mismatch the upload's file is deleted."""
     h = hashlib.sha256()
     head = b""
     total = 0
     try:
-        with open(tmp, "wb") as out:
-            for i in range(count):
-                with open(directory / f"{i}.part", "rb") as part:
-                    while chunk := part.read(CHUNK):
-                        if len(head) < 64 * 1024:
-                            head += chunk[: 64 * 1024 - len(head)]
-                        h.update(chunk)
-                        out.write(chunk)
-                        total += len(chunk)
-            out.flush()
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                if len(head) < 64 * 1024:
+                    head += chunk[: 64 * 1024 - len(head)]
+                h.update(chunk)
+                total += len(chunk)
             if total != size or h.hexdigest() != sha256_hex:
                 raise Mismatch(
                     f"got {total} bytes with SHA-256 {h.hexdigest()}, declared {size} "
                     f"bytes with {sha256_hex}"
                 )
-            os.fsync(out.fileno())
+            os.fsync(f.fileno())
         final = blob_path(root, sha256_hex)
         if final.exists():
-            tmp.unlink()
+            path.unlink()
         else:
             final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
+            os.replace(path, final)
             _fsync_dir(final.parent)
         return final, head
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, OSError) and _full(e):
+    except Mismatch:
+        path.unlink(missing_ok=True)
+        raise
+    except OSError as e:
+        if _full(e):
             raise DiskFull(str(e)) from None
         raise
 

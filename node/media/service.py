@@ -63,28 +63,28 @@ class Media:
     # --- uploads --------------------------------------------------------------------------
     async def upload_part(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = _uid(ctx)
-        index, data = p["index"], p["data"]
+        upload_id, index, data = p["upload_id"], p["index"], p["data"]
         if len(data) > self.part_size:
             raise RpcError(ErrorCode.PART_TOO_BIG, f"parts are at most {self.part_size} bytes")
         if index * self.part_size >= self.file_max:
             raise RpcError(ErrorCode.FILE_TOO_BIG, f"files are at most {self.file_max} bytes")
-        await self.node.db.write(lambda c: store.touch_upload(c, uid, p["upload_id"]))
+        await self.node.db.write(lambda c: store.touch_upload(c, uid, upload_id))
+        path = files.upload_path(self.root, uid, upload_id)
         try:
-            await self._thread(
-                files.write_part, files.upload_dir(self.root, uid, p["upload_id"]), index, data
-            )
+            await self._thread(files.write_part, path, index * self.part_size, data)
         except files.DiskFull:
             raise RpcError(ErrorCode.DISK_FULL) from None
+        # recorded only once the bytes are on disk: a listed part is a durable part
+        await self.node.db.write(lambda c: store.add_part(c, uid, upload_id, index, len(data)))
         return {"index": index, "size": len(data)}
 
     async def upload_status(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = _uid(ctx)
-        started = await self.node.db.read(lambda c: store.upload_started(c, uid, p["upload_id"]))
-        parts: dict[int, int] = {}
-        if started is not None:
-            parts = await self._thread(
-                files.list_parts, files.upload_dir(self.root, uid, p["upload_id"])
-            )
+
+        def job(c: sqlite3.Connection) -> tuple[float | None, dict[int, int]]:
+            return store.upload_started(c, uid, p["upload_id"]), store.parts(c, uid, p["upload_id"])
+
+        started, parts = await self.node.db.read(job)
         return {
             "parts": sorted(parts),
             "part_size": self.part_size,
@@ -96,53 +96,48 @@ class Media:
         upload_id, count, size = p["upload_id"], p["parts"], p["size"]
         if size > self.file_max:
             raise RpcError(ErrorCode.FILE_TOO_BIG, f"files are at most {self.file_max} bytes")
-        started = await self.node.db.read(lambda c: store.upload_started(c, uid, upload_id))
+
+        def check(c: sqlite3.Connection) -> tuple[float | None, dict[int, int], int]:
+            return (
+                store.upload_started(c, uid, upload_id),
+                store.parts(c, uid, upload_id),
+                store.used_bytes(c, uid),
+            )
+
+        started, parts, used = await self.node.db.read(check)
         if started is None:
             raise RpcError(ErrorCode.UPLOAD_NOT_FOUND)
-        directory = files.upload_dir(self.root, uid, upload_id)
-        parts = await self._thread(files.list_parts, directory)
         missing = [i for i in range(count) if i not in parts]
         if missing:
             shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
             raise RpcError(ErrorCode.PART_MISSING, f"missing parts: {shown}")
         short = [i for i in range(count - 1) if parts[i] != self.part_size]
-        if short or parts[count - 1] > self.part_size or any(i >= count for i in parts):
+        if short or any(i >= count for i in parts):
             raise RpcError(
                 ErrorCode.PART_INVALID,
                 f"all parts but the last must be {self.part_size} bytes and indexes < {count}",
             )
-        if self.quota:
-            used = await self.node.db.read(lambda c: store.used_bytes(c, uid))
-            if used + size > self.quota:
-                raise RpcError(ErrorCode.QUOTA_EXCEEDED, f"{used} of {self.quota} bytes in use")
-        try:
-            path, head = await self._thread(
-                files.assemble, directory, count, self.root, size, p["sha256"]
-            )
-        except files.Mismatch as e:
-            await self._drop_upload(uid, upload_id)  # a corrupted upload keeps nothing
-            raise RpcError(ErrorCode.CHECKSUM_MISMATCH, str(e)) from None
-        except files.DiskFull:
-            raise RpcError(ErrorCode.DISK_FULL) from None
-        dims = files.image_size(head) if p["mime"].startswith("image/") else None
+        if self.quota and used + size > self.quota:
+            raise RpcError(ErrorCode.QUOTA_EXCEEDED, f"{used} of {self.quota} bytes in use")
         sha = bytes.fromhex(p["sha256"])
 
         def job(c: sqlite3.Connection) -> dict[str, Any]:
             store.end_upload(c, uid, upload_id)
             return store.insert(c, uid, sha, size, p["mime"], p["name"], dims)
 
+        path = files.upload_path(self.root, uid, upload_id)
         async with self._gc_lock:  # the blob must not be collected between rename and row
-            if not path.exists():  # collected while we assembled: assemble again
-                path, _ = await self._thread(
-                    files.assemble, directory, count, self.root, size, p["sha256"]
-                )
-            info = await self.node.db.write(job)
-        await self._thread(files.remove_tree, directory)
+            try:
+                _, head = await self._thread(files.finish, path, self.root, size, p["sha256"])
+            except files.Mismatch as e:
+                # a corrupted upload keeps nothing; the client starts it again
+                await self.node.db.write(lambda c: store.end_upload(c, uid, upload_id))
+                raise RpcError(ErrorCode.CHECKSUM_MISMATCH, str(e)) from None
+            except files.DiskFull:
+                raise RpcError(ErrorCode.DISK_FULL) from None
+            dims = files.image_size(head) if p["mime"].startswith("image/") else None
+            info: dict[str, Any] = await self.node.db.write(job)
         return info
-
-    async def _drop_upload(self, uid: int, upload_id: str) -> None:
-        await self.node.db.write(lambda c: store.end_upload(c, uid, upload_id))
-        await self._thread(files.remove_tree, files.upload_dir(self.root, uid, upload_id))
 
     # --- downloads ------------------------------------------------------------------------
     async def info(self, ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -194,7 +189,7 @@ class Media:
                 freed += files.remove_blob(self.root, sha)
                 removed += 1
         grace = min(60.0, self.upload_ttl)
-        keep = {files.upload_dir(self.root, u, up).name for u, up in active}
+        keep = {files.upload_path(self.root, u, up).name for u, up in active}
         tmp = self.root / "tmp"
         for entry in list(tmp.iterdir()) if tmp.exists() else []:
             if entry.name in keep or time.time() - entry.stat().st_mtime < grace:

@@ -42,6 +42,15 @@ CREATE TABLE media_uploads(
     created REAL NOT NULL,
     PRIMARY KEY (user_id, upload_id)
 ) WITHOUT ROWID;
+CREATE TABLE media_parts(
+    user_id INTEGER NOT NULL,
+    upload_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (user_id, upload_id, idx),
+    FOREIGN KEY (user_id, upload_id) REFERENCES media_uploads(user_id, upload_id)
+        ON DELETE CASCADE
+) WITHOUT ROWID;
 """
 
 _COLS = "id, sha256, size, mime, name, width, height, uploader_id, created"
@@ -149,6 +158,22 @@ def touch_upload(conn: sqlite3.Connection, user_id: int, upload_id: str) -> floa
         (user_id, upload_id),
     ).fetchone()
     return float(row[0])
+
+
+def add_part(conn: sqlite3.Connection, user_id: int, upload_id: str, idx: int, size: int) -> None:
+    """Record a part whose bytes are already on disk (fsynced): acknowledged means durable."""
+    conn.execute(
+        "INSERT OR REPLACE INTO media_parts(user_id, upload_id, idx, size) VALUES (?, ?, ?, ?)",
+        (user_id, upload_id, idx, size),
+    )
+
+
+def parts(conn: sqlite3.Connection, user_id: int, upload_id: str) -> dict[int, int]:
+    rows = conn.execute(
+        "SELECT idx, size FROM media_parts WHERE user_id = ? AND upload_id = ?",
+        (user_id, upload_id),
+    )
+    return {int(r[0]): int(r[1]) for r in rows}
 
 
 def upload_started(conn: sqlite3.Connection, user_id: int, upload_id: str) -> float | None:

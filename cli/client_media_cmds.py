@@ -1,0 +1,94 @@
+"""`fedgram client upload|download`: files with progress bars; re-running resumes."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+
+from node.client.media import download_file, guess_mime, kind_for, upload_file, upload_id_for
+from node.client.signed_in import connect_signed_in
+
+from .chat_client_cmds import resolve_chat
+from .client_cmds import ProfileOpt, _profile, client_app
+from .common import JsonOpt, fail, print_json, run_async
+
+
+@client_app.command()
+def upload(
+    file: Annotated[Path, typer.Argument(help="The file to upload.", exists=True, dir_okay=False)],
+    to: Annotated[
+        str | None, typer.Option("--to", help="Send it to this chat (id or @name).")
+    ] = None,
+    caption: Annotated[str | None, typer.Option(help="Caption of the message (with --to).")] = None,
+    mime: Annotated[str | None, typer.Option(help="MIME type (default: from the name).")] = None,
+    parallel: Annotated[int, typer.Option(min=1, max=32, help="Parts in flight.")] = 8,
+    profile: ProfileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Upload a file (resumes an interrupted upload of the same file); prints its media id."""
+    prof = _profile(profile)
+    the_mime = mime or guess_mime(file)
+    size = file.stat().st_size
+
+    async def go() -> dict[str, Any]:
+        async with connect_signed_in(prof) as c:
+            with click.progressbar(
+                length=size, label=file.name, file=sys.stderr, show_pos=True
+            ) as bar:
+                info = await upload_file(
+                    c,
+                    file,
+                    upload_id_for(file),
+                    mime=the_mime,
+                    progress=bar.update,
+                    parallel=parallel,
+                )
+            out: dict[str, Any] = {"media": info}
+            if to is not None:
+                chat = await resolve_chat(c, to)
+                params = {
+                    "chat": chat,
+                    "random_id": secrets.randbits(63),
+                    "text": caption or "",
+                    "media": [{"media_id": info["media_id"], "kind": kind_for(the_mime)}],
+                }
+                out["message"] = {"chat": chat, **await c.call("messages.send", params)}
+            return out
+
+    r = run_async(go)
+    if json:
+        print_json(r)
+        return
+    typer.echo(r["media"]["media_id"])
+    if "message" in r:
+        typer.echo(f"sent to {r['message']['chat']} (seq {r['message']['seq']})", err=True)
+
+
+@client_app.command()
+def download(
+    media_id: Annotated[str, typer.Argument(help="Media id (from a message or an upload).")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to save it.")] = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Download a file (resumes a partial download); verifies its SHA-256."""
+    prof = _profile(profile)
+
+    async def go() -> Path:
+        async with connect_signed_in(prof) as c:
+            info = await c.call("media.info", {"media_id": media_id})
+            dest = output or Path(Path(info["name"]).name or media_id)
+            with click.progressbar(
+                length=info["size"], label=dest.name, file=sys.stderr, show_pos=True
+            ) as bar:
+                try:
+                    await download_file(c, media_id, dest, progress=bar.update)
+                except ValueError as e:
+                    fail(str(e))
+            return dest
+
+    typer.echo(str(run_async(go)))

@@ -1,0 +1,260 @@
+"""Media through the real SDK against a real node: parts out of order and resumed, verified
+and deduplicated storage, ranged downloads, authorization, expiry/gc, quota, limits."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from node.app import Node
+from node.client import RpcError
+from node.client.media import download_file, upload_file
+from tests.conftest import make_config
+from tests.helpers import admin, next_of, send, signed_in
+
+PART = 64 * 1024  # small parts keep the tests fast; the code path is the same
+
+
+@pytest.fixture
+async def mnode(tmp_path: Path) -> Any:
+    cfg = make_config(
+        tmp_path / "n",
+        media={"part_max_bytes": PART, "file_max_bytes": 4 << 20, "quota_bytes": 3 << 20},
+    )
+    async with Node.start(cfg) as n:
+        yield n
+
+
+def blobs(node: Node) -> list[Path]:
+    return [p for p in node.config.media_dir.rglob("*") if p.is_file() and len(p.name) == 64]
+
+
+def png(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    raw = b"".join(b"\x00" + b"\x00\x00\x00" * width for _ in range(height))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + (
+        chunk(b"IEND", b"")
+    )
+
+
+async def _parts(c: Any, upload_id: str, data: bytes, order: list[int]) -> None:
+    for i in order:
+        await c.call(
+            "media.uploadPart",
+            {"upload_id": upload_id, "index": i, "data": data[i * PART : (i + 1) * PART]},
+        )
+
+
+async def test_out_of_order_resume_after_killed_connection(mnode: Node) -> None:
+    data = os.urandom(5 * PART + 1234)  # 6 parts, the last one short
+    sha = hashlib.sha256(data).hexdigest()
+    async with signed_in(mnode, "alice") as c:
+        await _parts(c, "up1", data, [4, 0, 2])
+    # the connection is gone; a new one asks what is there and sends the rest
+    async with signed_in(mnode, "alice", create=False) as c:
+        status = await c.call("media.uploadStatus", {"upload_id": "up1"})
+        assert status["parts"] == [0, 2, 4] and status["part_size"] == PART
+        with pytest.raises(RpcError) as e:
+            await c.call(
+                "media.complete",
+                {"upload_id": "up1", "parts": 6, "size": len(data), "sha256": sha,
+                 "name": "x.bin", "mime": "application/octet-stream"},
+            )
+        assert e.value.code == "PART_MISSING" and "1, 3, 5" in e.value.message
+        await _parts(c, "up1", data, [5, 3, 1])
+        info = await c.call(
+            "media.complete",
+            {"upload_id": "up1", "parts": 6, "size": len(data), "sha256": sha,
+             "name": "x.bin", "mime": "application/octet-stream"},
+        )
+        assert info["size"] == len(data) and info["sha256"] == sha
+        # ranged download reassembles to the same bytes
+        got = b""
+        for offset in range(0, len(data), 100_000):
+            r = await c.call(
+                "media.download", {"media_id": info["media_id"], "offset": offset, "limit": 100_000}
+            )
+            got += r["data"]
+        assert got == data and r["eof"] is True
+    assert len(blobs(mnode)) == 1
+    assert not list((mnode.config.media_dir / "tmp").iterdir())  # parts cleaned up
+
+
+async def test_corrupted_part_stores_nothing(mnode: Node) -> None:
+    data = os.urandom(3 * PART)
+    sha = hashlib.sha256(data).hexdigest()
+    bad = bytearray(data)
+    bad[PART + 10] ^= 0xFF
+    async with signed_in(mnode, "alice") as c:
+        await _parts(c, "up", bytes(bad), [0, 1, 2])
+        with pytest.raises(RpcError) as e:
+            await c.call(
+                "media.complete",
+                {"upload_id": "up", "parts": 3, "size": len(data), "sha256": sha,
+                 "name": "f", "mime": "application/octet-stream"},
+            )
+        assert e.value.code == "CHECKSUM_MISMATCH"
+        status = await c.call("media.uploadStatus", {"upload_id": "up"})
+        assert status["parts"] == []  # the upload is gone: start again
+    assert blobs(mnode) == []
+    assert [p for p in mnode.config.media_dir.rglob("*") if p.is_file()] == []
+
+
+async def test_same_file_twice_is_stored_once(mnode: Node, tmp_path: Path) -> None:
+    f = tmp_path / "photo.png"
+    f.write_bytes(png(40, 30) + os.urandom(3 * PART))
+    async with signed_in(mnode, "alice") as a, signed_in(mnode, "bob") as b:
+        ia = await upload_file(a, f, "one")
+        ib = await upload_file(b, f, "other")
+        assert ia["media_id"] != ib["media_id"] and ia["sha256"] == ib["sha256"]
+        assert (ia["width"], ia["height"]) == (40, 30) and ia["mime"] == "image/png"
+    assert len(blobs(mnode)) == 1
+    stats = await admin(mnode, "admin.mediaStats")
+    assert (stats["media"], stats["blobs"], stats["files_on_disk"]) == (2, 1, 1)
+
+
+async def test_media_in_messages_and_who_may_download(mnode: Node, tmp_path: Path) -> None:
+    f = tmp_path / "report.pdf"
+    f.write_bytes(os.urandom(2 * PART + 5))
+    async with (
+        signed_in(mnode, "alice") as a,
+        signed_in(mnode, "bob") as b,
+        signed_in(mnode, "carol") as c,
+    ):
+        info = await upload_file(a, f, "rep", mime="application/pdf")
+        mid = info["media_id"]
+        # before it is sent anywhere only the uploader may read it
+        for who in (b, c):
+            with pytest.raises(RpcError) as e:
+                await who.call("media.download", {"media_id": mid, "offset": 0, "limit": 10})
+            assert e.value.code == "MEDIA_FORBIDDEN"
+        chat = (await a.call("chats.startPrivate", {"user": "bob"}))["chat"]["id"]
+        seq = await send(a, chat, "the report", media=[{"media_id": mid, "kind": "document"}])
+        ev = (await next_of(b, "chat.event", timeout=5))
+        while ev["event"]["seq"] != seq:
+            ev = await next_of(b, "chat.event", timeout=5)
+        (m,) = ev["event"]["body"]["media"]
+        assert m["media_id"] == mid and m["size"] == f.stat().st_size and m["kind"] == "document"
+        assert m["name"] == "report.pdf" and m["mime"] == "application/pdf"
+        out = tmp_path / "copy.pdf"
+        await download_file(b, mid, out)
+        assert out.read_bytes() == f.read_bytes()
+        # carol is in no chat that carries it, and cannot attach it either
+        with pytest.raises(RpcError) as e:
+            await c.call("media.info", {"media_id": mid})
+        assert e.value.code == "MEDIA_FORBIDDEN"
+        cb = (await c.call("chats.startPrivate", {"user": "bob"}))["chat"]["id"]
+        with pytest.raises(RpcError) as e:
+            await send(c, cb, "stolen", media=[{"media_id": mid, "kind": "document"}])
+        assert e.value.code == "MEDIA_FORBIDDEN"
+        # bob may forward it (he can read it), and then carol can download it
+        fwd = await b.call(
+            "messages.send", {"chat": cb, "random_id": 7, "forward_from": {"chat": chat, "seq": seq}}
+        )
+        assert fwd["seq"] > 1
+        assert (await c.call("media.info", {"media_id": mid}))["size"] == f.stat().st_size
+        # deleting the message for everyone takes bob's access away (alice uploaded it)
+        await a.call("messages.delete", {"chat": chat, "seq": seq})
+        await b.call("messages.delete", {"chat": cb, "seq": fwd["seq"]})
+        with pytest.raises(RpcError) as e:
+            await b.call("media.info", {"media_id": mid})
+        assert e.value.code == "MEDIA_FORBIDDEN"
+        with pytest.raises(RpcError) as e:
+            await b.call("media.info", {"media_id": "nosuchmedia"})
+        assert e.value.code == "MEDIA_NOT_FOUND"
+
+
+async def test_part_and_file_limits_and_quota(mnode: Node, tmp_path: Path) -> None:
+    async with signed_in(mnode, "alice") as c:
+        cases = [
+            ({"upload_id": "u", "index": 0, "data": b"x" * (PART + 1)}, "PART_TOO_BIG"),
+            ({"upload_id": "u", "index": 64, "data": b"x"}, "FILE_TOO_BIG"),
+            ({"upload_id": "bad id!", "index": 0, "data": b"x"}, "PARAMS_INVALID"),
+            ({"upload_id": "u", "index": -1, "data": b"x"}, "PARAMS_INVALID"),
+        ]
+        for params, code in cases:
+            with pytest.raises(RpcError) as e:
+                await c.call("media.uploadPart", params)
+            assert e.value.code == code, params
+        # a short part in the middle
+        await c.call("media.uploadPart", {"upload_id": "s", "index": 0, "data": b"x" * 10})
+        await c.call("media.uploadPart", {"upload_id": "s", "index": 1, "data": b"x" * 10})
+        with pytest.raises(RpcError) as e:
+            await c.call(
+                "media.complete",
+                {"upload_id": "s", "parts": 2, "size": 20, "sha256": "0" * 64, "name": "s",
+                 "mime": "text/plain"},
+            )
+        assert e.value.code == "PART_INVALID"
+        with pytest.raises(RpcError) as e:
+            await c.call(
+                "media.complete",
+                {"upload_id": "never", "parts": 1, "size": 1, "sha256": "0" * 64, "name": "n",
+                 "mime": "text/plain"},
+            )
+        assert e.value.code == "UPLOAD_NOT_FOUND"
+        # quota: 3 MiB per user; two 1.5 MiB files fit, a third does not
+        for i in range(3):
+            f = tmp_path / f"q{i}"
+            f.write_bytes(os.urandom(3 << 19))
+            if i < 2:
+                await upload_file(c, f, f"q{i}")
+            else:
+                with pytest.raises(RpcError) as e:
+                    await upload_file(c, f, f"q{i}")
+                assert e.value.code == "QUOTA_EXCEEDED"
+        # the node kept serving
+        assert (await c.call("system.ping", {"ping_id": 3}))["ping_id"] == 3
+
+
+async def test_expiry_and_gc(tmp_path: Path) -> None:
+    cfg = make_config(
+        tmp_path / "n", media={"part_max_bytes": PART, "upload_ttl": 1, "gc_interval": 3600}
+    )
+    async with Node.start(cfg) as node, signed_in(node, "alice") as c:
+        f = tmp_path / "kept"
+        f.write_bytes(os.urandom(PART + 1))
+        kept = await upload_file(c, f, "kept")
+        chat = (await c.call("chats.createGroup", {"title": "me"}))["chat"]["id"]
+        await send(c, chat, "keep", media=[{"media_id": kept["media_id"], "kind": "document"}])
+        g = tmp_path / "unsent"
+        g.write_bytes(os.urandom(PART + 2))
+        await upload_file(c, g, "unsent")
+        await c.call("media.uploadPart", {"upload_id": "abandoned", "index": 0, "data": b"x"})
+        assert len(blobs(node)) == 2
+        await trio.sleep(1.2)
+        # the gc of leftovers waits out a grace period of min(60 s, upload_ttl)
+        r = await admin(node, "admin.mediaGc")
+        assert r["expired_uploads"] == 1 and r["dropped_media"] == 1 and r["removed_files"] == 1
+        assert [p.name for p in blobs(node)] == [kept["sha256"]]
+        assert list((node.config.media_dir / "tmp").iterdir()) == []
+        status = await c.call("media.uploadStatus", {"upload_id": "abandoned"})
+        assert status["parts"] == []
+        # the attached one still downloads
+        out = tmp_path / "again"
+        await download_file(c, kept["media_id"], out)
+        assert out.read_bytes() == f.read_bytes()
+
+
+async def test_download_resumes_a_partial_file(mnode: Node, tmp_path: Path) -> None:
+    f = tmp_path / "big.bin"
+    f.write_bytes(os.urandom(10 * PART + 77))
+    async with signed_in(mnode, "alice") as c:
+        info = await upload_file(c, f, "big")
+        out = tmp_path / "out.bin"
+        (tmp_path / "out.bin.part").write_bytes(f.read_bytes()[: 3 * PART + 5])
+        moved: list[int] = []
+        await download_file(c, info["media_id"], out, progress=moved.append, chunk=PART)
+        assert out.read_bytes() == f.read_bytes()
+        assert moved[0] == 3 * PART + 5  # what was already there
+        assert sum(moved) == f.stat().st_size
