@@ -15,7 +15,7 @@ import trio
 
 from node.app import Node
 from node.client import RpcError
-from node.client.media import download_file, upload_file
+from node.client.media import download_file, upload_file, upload_id_for
 from tests.conftest import make_config
 from tests.helpers import admin, next_of, send, signed_in
 
@@ -258,3 +258,19 @@ async def test_download_resumes_a_partial_file(mnode: Node, tmp_path: Path) -> N
         assert out.read_bytes() == f.read_bytes()
         assert moved[0] == 3 * PART + 5  # what was already there
         assert sum(moved) == f.stat().st_size
+
+
+async def test_200_mb_round_trip(node: Node, tmp_path: Path) -> None:
+    """Default 512 KiB parts, the real sizes: 200 MB up and down, same SHA-256."""
+    f = tmp_path / "big.bin"
+    block = os.urandom(1 << 20)
+    with open(f, "wb") as out:
+        for i in range(200):
+            out.write(block[i:] + block[:i])
+    async with signed_in(node, "alice") as c:
+        info = await upload_file(c, f, upload_id_for(f))
+        copy = tmp_path / "copy.bin"
+        await download_file(c, info["media_id"], copy)
+    assert info["size"] == 200 << 20
+    assert copy.stat().st_size == f.stat().st_size
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == info["sha256"]

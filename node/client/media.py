@@ -49,10 +49,20 @@ def kind_for(mime: str) -> str:
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
+    _hash_into(h, path)
+    return h.hexdigest()
+
+
+def _hash_into(h: Any, path: Path) -> None:
     with open(path, "rb") as f:
         while chunk := f.read(HASH_CHUNK):
             h.update(chunk)
-    return h.hexdigest()
+
+
+def _append(f: Any, h: Any, data: bytes) -> None:
+    """Chunks arrive in order here, so the file is hashed as it is written."""
+    h.update(data)
+    f.write(data)
 
 
 def _read_at(path: Path, offset: int, size: int) -> bytes:
@@ -79,8 +89,12 @@ async def upload_file(
     have = set(status["parts"])
     if progress is not None:
         progress(sum(min(part_size, size - i * part_size) for i in have if i < count))
-    sha = await trio.to_thread.run_sync(_sha256, path)
     slots = trio.Semaphore(parallel)
+    sha = ""
+
+    async def hash_file() -> None:  # overlaps with sending the parts
+        nonlocal sha
+        sha = await trio.to_thread.run_sync(_sha256, path)
 
     async def send(i: int) -> None:
         try:
@@ -94,6 +108,7 @@ async def upload_file(
             slots.release()
 
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(hash_file)
         for i in range(count):
             if i not in have:
                 await slots.acquire()
@@ -133,6 +148,9 @@ async def download_file(
         start = 0
     if progress is not None and start:
         progress(start)
+    digest = hashlib.sha256()
+    if start:
+        await trio.to_thread.run_sync(_hash_into, digest, partial)
     offsets = list(range(start, size, chunk))
     ready: dict[int, bytes] = {}
     in_order = trio.Lock()  # chunks are appended in offset order
@@ -151,7 +169,7 @@ async def download_file(
                 # write in order: whoever holds the next chunk writes all that is contiguous
                 while next_offset in ready:
                     data = ready.pop(next_offset)
-                    await trio.to_thread.run_sync(f.write, data)
+                    await trio.to_thread.run_sync(_append, f, digest, data)
                     next_offset += len(data)
                     if progress is not None:
                         progress(len(data))
@@ -165,7 +183,7 @@ async def download_file(
         await trio.to_thread.run_sync(os.fsync, f.fileno())
     finally:
         f.close()
-    got = await trio.to_thread.run_sync(_sha256, partial)
+    got = digest.hexdigest()
     if got != info["sha256"]:
         partial.unlink()
         raise ValueError(f"downloaded file has SHA-256 {got}, expected {info['sha256']}")

@@ -1,0 +1,107 @@
+"""Files from the real CLI against a real node process: upload with a progress bar, resume
+after the upload process is killed, send to a chat, download, admin stats and gc."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import REPO, fedgram
+
+
+def _login(url: str, data: str, name: str, profile: Path) -> None:
+    code = fedgram("user", "code", name, "--data", data, check=True).stdout.strip()
+    fedgram("client", "login", url, name, "--code", code, "--profile", str(profile), check=True)
+
+
+def test_upload_resume_send_download_from_the_cli(node_process: Any, tmp_path: Path) -> None:
+    n = node_process("n1")
+    d = str(n.data)
+    for name in ("alice", "bob"):
+        fedgram("user", "add", name, "--data", d, check=True)
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    _login(n.url, d, "alice", alice)
+    _login(n.url, d, "bob", bob)
+    f = tmp_path / "holiday.mp4"
+    f.write_bytes(os.urandom(40 << 20))  # 80 parts of 512 KiB
+
+    # start an upload and kill it part-way (a lost connection, a closed laptop)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "client",
+            "upload",
+            str(f),
+            "--parallel",
+            "1",
+            "--profile",
+            str(alice),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    deadline = time.monotonic() + 30
+    partial = 0
+    while time.monotonic() < deadline and partial < 4 << 20:
+        time.sleep(0.1)
+        partial = sum(p.stat().st_size for p in (n.data / "media" / "tmp").glob("u*"))
+    proc.kill()
+    proc.wait(10)
+    assert 0 < partial < f.stat().st_size
+
+    # re-running resumes: it sends the rest and sends the file to bob
+    r = fedgram(
+        "client",
+        "upload",
+        str(f),
+        "--to",
+        "@bob",
+        "--caption",
+        "look!",
+        "--json",
+        "--profile",
+        str(alice),
+        check=True,
+    )
+    out = json.loads(r.stdout)
+    media_id = out["media"]["media_id"]
+    assert out["media"]["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
+    assert out["message"]["seq"] == 2
+    assert "holiday.mp4" in r.stderr  # the progress bar's label
+
+    hist = json.loads(
+        fedgram("client", "history", "@alice", "--json", "--profile", str(bob), check=True).stdout
+    )
+    (m,) = hist[-1]["body"]["media"]
+    assert (m["media_id"], m["kind"], m["mime"]) == (media_id, "video", "video/mp4")
+    assert hist[-1]["body"]["text"] == "look!"
+    text = fedgram("client", "history", "@alice", "--profile", str(bob), check=True).stdout
+    assert f"[video: holiday.mp4 {40 << 20} B id={media_id}]" in text
+
+    copy = tmp_path / "copy.mp4"
+    fedgram("client", "download", media_id, "-o", str(copy), "--profile", str(bob), check=True)
+    assert copy.read_bytes() == f.read_bytes()
+
+    stats = json.loads(fedgram("media", "stats", "--json", "--data", d, check=True).stdout)
+    assert stats["files_on_disk"] == 1 and stats["bytes_on_disk"] == 40 << 20
+    assert stats["refs"] == 1 and stats["uploads_in_progress"] == 0
+    assert "removed 0 file(s)" in fedgram("media", "gc", "--data", d, check=True).stdout
+
+    # someone who may not read it gets a clear error and no file
+    fedgram("user", "add", "eve", "--data", d, check=True)
+    eve = tmp_path / "eve"
+    _login(n.url, d, "eve", eve)
+    denied = fedgram(
+        "client", "download", media_id, "-o", str(tmp_path / "x"), "--profile", str(eve)
+    )
+    assert denied.returncode == 1 and "MEDIA_FORBIDDEN" in denied.stderr
+    assert not (tmp_path / "x").exists()
