@@ -59,10 +59,18 @@ def fedgram(
     return proc
 
 
+def _limit_file_size(limit: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
 class NodeProcess:
     """A node started as a real subprocess (`python -m cli run`)."""
 
-    def __init__(self, data: Path, listen: str = "127.0.0.1:0") -> None:
+    def __init__(
+        self, data: Path, listen: str = "127.0.0.1:0", max_file_bytes: int | None = None
+    ) -> None:
         self.data = data
         if not (data / "config.toml").exists():
             fedgram(
@@ -86,6 +94,8 @@ class NodeProcess:
             ],
             stdout=subprocess.PIPE,
             stderr=self._stderr,
+            # RLIMIT_FSIZE: writes past it fail (EFBIG) like on a full disk, without root
+            preexec_fn=(lambda: _limit_file_size(max_file_bytes)) if max_file_bytes else None,
             text=True,
             cwd=REPO,
         )
@@ -127,8 +137,10 @@ class NodeProcess:
 def node_process(tmp_path: Path) -> Iterator[Any]:
     started: list[NodeProcess] = []
 
-    def start(name: str = "n1", listen: str = "127.0.0.1:0") -> NodeProcess:
-        p = NodeProcess(tmp_path / name, listen)
+    def start(
+        name: str = "n1", listen: str = "127.0.0.1:0", max_file_bytes: int | None = None
+    ) -> NodeProcess:
+        p = NodeProcess(tmp_path / name, listen, max_file_bytes)
         started.append(p)
         return p
 

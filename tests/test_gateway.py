@@ -293,3 +293,16 @@ async def test_capture_has_no_plaintext(node: Node) -> None:
         b"node_id",
     ]:
         assert needle not in captured
+
+
+async def test_cancelled_calls_leave_the_session_usable(node: Node) -> None:
+    """A call cancelled while its frame is being sent must not leave a gap in the seal
+    counter or half a frame on the wire (the node would close with BAD_SEAL or hang)."""
+    async with Client.connect(node.url) as c:
+        for _ in range(30):
+            with trio.move_on_after(0.0003):
+                async with trio.open_nursery() as nursery:
+                    for i in range(40):
+                        nursery.start_soon(c.call, "system.ping", {"ping_id": i})
+        await assert_alive(c)
+        assert not c.closed

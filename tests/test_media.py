@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 import trio
+from nacl.signing import SigningKey
 
 from node.app import Node
-from node.client import RpcError
+from node.client import Client, RpcError
 from node.client.media import download_file, upload_file, upload_id_for
-from tests.conftest import make_config
+from tests.conftest import fedgram, make_config
 from tests.helpers import admin, next_of, send, signed_in
 
 PART = 64 * 1024  # small parts keep the tests fast; the code path is the same
@@ -38,12 +39,17 @@ def blobs(node: Node) -> list[Path]:
 
 def png(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     raw = b"".join(b"\x00" + b"\x00\x00\x00" * width for _ in range(height))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) + (
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + (chunk(b"IEND", b""))
     )
 
 
@@ -67,15 +73,27 @@ async def test_out_of_order_resume_after_killed_connection(mnode: Node) -> None:
         with pytest.raises(RpcError) as e:
             await c.call(
                 "media.complete",
-                {"upload_id": "up1", "parts": 6, "size": len(data), "sha256": sha,
-                 "name": "x.bin", "mime": "application/octet-stream"},
+                {
+                    "upload_id": "up1",
+                    "parts": 6,
+                    "size": len(data),
+                    "sha256": sha,
+                    "name": "x.bin",
+                    "mime": "application/octet-stream",
+                },
             )
         assert e.value.code == "PART_MISSING" and "1, 3, 5" in e.value.message
         await _parts(c, "up1", data, [5, 3, 1])
         info = await c.call(
             "media.complete",
-            {"upload_id": "up1", "parts": 6, "size": len(data), "sha256": sha,
-             "name": "x.bin", "mime": "application/octet-stream"},
+            {
+                "upload_id": "up1",
+                "parts": 6,
+                "size": len(data),
+                "sha256": sha,
+                "name": "x.bin",
+                "mime": "application/octet-stream",
+            },
         )
         assert info["size"] == len(data) and info["sha256"] == sha
         # ranged download reassembles to the same bytes
@@ -100,8 +118,14 @@ async def test_corrupted_part_stores_nothing(mnode: Node) -> None:
         with pytest.raises(RpcError) as e:
             await c.call(
                 "media.complete",
-                {"upload_id": "up", "parts": 3, "size": len(data), "sha256": sha,
-                 "name": "f", "mime": "application/octet-stream"},
+                {
+                    "upload_id": "up",
+                    "parts": 3,
+                    "size": len(data),
+                    "sha256": sha,
+                    "name": "f",
+                    "mime": "application/octet-stream",
+                },
             )
         assert e.value.code == "CHECKSUM_MISMATCH"
         status = await c.call("media.uploadStatus", {"upload_id": "up"})
@@ -140,7 +164,7 @@ async def test_media_in_messages_and_who_may_download(mnode: Node, tmp_path: Pat
             assert e.value.code == "MEDIA_FORBIDDEN"
         chat = (await a.call("chats.startPrivate", {"user": "bob"}))["chat"]["id"]
         seq = await send(a, chat, "the report", media=[{"media_id": mid, "kind": "document"}])
-        ev = (await next_of(b, "chat.event", timeout=5))
+        ev = await next_of(b, "chat.event", timeout=5)
         while ev["event"]["seq"] != seq:
             ev = await next_of(b, "chat.event", timeout=5)
         (m,) = ev["event"]["body"]["media"]
@@ -159,7 +183,8 @@ async def test_media_in_messages_and_who_may_download(mnode: Node, tmp_path: Pat
         assert e.value.code == "MEDIA_FORBIDDEN"
         # bob may forward it (he can read it), and then carol can download it
         fwd = await b.call(
-            "messages.send", {"chat": cb, "random_id": 7, "forward_from": {"chat": chat, "seq": seq}}
+            "messages.send",
+            {"chat": cb, "random_id": 7, "forward_from": {"chat": chat, "seq": seq}},
         )
         assert fwd["seq"] > 1
         assert (await c.call("media.info", {"media_id": mid}))["size"] == f.stat().st_size
@@ -192,15 +217,27 @@ async def test_part_and_file_limits_and_quota(mnode: Node, tmp_path: Path) -> No
         with pytest.raises(RpcError) as e:
             await c.call(
                 "media.complete",
-                {"upload_id": "s", "parts": 2, "size": 20, "sha256": "0" * 64, "name": "s",
-                 "mime": "text/plain"},
+                {
+                    "upload_id": "s",
+                    "parts": 2,
+                    "size": 20,
+                    "sha256": "0" * 64,
+                    "name": "s",
+                    "mime": "text/plain",
+                },
             )
         assert e.value.code == "PART_INVALID"
         with pytest.raises(RpcError) as e:
             await c.call(
                 "media.complete",
-                {"upload_id": "never", "parts": 1, "size": 1, "sha256": "0" * 64, "name": "n",
-                 "mime": "text/plain"},
+                {
+                    "upload_id": "never",
+                    "parts": 1,
+                    "size": 1,
+                    "sha256": "0" * 64,
+                    "name": "n",
+                    "mime": "text/plain",
+                },
             )
         assert e.value.code == "UPLOAD_NOT_FOUND"
         # quota: 3 MiB per user; two 1.5 MiB files fit, a third does not
@@ -274,3 +311,25 @@ async def test_200_mb_round_trip(node: Node, tmp_path: Path) -> None:
     assert info["size"] == 200 << 20
     assert copy.stat().st_size == f.stat().st_size
     assert hashlib.sha256(copy.read_bytes()).hexdigest() == info["sha256"]
+
+
+async def test_full_disk_keeps_nothing_and_the_node_serves(
+    node_process: Any, tmp_path: Path
+) -> None:
+    # the node process may not grow any file past 24 MiB: writes fail as on a full disk
+    n = node_process("n1", max_file_bytes=24 << 20)
+    fedgram("user", "add", "alice", "--data", str(n.data), check=True)
+    code = fedgram("user", "code", "alice", "--data", str(n.data), check=True).stdout.strip()
+    big, small = tmp_path / "big.bin", tmp_path / "small.bin"
+    big.write_bytes(os.urandom(32 << 20))
+    small.write_bytes(os.urandom(1 << 20))
+    async with Client.connect(n.url) as c:
+        await c.sign_in("alice", code, SigningKey.generate(), "phone")
+        with pytest.raises(RpcError) as e:
+            await upload_file(c, big, "big")
+        assert e.value.code == "DISK_FULL"
+        assert [p for p in (n.data / "media").rglob("*") if len(p.name) == 64] == []
+        # the node keeps serving, and a file that fits is stored
+        info = await upload_file(c, small, "small")
+        assert info["size"] == 1 << 20
+        assert (await c.call("system.ping", {"ping_id": 9}))["ping_id"] == 9

@@ -185,8 +185,7 @@ class Client:
 
     async def send_raw(self, plaintext: bytes) -> None:
         """Seal and send arbitrary bytes (tests of the node's handling of bad frames)."""
-        async with self._send_lock:
-            await self.ws.send_message(self._sealer.seal(plaintext))
+        await self._send_sealed(plaintext)
 
     @property
     def closed(self) -> bool:
@@ -233,12 +232,24 @@ class Client:
         return cls(ws, keys, url)
 
     async def _send(self, obj: dict[str, Any]) -> None:
-        data = encode(obj)
+        await self._send_sealed(encode(obj))
+
+    async def _send_sealed(self, plaintext: bytes) -> None:
+        """Seal and send, shielded from cancellation once the lock is held: a frame sealed
+        but not (fully) written would leave a gap in the seal counter, or half a frame on
+        the wire, and the node would close the session (BAD_SEAL) or wait for the rest. A
+        caller cancelled meanwhile (a timeout, a sibling's failure) is cancelled right
+        after; the bound keeps a dead peer from holding it forever."""
         try:
             async with self._send_lock:
-                await self.ws.send_message(self._sealer.seal(data))
+                with trio.CancelScope(shield=True), trio.move_on_after(DEFAULT_TIMEOUT) as cs:
+                    await self.ws.send_message(self._sealer.seal(plaintext))
+                if cs.cancelled_caught:
+                    await self.ws.aclose(1011, "send timed out")
+                    raise RpcError(ErrorCode.CONNECTION_LOST, "send timed out")
         except ConnectionClosed as e:
             raise RpcError(ErrorCode.CONNECTION_LOST, _reason(e)) from None
+        await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _reader(self) -> None:
         try:

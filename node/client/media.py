@@ -13,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from ..protocol.errors import RpcError
 from .connection import Client
 
 Progress = Callable[[int], None]  # called with the bytes just transferred
@@ -51,6 +53,25 @@ def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     _hash_into(h, path)
     return h.hexdigest()
+
+
+@asynccontextmanager
+async def _one_error() -> AsyncIterator[None]:
+    """Parts travel in parallel; the caller gets the node's first refusal as the RpcError it
+    is (PART_TOO_BIG, DISK_FULL, ...) rather than a group of them."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        rpc = [e for e in _leaves(group) if isinstance(e, RpcError)]
+        if rpc:
+            raise rpc[0] from None
+        raise
+
+
+def _leaves(e: BaseException) -> list[BaseException]:
+    if isinstance(e, BaseExceptionGroup):
+        return [leaf for sub in e.exceptions for leaf in _leaves(sub)]
+    return [e]
 
 
 def _hash_into(h: Any, path: Path) -> None:
@@ -107,7 +128,7 @@ async def upload_file(
         finally:
             slots.release()
 
-    async with trio.open_nursery() as nursery:
+    async with _one_error(), trio.open_nursery() as nursery:
         nursery.start_soon(hash_file)
         for i in range(count):
             if i not in have:
@@ -175,7 +196,7 @@ async def download_file(
                         progress(len(data))
                     slots.release()
 
-        async with trio.open_nursery() as nursery:
+        async with _one_error(), trio.open_nursery() as nursery:
             for offset in offsets:
                 await slots.acquire()
                 nursery.start_soon(fetch, offset)

@@ -49,7 +49,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _full(e: OSError) -> bool:
-    return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    # EFBIG: the file may not grow (a size limit on the node's process or filesystem):
+    # to the uploader that is the same as a full disk
+    return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def write_part(path: Path, offset: int, data: bytes) -> None:
