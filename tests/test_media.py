@@ -333,3 +333,31 @@ async def test_full_disk_keeps_nothing_and_the_node_serves(
         info = await upload_file(c, small, "small")
         assert info["size"] == 1 << 20
         assert (await c.call("system.ping", {"ping_id": 9}))["ping_id"] == 9
+
+
+async def test_acknowledged_parts_survive_kill_9(node_process: Any, tmp_path: Path) -> None:
+    n = node_process("n1")
+    fedgram("user", "add", "alice", "--data", str(n.data), check=True)
+    code = fedgram("user", "code", "alice", "--data", str(n.data), check=True).stdout.strip()
+    key = SigningKey.generate()
+    f = tmp_path / "doc.bin"
+    f.write_bytes(os.urandom(6 * 512 * 1024 + 99))
+    data = f.read_bytes()
+    part = 512 * 1024
+    async with Client.connect(n.url) as c:
+        await c.sign_in("alice", code, key, "phone")
+        for i in (5, 0, 3):
+            await c.call(
+                "media.uploadPart",
+                {"upload_id": "doc", "index": i, "data": data[i * part : (i + 1) * part]},
+            )
+    n.kill9()
+    n2 = node_process("n1")
+    async with Client.connect(n2.url) as c:
+        await c.authorize(key)
+        status = await c.call("media.uploadStatus", {"upload_id": "doc"})
+        assert status["parts"] == [0, 3, 5]
+        info = await upload_file(c, f, "doc")  # sends only 1, 2, 4 and completes
+        out = tmp_path / "back.bin"
+        await download_file(c, info["media_id"], out)
+    assert out.read_bytes() == data
