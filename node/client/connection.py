@@ -53,7 +53,6 @@ class Client:
         self.closed_reason: str | None = None
         self._sealer = Sealer(keys.tx)
         self._opener = Opener(keys.rx)
-        self._send_lock = trio.Lock()
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._upd_send, self._upd_recv = trio.open_memory_channel[dict[str, Any]](UPDATE_BUFFER)
@@ -235,20 +234,24 @@ class Client:
         await self._send_sealed(encode(obj))
 
     async def _send_sealed(self, plaintext: bytes) -> None:
-        """Seal and send, shielded from cancellation once the lock is held: a frame sealed
-        but not (fully) written would leave a gap in the seal counter, or half a frame on
-        the wire, and the node would close the session (BAD_SEAL) or wait for the rest. A
-        caller cancelled meanwhile (a timeout, a sibling's failure) is cancelled right
-        after; the bound keeps a dead peer from holding it forever."""
+        """Seal and send, shielded from cancellation: a frame sealed but not (fully) written
+        would leave a gap in the seal counter, or half a frame on the wire, and the node
+        would close the session (BAD_SEAL) or wait for the rest. A caller cancelled
+        meanwhile (a timeout, a sibling's failure) is cancelled right after; the deadline
+        keeps a dead peer from holding it forever.
+
+        No lock of ours: trio-websocket frames the message and joins its FIFO stream lock
+        without a checkpoint after our seal (and under the shield none can fire), so frames
+        reach the wire in seal-counter order, as the node relies on too."""
+        deadline = trio.current_time() + DEFAULT_TIMEOUT
         try:
-            async with self._send_lock:
-                with trio.CancelScope(shield=True), trio.move_on_after(DEFAULT_TIMEOUT) as cs:
-                    await self.ws.send_message(self._sealer.seal(plaintext))
-                if cs.cancelled_caught:
-                    await self.ws.aclose(1011, "send timed out")
-                    raise RpcError(ErrorCode.CONNECTION_LOST, "send timed out")
+            with trio.CancelScope(shield=True, deadline=deadline) as cs:
+                await self.ws.send_message(self._sealer.seal(plaintext))
         except ConnectionClosed as e:
             raise RpcError(ErrorCode.CONNECTION_LOST, _reason(e)) from None
+        if cs.cancelled_caught:
+            await self.ws.aclose(1011, "send timed out")
+            raise RpcError(ErrorCode.CONNECTION_LOST, "send timed out")
         await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _reader(self) -> None:
