@@ -53,8 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from node.client import Client
 from node.client.admin import AdminClient
 from scripts.light_receiver import LightReceiver
+from scripts.node_process import start_node
 
-REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 BODY_LEN = 100
 WARMUP = 50
@@ -170,26 +170,7 @@ class NodeUnderTest:
             pid_file = self.data / "node.lock"
             self.pid = int(pid_file.read_text().split()[0]) if pid_file.exists() else 0
             return
-        self.data = tmp / "node"
-        cfg = tmp / "bench.toml"
-        cfg.write_text(BENCH_CONFIG)
-        cli = [sys.executable, "-m", "cli"]
-        subprocess.run(
-            [*cli, "init", "--data", str(self.data), "--config", str(cfg)],
-            check=True,
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-        )
-        self.proc = subprocess.Popen(
-            [*cli, "run", "--data", str(self.data)], stdout=subprocess.PIPE, text=True, cwd=REPO
-        )
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if "listening on" in line:
-                self.url = line.rsplit(" ", 1)[1].strip()
-                break
-        else:
-            raise SystemExit(f"node did not start ({self.proc.wait()})")
+        self.proc, self.url, self.data = start_node(tmp, BENCH_CONFIG)
         self.pid = self.proc.pid
 
     def stop(self) -> None:

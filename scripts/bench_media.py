@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from node.client import Client
 from node.client.admin import AdminClient
 from node.client.media import download_file, upload_file
+from scripts.node_process import start_node
 
-REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -89,26 +88,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         tmp = Path(tmp_name)
         src = tmp / "big.bin"
         sha = await trio.to_thread.run_sync(make_file, src, args.mib)
-        data = tmp / "node"
-        cfg = tmp / "bench.toml"
-        cfg.write_text(
+        node, url, data = start_node(
+            tmp,
             '[node]\nname = "bench"\nlisten = "127.0.0.1:0"\nlog_level = "warning"\n'
-            f"[media]\nquota_bytes = 0\nfile_max_bytes = {max(2 << 30, (args.mib + 1) << 20)}\n"
-        )
-        cli = [sys.executable, "-m", "cli"]
-        subprocess.run(
-            [*cli, "init", "--data", str(data), "--config", str(cfg)],
-            check=True,
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-        )
-        node = subprocess.Popen(
-            [*cli, "run", "--data", str(data)], stdout=subprocess.PIPE, text=True, cwd=REPO
+            f"[media]\nquota_bytes = 0\nfile_max_bytes = {max(2 << 30, (args.mib + 1) << 20)}\n",
         )
         try:
-            assert node.stdout is not None
-            url = next(line for line in node.stdout if "listening on" in line).rsplit(" ", 1)[1]
-            url = url.strip()
             async with AdminClient.connect(data) as admin:
                 await admin.call("admin.userAdd", {"name": "bench"})
                 code = (await admin.call("admin.userCode", {"name": "bench"}))["code"]

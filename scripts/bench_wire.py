@@ -34,8 +34,8 @@ from trio_websocket import open_websocket_url, serve_websocket
 # this checkout's code, whatever `pip install -e` elsewhere points at
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from node.client import Client
+from scripts.node_process import start_node
 
-REPO = Path(__file__).resolve().parent.parent
 # an echo payload about the size of a sealed system.ping request (CBOR envelope + 16-byte tag)
 ECHO_PAYLOAD = bytes(48)
 
@@ -75,29 +75,14 @@ def start_echo(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("echo server did not start")
 
 
-def start_node(tmp: Path) -> tuple[subprocess.Popen[str], str]:
+def start_bench_node(tmp: Path) -> tuple[subprocess.Popen[str], str]:
     """A real node in a fresh data folder, with the per-IP ping limit lifted for the bench."""
-    data = tmp / "node"
-    cfg = tmp / "bench.toml"
-    cfg.write_text(
+    proc, url, _ = start_node(
+        tmp,
         '[node]\nname = "bench"\nlisten = "127.0.0.1:0"\nlog_level = "warning"\n\n'
-        '[ratelimit]\nsystem_per_ip = "100000000/1"\n'
+        '[ratelimit]\nsystem_per_ip = "100000000/1"\n',
     )
-    cli = [sys.executable, "-m", "cli"]
-    subprocess.run(
-        [*cli, "init", "--data", str(data), "--config", str(cfg)],
-        check=True,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-    )
-    proc = subprocess.Popen(
-        [*cli, "run", "--data", str(data)], stdout=subprocess.PIPE, text=True, cwd=REPO
-    )
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        if "listening on" in line:
-            return proc, line.rsplit(" ", 1)[1].strip()
-    raise SystemExit(f"node did not start ({proc.wait()})")
+    return proc, url
 
 
 def cpu_seconds(pid: int) -> float:
@@ -153,7 +138,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fedgram-bench-wire-") as tmp_name:
         tmp = Path(tmp_name)
         echo_proc, echo_url = start_echo(tmp)
-        node_proc, node_url = start_node(tmp)
+        node_proc, node_url = start_bench_node(tmp)
         try:
 
             def open_echo() -> Any:
