@@ -355,7 +355,9 @@ def listen(
     """Stream updates as they arrive (JSON lines with --json).
 
     The profile remembers the sync state (pts and per-chat seq), so after a pause the
-    missed events are printed first, then the live ones, with nothing lost between."""
+    missed events are printed first, then the live ones, with nothing lost between. A gap
+    in the live stream (a seq or pts jump, or the node saying this session fell behind) is
+    filled the same way before going on; nothing is printed twice."""
     prof = _profile(profile)
 
     printed = 0
@@ -367,33 +369,57 @@ def listen(
         sys.stdout.flush()
         printed += 1
 
+    async def difference(c: Client, state: dict[str, Any]) -> dict[str, Any]:
+        """Print what was missed since ``state``; return the state after it."""
+        while True:
+            diff = await c.call("updates.getDifference", state)
+            for upd in diff["updates"]:
+                emit({"type": "user.update", **upd})
+            for ev in diff["events"]:
+                emit({"type": "chat.event", "event": ev})
+            for chat_id, last in diff["too_long"].items():
+                emit({"type": "chat.too_long", "chat": chat_id, "last_seq": last})
+            state = {"pts": diff["pts"], "chats": {**diff["chats"], **diff["too_long"]}}
+            if diff["complete"]:
+                return state
+
+    def gap(u: dict[str, Any], state: dict[str, Any]) -> bool:
+        """A push that does not follow what we hold: something in between was lost."""
+        if u.get("type") == "chat.event":
+            have = state["chats"].get(u["event"]["chat"])
+            return have is not None and u["event"]["seq"] > have + 1
+        if u.get("type") == "user.update":
+            return bool(u["pts"] > state["pts"] + 1)
+        return False
+
     async def go() -> None:
         state = prof.sync_state()
         async with connect_signed_in(prof) as c:
             if catch_up and state is not None:
-                while True:
-                    diff = await c.call("updates.getDifference", state)
-                    for upd in diff["updates"]:
-                        emit({"type": "user.update", **upd})
-                    for ev in diff["events"]:
-                        emit({"type": "chat.event", "event": ev})
-                    for chat_id, last in diff["too_long"].items():
-                        emit({"type": "chat.too_long", "chat": chat_id, "last_seq": last})
-                    state = {"pts": diff["pts"], "chats": {**diff["chats"], **diff["too_long"]}}
-                    if diff["complete"]:
-                        break
+                state = await difference(c, state)
             else:
                 state = await c.call("updates.getState")
             prof.save_sync_state(state)
             if count is not None and (count == 0 or printed >= count):
                 return
             async for u in c.updates():
-                emit(u)
-                if u.get("type") == "chat.event":
+                kind = u.get("type")
+                if kind == "session.behind" or c.behind or gap(u, state):
+                    c.behind = False  # re-sync: the difference covers what was dropped
+                    state = await difference(c, state)
+                elif kind == "chat.event":
                     ev = u["event"]
-                    state["chats"][ev["chat"]] = max(state["chats"].get(ev["chat"], 0), ev["seq"])
-                elif u.get("type") == "user.update":
-                    state["pts"] = max(state["pts"], u["pts"])
+                    if ev["seq"] <= state["chats"].get(ev["chat"], 0):
+                        continue  # already printed by a catch-up
+                    emit(u)
+                    state["chats"][ev["chat"]] = ev["seq"]
+                elif kind == "user.update":
+                    if u["pts"] <= state["pts"]:
+                        continue
+                    emit(u)
+                    state["pts"] = u["pts"]
+                else:
+                    emit(u)
                 prof.save_sync_state(state)
                 if count is not None and printed >= count:
                     return

@@ -164,3 +164,58 @@ def test_two_people_chat_from_the_cli(node_process: Any, tmp_path: Path) -> None
     assert n.stop() == 0
     offline = json.loads(fedgram("chat", "list", "--json", "--data", d, check=True).stdout)
     assert {c["id"] for c in offline} == {chat, g, ch}
+
+
+async def test_listen_overlapping_catch_up_prints_everything_once(
+    node_process: Any, tmp_path: Path
+) -> None:
+    import trio
+    from nacl.signing import SigningKey
+
+    from node.client import Client
+
+    n = node_process("n1")
+    d = str(n.data)
+    for name in ("alice", "bob"):
+        fedgram("user", "add", name, "--data", d, check=True)
+    bob = tmp_path / "bob"
+    _login(n.url, d, "bob", bob, "laptop")
+    assert _client(bob, "listen", "--count", "0").stdout == ""
+    code = fedgram("user", "code", "alice", "--data", d, check=True).stdout.strip()
+    async with Client.connect(n.url) as a:
+        await a.sign_in("alice", code, SigningKey.generate(), "phone")
+        chat = (await a.call("chats.startPrivate", {"user": "bob"}))["chat"]["id"]
+        for i in range(50):  # missed before bob listens
+            await a.call("messages.send", {"chat": chat, "random_id": i + 1, "text": f"m{i}"})
+        listener = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cli",
+                "client",
+                "listen",
+                "--json",
+                "--count",
+                "202",
+                "--profile",
+                str(bob),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        try:
+            # more while it catches up and after: catch-up and live stream overlap
+            for i in range(50, 200):
+                await a.call("messages.send", {"chat": chat, "random_id": i + 1, "text": f"m{i}"})
+                if i % 25 == 0:
+                    await trio.sleep(0.05)
+            out, err = await trio.to_thread.run_sync(lambda: listener.communicate(timeout=60))
+        finally:
+            if listener.poll() is None:
+                listener.kill()
+    lines = [json.loads(x) for x in out.splitlines()]
+    seqs = [u["event"]["seq"] for u in lines if u["type"] == "chat.event"]
+    assert seqs == list(range(1, 202)), err  # the create event and 200 messages, once each
+    assert [u["kind"] for u in lines if u["type"] == "user.update"] == ["chat.joined"]
