@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 
 from node.client.media import download_file, guess_mime, kind_for, upload_file, upload_id_for
@@ -37,7 +36,7 @@ def upload(
 
     async def go() -> dict[str, Any]:
         async with connect_signed_in(prof) as c:
-            with click.progressbar(
+            with typer.progressbar(
                 length=size, label=file.name, file=sys.stderr, show_pos=True
             ) as bar:
                 info = await upload_file(
@@ -82,7 +81,7 @@ def download(
         async with connect_signed_in(prof) as c:
             info = await c.call("media.info", {"media_id": media_id})
             dest = output or Path(Path(info["name"]).name or media_id)
-            with click.progressbar(
+            with typer.progressbar(
                 length=info["size"], label=dest.name, file=sys.stderr, show_pos=True
             ) as bar:
                 try:
