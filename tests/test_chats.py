@@ -9,7 +9,7 @@ import trio
 
 from node.app import Node
 from node.client import Client, RpcError
-from tests.helpers import next_of, send, signed_in
+from tests.helpers import admin, next_of, send, signed_in
 
 
 async def test_two_users_two_devices_private_chat(node: Node) -> None:
@@ -317,3 +317,27 @@ async def test_client_sees_nothing_before_sign_in(node: Node) -> None:
             with pytest.raises(RpcError) as e:
                 await c.call(method, {})
             assert e.value.code == "AUTH_REQUIRED"
+
+
+async def test_removing_a_user_leaves_their_chats_and_hands_over_ownership(node: Node) -> None:
+    async with signed_in(node, "bob") as b, signed_in(node, "carol") as c:
+        async with signed_in(node, "alice") as a:
+            g = await a.call("chats.createGroup", {"title": "G", "members": ["bob", "carol"]})
+            gid = g["chat"]["id"]
+            p = (await a.call("chats.startPrivate", {"user": "bob"}))["chat"]["id"]
+            await a.call("chats.setRole", {"chat": gid, "user": "carol", "role": "admin"})
+            await send(a, gid, "bye all")
+        await admin(node, "admin.userRemove", {"name": "alice"})
+        kinds = []
+        while len(kinds) < 7:  # create, role, message (group); create (private); leave x2, role
+            ev = (await next_of(b, "chat.event"))["event"]
+            kinds.append((ev["chat"] == gid, ev["kind"], ev["body"].get("user")))
+        assert (True, "leave", "alice@test") in kinds and (False, "leave", "alice@test") in kinds
+        assert (True, "role", "carol@test") in kinds  # the admin inherits the group
+        d = (await c.call("chats.get", {"chat": gid}))["chat"]
+        assert d["role"] == "owner" and d["members"] == 2
+        members = await b.call("chats.members", {"chat": gid})
+        assert [m["user"] for m in members["members"]] == ["carol@test", "bob@test"]
+        # the private chat stays readable for bob, with alice's messages in it
+        assert (await b.call("chats.history", {"chat": p}))["events"][-1]["kind"] == "leave"
+        assert (await admin(node, "admin.chatVerify", {"chat": gid}))["ok"] is True

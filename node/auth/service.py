@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import log
+from ..chats.store import Effects
 from ..protocol.errors import ErrorCode, RpcError
 from ..protocol.handshake import check_device_proof
 from ..rpc import CallContext, Router
@@ -402,13 +403,20 @@ class Accounts:
     async def admin_user_remove(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         name = canonical_name(p["name"])
 
+        fx = Effects()
+
         def job(conn: sqlite3.Connection) -> int:
+            fx.chat_events.clear()
+            fx.user_updates.clear()
+            fx.membership.clear()
             u = store.need_user(conn, name)
+            self.node.chats.on_user_removed(conn, fx, u.id)
             conn.execute("DELETE FROM users WHERE id = ?", (u.id,))
             return u.id
 
         uid = await self.node.db.write(job)
         self.node.hub.close_user(uid, ErrorCode.SESSION_REVOKED)
+        self.node.chats.publish(fx)
         log.event(_log, "user.removed", user=name)
         return {"removed": name}
 

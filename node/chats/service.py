@@ -83,6 +83,39 @@ class Chats:
         ctx.after_reply.append(lambda: self._publish(fx, ctx.session))
         return result
 
+    def on_user_removed(self, conn: sqlite3.Connection, fx: Effects, user_id: int) -> None:
+        """Inside the job that deletes a user from the node: they leave every chat (an event
+        each, so the other members see it), and a group or channel they owned passes to an
+        admin, else to the longest-standing member."""
+        rows = conn.execute(
+            "SELECT chat_id, role FROM chat_members WHERE user_id = ? AND state = 'member'",
+            (user_id,),
+        ).fetchall()
+        for chat_id, role in rows:
+            chat = store.get_chat(conn, chat_id)
+            assert chat is not None
+            store.end_membership(conn, self.home, fx, chat, user_id, user_id, "left")
+            if role != "owner":
+                continue
+            heir = conn.execute(
+                "SELECT user_id FROM chat_members WHERE chat_id = ? AND state = 'member' "
+                "ORDER BY role = 'admin' DESC, joined_seq, user_id LIMIT 1",
+                (chat_id,),
+            ).fetchone()
+            if heir is not None:
+                user = store.address(conn, self.home, heir[0])
+                store.append(
+                    conn, self.home, fx, chat, "role", None, {"user": user, "role": "owner"}
+                )
+                conn.execute(
+                    "UPDATE chat_members SET role = 'owner' WHERE chat_id = ? AND user_id = ?",
+                    (chat_id, heir[0]),
+                )
+
+    def publish(self, fx: Effects) -> None:
+        """Push what a committed change outside this service (a user removal) caused."""
+        self._publish(fx, None)
+
     def _publish(self, fx: Effects, origin: Session | None) -> None:
         hub = self.node.hub
         # joins first (new members see the event that added them), leaves last (leavers see
