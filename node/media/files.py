@@ -73,10 +73,9 @@ def write_part(path: Path, offset: int, data: bytes) -> None:
         raise
 
 
-def finish(path: Path, root: Path, size: int, sha256_hex: str) -> tuple[Path, bytes]:
-    """Verify an upload's bytes (size and SHA-256, streamed) and move them into the blob
-    store; identical content already stored is kept as is (dedupe). Returns (blob path,
-    first bytes for sniffing). On a mismatch the upload's file is deleted."""
+def verify(path: Path, size: int, sha256_hex: str) -> bytes:
+    """Check an upload's bytes (size and SHA-256, streamed, never all in memory) and make
+    them durable; returns the first bytes for sniffing. On a mismatch the file is deleted."""
     h = hashlib.sha256()
     head = b""
     total = 0
@@ -93,14 +92,7 @@ def finish(path: Path, root: Path, size: int, sha256_hex: str) -> tuple[Path, by
                     f"bytes with {sha256_hex}"
                 )
             os.fsync(f.fileno())
-        final = blob_path(root, sha256_hex)
-        if final.exists():
-            path.unlink()
-        else:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, final)
-            _fsync_dir(final.parent)
-        return final, head
+        return head
     except Mismatch:
         path.unlink(missing_ok=True)
         raise
@@ -108,6 +100,24 @@ def finish(path: Path, root: Path, size: int, sha256_hex: str) -> tuple[Path, by
         if _full(e):
             raise DiskFull(str(e)) from None
         raise
+
+
+def place(path: Path, root: Path, sha256_hex: str) -> Path:
+    """Move verified bytes into the content-addressed store; identical content already
+    stored is kept as is (dedupe) and the duplicate dropped."""
+    final = blob_path(root, sha256_hex)
+    try:
+        if final.exists():
+            path.unlink(missing_ok=True)  # missing: a concurrent complete placed it
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, final)
+            _fsync_dir(final.parent)
+    except OSError as e:
+        if _full(e):
+            raise DiskFull(str(e)) from None
+        raise
+    return final
 
 
 def read_range(path: Path, offset: int, limit: int) -> bytes:

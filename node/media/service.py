@@ -126,16 +126,22 @@ class Media:
             return store.insert(c, uid, sha, size, p["mime"], p["name"], dims)
 
         path = files.upload_path(self.root, uid, upload_id)
+        try:
+            # the long part (hashing up to 2 GiB) runs without the gc lock: completes of
+            # different uploads proceed side by side
+            head = await self._thread(files.verify, path, size, p["sha256"])
+        except files.Mismatch as e:
+            # a corrupted upload keeps nothing; the client starts it again
+            await self.node.db.write(lambda c: store.end_upload(c, uid, upload_id))
+            raise RpcError(ErrorCode.CHECKSUM_MISMATCH, str(e)) from None
+        except files.DiskFull:
+            raise RpcError(ErrorCode.DISK_FULL) from None
+        dims = files.image_size(head) if p["mime"].startswith("image/") else None
         async with self._gc_lock:  # the blob must not be collected between rename and row
             try:
-                _, head = await self._thread(files.finish, path, self.root, size, p["sha256"])
-            except files.Mismatch as e:
-                # a corrupted upload keeps nothing; the client starts it again
-                await self.node.db.write(lambda c: store.end_upload(c, uid, upload_id))
-                raise RpcError(ErrorCode.CHECKSUM_MISMATCH, str(e)) from None
+                await self._thread(files.place, path, self.root, p["sha256"])
             except files.DiskFull:
                 raise RpcError(ErrorCode.DISK_FULL) from None
-            dims = files.image_size(head) if p["mime"].startswith("image/") else None
             info: dict[str, Any] = await self.node.db.write(job)
         return info
 
