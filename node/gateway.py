@@ -32,10 +32,13 @@ if TYPE_CHECKING:
 _log = log.get("gateway")
 _ids = itertools.count(1)
 _CLOSE_TIMEOUT = 2.0
+# a joined push stays well under the clients' message cap (the node's frame cap, 1 MiB)
+PUSH_JOIN_BYTES = 256 * 1024
+PUSH_JOIN_ITEMS = 32
 
 
 class Session:
-    """A live, handshaken connection. Services push to it with :meth:`push_frame`."""
+    """A live, handshaken connection. Services push to it with :meth:`push`."""
 
     def __init__(
         self,
@@ -63,7 +66,7 @@ class Session:
         self._opener = opener
         self._sealer = Sealer(keys.tx)
         queue: int = cfg.get("limits", "session_queue")
-        self._out_send, self._out_recv = trio.open_memory_channel[bytes](queue)
+        self._out_send, self._out_recv = trio.open_memory_channel[frames.Updates](queue)
         self._inflight = 0
         self._max_inflight: int = cfg.get("limits", "max_inflight")
         self._last_heard = trio.current_time()
@@ -73,14 +76,14 @@ class Session:
         self._close_reason: ErrorCode | None = None
 
     # --- used by services -------------------------------------------------------------
-    def push_frame(self, plaintext: bytes) -> bool:
-        """Queue an encoded push without waiting. False (and the session is marked behind,
+    def push(self, updates: frames.Updates) -> bool:
+        """Queue encoded updates without waiting. False (and the session is marked behind,
         told once) when the queue is full: a slow reader must re-sync instead of slowing the
         sender or growing memory."""
         if self.behind:
             return False
         try:
-            self._out_send.send_nowait(plaintext)
+            self._out_send.send_nowait(updates)
             return True
         except trio.WouldBlock:
             self.behind = True
@@ -172,17 +175,20 @@ class Session:
 
     async def _writer(self) -> None:
         async for first in self._out_recv:
-            await self._send_sealed(first)
-            # drain what queued meanwhile without a checkpoint per frame (busy group chats)
-            while True:
+            # join what queued meanwhile into one push: one seal, one message, one syscall
+            batch, size = [first], len(first[1])
+            while size < PUSH_JOIN_BYTES and len(batch) < PUSH_JOIN_ITEMS:
                 try:
-                    plain = self._out_recv.receive_nowait()
+                    more = self._out_recv.receive_nowait()
                 except trio.WouldBlock:
                     break
-                await self._send_sealed(plain)
+                batch.append(more)
+                size += len(more[1])
+            await self._send_sealed(frames.push_frame(batch))
             if self.behind and not self._behind_told:
                 self._behind_told = True
-                await self._send_sealed(encode(frames.push([{"type": "session.behind"}])))
+                notice = frames.encode_updates([{"type": "session.behind"}])
+                await self._send_sealed(frames.push_frame([notice]))
 
     async def ping_once(self, timeout: float) -> None:
         """One heartbeat: a WebSocket ping; the pong proves the peer alive."""

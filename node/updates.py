@@ -1,7 +1,7 @@
 """The updates hub: which sessions are online, which chats they are in, and pushing to them.
 
 A push is encoded once and queued on every target session without waiting
-(:meth:`Session.push_frame`): a slow session is marked behind and re-syncs instead of
+(:meth:`Session.push`): a slow session is marked behind and re-syncs instead of
 slowing the sender. For chats the hub keeps an index chat -> online members, so a message
 in a group of 200,000 with 50 members online costs 50 queue operations, not 200,000 lookups.
 
@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from .protocol import frames
-from .protocol.codec import encode
 from .protocol.errors import ErrorCode
 
 if TYPE_CHECKING:
@@ -112,8 +111,8 @@ class Hub:
         targets = [s for s in self.sessions_of(user_id) if s is not exclude]
         if not targets:
             return 0
-        frame = encode(frames.push(updates))
-        return sum(1 for s in targets if s.push_frame(frame))
+        items = frames.encode_updates(updates)
+        return sum(1 for s in targets if s.push(items))
 
     def push_to_chat(
         self,
@@ -126,13 +125,13 @@ class Hub:
         online = self._online_in.get(chat_id)
         if not online:
             return 0
-        frame = encode(frames.push(updates))
+        items = frames.encode_updates(updates)
         n = 0
         for uid in online:
             if uid == exclude_user:
                 continue
             for s in self._by_user.get(uid, {}).values():
-                if s is not exclude and s.push_frame(frame):
+                if s is not exclude and s.push(items):
                     n += 1
         return n
 

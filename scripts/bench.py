@@ -526,7 +526,7 @@ async def fanout_run(nut: NodeUnderTest, members: int, seconds: float) -> dict[s
         nursery.cancel_scope.cancel()
         for r in receivers:
             await r.aclose()
-    # each member gets the pushes in send order, one frame each: the k-th frame is message k
+    # each member gets the pushes in send order, one update per message: the k-th is message k
     e2e = [(t - sent_ns[k]) / 1e6 for r in receivers for k, t in enumerate(r.arrivals[:n])]
     return {
         "members_online": members,

@@ -1,11 +1,12 @@
 """A minimal signed-in receiver for the scale benchmarks (fan-out, idle connections).
 
 It speaks the real protocol up to sign-in (WebSocket upgrade, hello/welcome, a sealed
-``auth.authorize`` with the device's proof) and then only reads: every binary frame's arrival
-time is recorded, ping frames are answered, nothing is decrypted. A full SDK client
-decrypts and decodes every push in Python; a thousand of them in one process measure the
-client, not the node. With these, what a fan-out figure shows is how fast the node gets the
-bytes onto every member's socket.
+``auth.authorize`` with the device's proof) and then only reads: each push frame is opened
+and its updates counted (a node joins queued updates into one frame), their arrival time is
+recorded, ping frames are answered. A full SDK client also decodes every update and hands it
+through channels to the application; a thousand of them in one process measure the client,
+not the node. With these, a fan-out figure shows how fast the node gets the updates onto
+every member's socket.
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ def _masked_frame(opcode: int, payload: bytes) -> bytes:
 class LightReceiver:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
-        self.arrivals: list[int] = []  # time.time_ns() of each data frame after sign-in
+        self.arrivals: list[int] = []  # time.time_ns() each update arrived, in order
         self._buf = bytearray()
+        self._opener: Opener | None = None
 
     @classmethod
     async def connect(cls, url: str, device_key: SigningKey) -> LightReceiver:
@@ -82,6 +84,7 @@ class LightReceiver:
         reply: Any = decode(opener.open(await self._next_data()))
         if "r" not in reply:
             raise ConnectionError(f"authorize failed: {reply.get('e')}")
+        self._opener = opener
         return self
 
     async def _next_data(self) -> bytes:
@@ -121,11 +124,14 @@ class LightReceiver:
         return out
 
     async def listen(self) -> None:
-        """Record arrivals until cancelled; answer pings so the node keeps us."""
+        """Record update arrivals until cancelled; answer pings so the node keeps us."""
         while True:
             for opcode, payload in await self._frames():
                 if opcode == OP_BINARY:
-                    self.arrivals.append(time.time_ns())
+                    now = time.time_ns()
+                    assert self._opener is not None
+                    frame: Any = decode(self._opener.open(payload), max_depth=32)
+                    self.arrivals.extend([now] * len(frame.get("u", ())))
                 elif opcode == OP_PING:
                     await self.stream.send_all(_masked_frame(OP_PONG, payload))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .codec import encode
 from .errors import ErrorCode, RpcError
 
 MAX_REQUEST_ID = 2**63 - 1
@@ -50,3 +51,28 @@ def error(rid: int | None, err: RpcError) -> dict[str, Any]:
 
 def push(updates: list[dict[str, Any]]) -> dict[str, Any]:
     return {"u": updates}
+
+
+# A push as queued on a session: how many updates, and their CBOR items back to back. A
+# session's writer joins whatever queued meanwhile into ONE push frame (one seal, one
+# WebSocket message, one syscall for a burst), and the update list of a push is a CBOR
+# array, so joining is concatenation: no re-encoding per session.
+Updates = tuple[int, bytes]
+
+
+def encode_updates(updates: list[dict[str, Any]]) -> Updates:
+    return len(updates), b"".join(encode(u) for u in updates)
+
+
+def push_frame(batches: list[Updates]) -> bytes:
+    """The encoded ``{"u": [...]}`` holding every update of ``batches``, in order."""
+    n = sum(count for count, _ in batches)
+    if n < 24:
+        head = bytes([0x80 | n])
+    elif n < 1 << 8:
+        head = bytes([0x98, n])
+    elif n < 1 << 16:
+        head = b"\x99" + n.to_bytes(2, "big")
+    else:
+        head = b"\x9a" + n.to_bytes(4, "big")
+    return b"\xa1\x61u" + head + b"".join(blob for _, blob in batches)
