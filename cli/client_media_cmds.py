@@ -68,6 +68,23 @@ def upload(
         typer.echo(f"sent to {r['message']['chat']} (seq {r['message']['seq']})", err=True)
 
 
+def default_dest(name: str, media_id: str, folder: Path = Path()) -> Path:
+    """Where a download goes without ``-o``: the sender's file name made harmless (no
+    folders, no control characters, not hidden, so ``.bashrc`` or ``..`` cannot land where
+    it would do harm), never over an existing file: ``name (1).ext`` and so on. A partial
+    ``.part`` of the chosen name is resumed."""
+    base = "".join(ch for ch in Path(name.replace("\\", "/")).name if ch.isprintable())
+    base = base.lstrip(". ") or media_id
+    stem, dot, ext = base.rpartition(".")
+    if not stem:
+        stem, dot, ext = ext, "", ""
+    dest, n = folder / base, 0
+    while dest.exists():
+        n += 1
+        dest = folder / f"{stem} ({n}){dot}{ext}"
+    return dest
+
+
 @client_app.command()
 def download(
     media_id: Annotated[str, typer.Argument(help="Media id (from a message or an upload).")],
@@ -80,7 +97,7 @@ def download(
     async def go() -> Path:
         async with connect_signed_in(prof) as c:
             info = await c.call("media.info", {"media_id": media_id})
-            dest = output or Path(Path(info["name"]).name or media_id)
+            dest = output or default_dest(info["name"], media_id)
             with typer.progressbar(
                 length=info["size"], label=dest.name, file=sys.stderr, show_pos=True
             ) as bar:

@@ -111,6 +111,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 down_s, down_cpu, down_rss, _ = await measure(
                     node.pid, download_file, c, info["media_id"], out, parallel=args.parallel
                 )
+                rss_after = rss_mib(node.pid)
             ok = await trio.to_thread.run_sync(
                 lambda: hashlib.sha256(out.read_bytes()).hexdigest() == sha
             )
@@ -139,6 +140,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "node_rss_mib_min": min(down_rss),
         },
         "node_rss_mib_idle": rss_idle,
+        "node_rss_mib_after": rss_after,
         "sha256_verified": ok,
         "client_cpu_s": round(resource.getrusage(resource.RUSAGE_SELF).ru_utime, 2),
         "target": ">= 100 MB/s each way",

@@ -90,6 +90,14 @@ def test_upload_resume_send_download_from_the_cli(node_process: Any, tmp_path: P
     copy = tmp_path / "copy.mp4"
     fedgram("client", "download", media_id, "-o", str(copy), "--profile", str(bob), check=True)
     assert copy.read_bytes() == f.read_bytes()
+    # an interrupted download left a partial file: re-running continues it
+    again = tmp_path / "again.mp4"
+    (tmp_path / "again.mp4.part").write_bytes(f.read_bytes()[: 5 << 20])
+    r = fedgram("client", "download", media_id, "-o", str(again), "--profile", str(bob))
+    assert r.returncode == 0, r.stderr
+    assert again.read_bytes() == f.read_bytes() and not (tmp_path / "again.mp4.part").exists()
+    missing = fedgram("client", "download", "nosuchmedia", "--profile", str(bob))
+    assert missing.returncode == 1 and "MEDIA_NOT_FOUND" in missing.stderr
 
     stats = json.loads(fedgram("media", "stats", "--json", "--data", d, check=True).stdout)
     assert stats["files_on_disk"] == 1 and stats["bytes_on_disk"] == 40 << 20
@@ -105,3 +113,23 @@ def test_upload_resume_send_download_from_the_cli(node_process: Any, tmp_path: P
     )
     assert denied.returncode == 1 and "MEDIA_FORBIDDEN" in denied.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_download_names_from_senders_are_made_harmless(tmp_path: Path) -> None:
+    """Without -o the file name comes from the uploader: no folders, no hidden files, no
+    control characters, and never over an existing file."""
+    from cli.client_media_cmds import default_dest
+
+    (tmp_path / "a.png").write_bytes(b"mine")
+    cases = {
+        "..": "mid",
+        ".bashrc": "bashrc",
+        "a.png": "a (1).png",
+        "..\\..\\evil.txt": "evil.txt",
+        "/etc/passwd": "passwd",
+        "x\x00y.txt": "xy.txt",
+        "": "mid",
+    }
+    for name, want in cases.items():
+        got = default_dest(name, "mid", tmp_path)
+        assert got.parent == tmp_path and got.name == want, name

@@ -267,12 +267,23 @@ async def test_expiry_and_gc(tmp_path: Path) -> None:
         g = tmp_path / "unsent"
         g.write_bytes(os.urandom(PART + 2))
         await upload_file(c, g, "unsent")
+        # carried only by a message deleted for everyone: no one else can read it any more
+        h = tmp_path / "deleted"
+        h.write_bytes(os.urandom(PART + 3))
+        gone = await upload_file(c, h, "deleted")
+        seq = await send(
+            c, chat, "oops", media=[{"media_id": gone["media_id"], "kind": "document"}]
+        )
+        await c.call("messages.delete", {"chat": chat, "seq": seq})
         await c.call("media.uploadPart", {"upload_id": "abandoned", "index": 0, "data": b"x"})
-        assert len(blobs(node)) == 2
+        assert len(blobs(node)) == 3
         await trio.sleep(1.2)
         # the gc of leftovers waits out a grace period of min(60 s, upload_ttl)
         r = await admin(node, "admin.mediaGc")
-        assert r["expired_uploads"] == 1 and r["dropped_media"] == 1 and r["removed_files"] == 1
+        assert r["expired_uploads"] == 1 and r["dropped_media"] == 2 and r["removed_files"] == 2
+        with pytest.raises(RpcError) as e:
+            await c.call("media.info", {"media_id": gone["media_id"]})
+        assert e.value.code == "MEDIA_NOT_FOUND"
         assert [p.name for p in blobs(node)] == [kept["sha256"]]
         assert list((node.config.media_dir / "tmp").iterdir()) == []
         status = await c.call("media.uploadStatus", {"upload_id": "abandoned"})
@@ -361,3 +372,183 @@ async def test_acknowledged_parts_survive_kill_9(node_process: Any, tmp_path: Pa
         out = tmp_path / "back.bin"
         await download_file(c, info["media_id"], out)
     assert out.read_bytes() == data
+
+
+async def test_hostile_complete_params_answer_at_once(mnode: Node) -> None:
+    """A part count that does not match the size is refused before anything is listed or
+    hashed (a huge count must not make the node enumerate it)."""
+    async with signed_in(mnode, "alice") as c:
+        await c.call("media.uploadPart", {"upload_id": "h", "index": 0, "data": b"x" * PART})
+        await c.call("media.uploadPart", {"upload_id": "h", "index": 1, "data": b"y" * 10})
+        base = {"upload_id": "h", "sha256": "0" * 64, "name": "h", "mime": "text/plain"}
+        for parts, size in [(2**62, PART + 10), (3, PART + 10), (1, PART + 10), (2, 4 << 40)]:
+            with trio.fail_after(5), pytest.raises(RpcError) as e:
+                await c.call("media.complete", {**base, "parts": parts, "size": size})
+            assert e.value.code in ("PART_INVALID", "FILE_TOO_BIG"), (parts, size)
+        # parts recorded that do not add up to the declared size: refused without hashing
+        with pytest.raises(RpcError) as e:
+            await c.call("media.complete", {**base, "parts": 2, "size": PART + 11})
+        assert e.value.code == "PART_INVALID"
+        assert (await c.call("media.uploadStatus", {"upload_id": "h"}))["parts"] == [0, 1]
+        assert (await c.call("system.ping", {"ping_id": 1}))["ping_id"] == 1
+
+
+def _stored_files_match_their_names(node: Node) -> None:
+    for p in blobs(node):
+        assert hashlib.sha256(p.read_bytes()).hexdigest() == p.name
+
+
+async def _complete_into(c: Any, params: dict[str, Any], results: list[str]) -> None:
+    try:
+        await c.call("media.complete", params)
+        results.append("ok")
+    except RpcError as e:
+        results.append(e.code)
+
+
+async def _late_part(c: Any, upload_id: str) -> None:
+    try:
+        await c.call("media.uploadPart", {"upload_id": upload_id, "index": 3, "data": b"z" * PART})
+    except RpcError as e:
+        assert e.code == "PART_INVALID"  # refused while the upload is being completed
+
+
+async def test_parts_racing_a_complete_never_touch_a_stored_file(mnode: Node) -> None:
+    """Two completes and a re-sent (different) part at the same moment: one complete wins,
+    the other finds the upload gone, and whatever the order, every content-addressed file
+    still hashes to its name (a late part write cannot land in a verified file)."""
+    async with signed_in(mnode, "alice") as c:
+        for round_ in range(4):
+            up = f"race{round_}"
+            data = os.urandom(8 * PART)
+            await _parts(c, up, data, list(range(8)))
+            params = {
+                "upload_id": up,
+                "parts": 8,
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "name": "r",
+                "mime": "application/octet-stream",
+            }
+            results: list[str] = []
+            async with trio.open_nursery() as n:
+                n.start_soon(_complete_into, c, params, results)
+                n.start_soon(_late_part, c, up)
+                n.start_soon(_complete_into, c, params, results)
+            # the late part came first (mismatch), or the first complete won
+            assert sorted(results) in (
+                ["UPLOAD_NOT_FOUND", "ok"],
+                ["CHECKSUM_MISMATCH", "UPLOAD_NOT_FOUND"],
+            ), results
+            _stored_files_match_their_names(mnode)
+        assert (await c.call("system.ping", {"ping_id": 2}))["ping_id"] == 2
+    assert len(mnode.media._guards) == 0  # nothing is kept per upload once it is quiet
+
+
+async def test_unfinished_uploads_count_against_the_quota(mnode: Node) -> None:
+    """Quota 3 MiB: parts of uploads never completed count too, so no one can fill the disk
+    with abandoned uploads; completing an upload does not count its bytes twice."""
+    chunk = os.urandom(PART)
+    async with signed_in(mnode, "alice") as c:
+        for i in range(48):  # 48 x 64 KiB = 3 MiB, spread over several uploads
+            await c.call("media.uploadPart", {"upload_id": f"p{i % 3}", "index": i, "data": chunk})
+        with pytest.raises(RpcError) as e:
+            await c.call("media.uploadPart", {"upload_id": "p9", "index": 0, "data": b"x"})
+        assert e.value.code == "QUOTA_EXCEEDED"
+    async with signed_in(mnode, "bob") as c:  # quotas are per user
+        await c.call("media.uploadPart", {"upload_id": "p9", "index": 0, "data": chunk})
+
+
+async def test_last_part_resent_shorter_still_completes(mnode: Node) -> None:
+    data = os.urandom(PART + 50)
+    async with signed_in(mnode, "alice") as c:
+        await c.call("media.uploadPart", {"upload_id": "s", "index": 0, "data": data[:PART]})
+        # first a wrong, longer last part; then the right one
+        await c.call("media.uploadPart", {"upload_id": "s", "index": 1, "data": b"q" * 100})
+        await c.call("media.uploadPart", {"upload_id": "s", "index": 1, "data": data[PART:]})
+        info = await c.call(
+            "media.complete",
+            {
+                "upload_id": "s",
+                "parts": 2,
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "name": "s",
+                "mime": "application/octet-stream",
+            },
+        )
+        r = await c.call(
+            "media.download", {"media_id": info["media_id"], "offset": 0, "limit": 1 << 20}
+        )
+        assert r["data"] == data and r["eof"] is True
+    _stored_files_match_their_names(mnode)
+
+
+async def test_upload_ids_are_per_user(mnode: Node) -> None:
+    """Another user naming the same upload id neither sees nor completes nor mixes into it."""
+    data = os.urandom(PART + 9)
+    async with signed_in(mnode, "alice") as a, signed_in(mnode, "bob") as b:
+        await _parts(a, "same", data, [0, 1])
+        assert (await b.call("media.uploadStatus", {"upload_id": "same"}))["parts"] == []
+        params = {
+            "upload_id": "same",
+            "parts": 2,
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "name": "a",
+            "mime": "application/octet-stream",
+        }
+        with pytest.raises(RpcError) as e:
+            await b.call("media.complete", params)
+        assert e.value.code == "UPLOAD_NOT_FOUND"
+        await b.call("media.uploadPart", {"upload_id": "same", "index": 0, "data": b"b" * PART})
+        info = await a.call("media.complete", params)
+        assert info["sha256"] == params["sha256"]
+        assert (await b.call("media.uploadStatus", {"upload_id": "same"}))["parts"] == [0]
+
+
+async def test_uploads_in_progress_are_capped(mnode: Node) -> None:
+    """Empty parts cost no quota, so the number of unfinished uploads is capped instead."""
+    from node.media.service import MAX_UPLOADS_PER_USER
+
+    async with signed_in(mnode, "alice") as c:
+        with pytest.raises(RpcError) as e:
+            await c.call("media.uploadPart", {"upload_id": "e", "index": 1, "data": b""})
+        assert e.value.code == "PART_INVALID"
+        slots = trio.Semaphore(32)
+
+        async def start(i: int) -> None:
+            async with slots:
+                await c.call("media.uploadPart", {"upload_id": f"e{i}", "index": 0, "data": b""})
+
+        async with trio.open_nursery() as n:
+            for i in range(MAX_UPLOADS_PER_USER):
+                n.start_soon(start, i)
+        # parts that were in flight together may overshoot the cap by what was in flight
+        # (as any check before a write would); one by one, the cap then holds
+        extra = 0
+        with pytest.raises(RpcError) as e:
+            for extra in range(64):
+                await c.call(
+                    "media.uploadPart", {"upload_id": f"x{extra}", "index": 0, "data": b""}
+                )
+        assert e.value.code == "QUOTA_EXCEEDED" and extra <= 48
+        stats = await admin(mnode, "admin.mediaStats")
+        assert stats["uploads_in_progress"] <= MAX_UPLOADS_PER_USER + 48
+        with pytest.raises(RpcError) as e:
+            await c.call("media.uploadPart", {"upload_id": "one-more", "index": 0, "data": b""})
+        assert e.value.code == "QUOTA_EXCEEDED"
+        # an upload already in progress goes on, and the empty one completes
+        await c.call("media.uploadPart", {"upload_id": "e7", "index": 0, "data": b""})
+        info = await c.call(
+            "media.complete",
+            {
+                "upload_id": "e7",
+                "parts": 1,
+                "size": 0,
+                "sha256": hashlib.sha256(b"").hexdigest(),
+                "name": "empty",
+                "mime": "text/plain",
+            },
+        )
+        assert info["size"] == 0

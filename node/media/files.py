@@ -75,12 +75,18 @@ def write_part(path: Path, offset: int, data: bytes) -> None:
 
 def verify(path: Path, size: int, sha256_hex: str) -> bytes:
     """Check an upload's bytes (size and SHA-256, streamed, never all in memory) and make
-    them durable; returns the first bytes for sniffing. On a mismatch the file is deleted."""
+    them durable; returns the first bytes for sniffing. On a mismatch the file is deleted.
+
+    The caller has checked that the recorded parts cover exactly ``size`` bytes, so the file
+    is first cut to that size: a last part re-sent shorter than before leaves stale bytes
+    past the end, which must not fail an otherwise correct upload."""
     h = hashlib.sha256()
     head = b""
     total = 0
     try:
-        with open(path, "rb") as f:
+        with open(path, "r+b") as f:
+            if os.fstat(f.fileno()).st_size > size:
+                f.truncate(size)
             while chunk := f.read(CHUNK):
                 if len(head) < 64 * 1024:
                     head += chunk[: 64 * 1024 - len(head)]
@@ -121,6 +127,7 @@ def place(path: Path, root: Path, sha256_hex: str) -> Path:
 
 
 def read_range(path: Path, offset: int, limit: int) -> bytes:
+    """One download chunk (FileNotFoundError if the file was collected meanwhile)."""
     with open(path, "rb") as f:
         f.seek(offset)
         return f.read(limit)

@@ -4,6 +4,14 @@ authorized ranged downloads; expiry and garbage collection.
 Nothing here reads file content except to hash it and to sniff image dimensions, so secret
 chats can later upload client-side-encrypted files through the same path. Disk I/O and
 hashing run in threads; the event loop only moves bytes between frames and threads.
+
+Modules: ``store`` (SQL), ``files`` (the media folder, blocking, run in threads), ``guard``
+(a part write never overlaps its upload's completion), ``budget`` (quota and the cap on
+uploads in progress, checked before a part touches the disk, without a read per part).
+
+Garbage: an unfinished upload lives ``upload_ttl`` from its first part. A finished media
+row older than ``upload_ttl`` that no readable message carries (never attached, or only by
+messages deleted for everyone) is dropped; a file goes once no media row names its hash.
 """
 
 from __future__ import annotations
@@ -15,15 +23,22 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from .. import log
 from ..protocol.errors import ErrorCode, RpcError
 from . import files, store
+from .budget import Budgets
+from .guard import Completing, UploadGuards
 
 if TYPE_CHECKING:
     from ..app import Node
     from ..rpc import CallContext, Router
 
 Params = dict[str, Any]
+_log = log.get("media")
 IO_THREADS = 8  # concurrent part writes/reads; each holds at most one part in memory
+# uploads one user may have in progress: each is a file and rows for upload_ttl, and empty
+# parts cost no quota, so without a cap they could pile up unbounded
+MAX_UPLOADS_PER_USER = 1000
 
 
 def _uid(ctx: CallContext) -> int:
@@ -44,6 +59,8 @@ class Media:
         self.chunk_max = int(cfg.get("media", "download_chunk_max"))
         self._io = trio.CapacityLimiter(IO_THREADS)
         self._gc_lock = trio.Lock()
+        self._guards = UploadGuards()
+        self._budgets = Budgets(self.quota, MAX_UPLOADS_PER_USER)
 
     def register(self, router: Router) -> None:
         for name, fn in {
@@ -68,15 +85,42 @@ class Media:
             raise RpcError(ErrorCode.PART_TOO_BIG, f"parts are at most {self.part_size} bytes")
         if index * self.part_size >= self.file_max:
             raise RpcError(ErrorCode.FILE_TOO_BIG, f"files are at most {self.file_max} bytes")
-        await self.node.db.write(lambda c: store.touch_upload(c, uid, upload_id))
-        path = files.upload_path(self.root, uid, upload_id)
+        if not data and index:  # only an empty file has an empty part, its only one
+            raise RpcError(ErrorCode.PART_INVALID, "only part 0 of an empty file may be empty")
+        if not self._budgets.take(uid, upload_id, len(data)):
+            await self._check_budget(uid, upload_id, len(data))
         try:
-            await self._thread(files.write_part, path, index * self.part_size, data)
-        except files.DiskFull:
-            raise RpcError(ErrorCode.DISK_FULL) from None
-        # recorded only once the bytes are on disk: a listed part is a durable part
-        await self.node.db.write(lambda c: store.add_part(c, uid, upload_id, index, len(data)))
+            async with self._guards.part((uid, upload_id)):
+                # one transaction per part (add_part also registers the upload): the gc's
+                # sweep spares a just-written file by its mtime until the row exists
+                path = files.upload_path(self.root, uid, upload_id)
+                try:
+                    await self._thread(files.write_part, path, index * self.part_size, data)
+                except files.DiskFull:
+                    raise RpcError(ErrorCode.DISK_FULL) from None
+                # recorded only once the bytes are on disk: a listed part is a durable part
+                await self.node.db.write(
+                    lambda c: store.add_part(c, uid, upload_id, index, len(data))
+                )
+        except Completing:
+            raise RpcError(ErrorCode.PART_INVALID, "the upload is being completed") from None
         return {"index": index, "size": len(data)}
+
+    async def _check_budget(self, uid: int, upload_id: str, size: int) -> None:
+        """Before a part touches the disk: the user's quota (parts of unfinished uploads
+        count too, or one user could fill the disk with uploads never completed) and the
+        cap on uploads in progress. Grants an allowance so the next parts need no read."""
+        use, uploads, known = await self.node.db.read(
+            lambda c: store.part_budget(c, uid, upload_id, self.quota > 0)
+        )
+        if not known and uploads >= MAX_UPLOADS_PER_USER:
+            raise RpcError(
+                ErrorCode.QUOTA_EXCEEDED,
+                f"{uploads} uploads in progress: complete them or let them expire",
+            )
+        if self.quota and use + size > self.quota:
+            raise RpcError(ErrorCode.QUOTA_EXCEEDED, f"{use} of {self.quota} bytes in use")
+        self._budgets.grant(uid, upload_id, size, use, uploads)
 
     async def upload_status(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = _uid(ctx)
@@ -96,15 +140,35 @@ class Media:
         upload_id, count, size = p["upload_id"], p["parts"], p["size"]
         if size > self.file_max:
             raise RpcError(ErrorCode.FILE_TOO_BIG, f"files are at most {self.file_max} bytes")
+        # checked before anything is enumerated: the count is bounded by the size, itself
+        # bounded by file_max (a hostile count must not cost anything)
+        expected = max(1, -(-size // self.part_size))
+        if count != expected:
+            raise RpcError(
+                ErrorCode.PART_INVALID,
+                f"{size} bytes are {expected} part(s) of {self.part_size} bytes, not {count}",
+            )
+        # no part of this upload is written meanwhile, and a second complete of it waits
+        # for this one (and then finds it gone)
+        async with self._guards.complete((uid, upload_id)):
+            try:
+                return await self._complete(uid, p)
+            finally:
+                self._budgets.forget(uid)
 
-        def check(c: sqlite3.Connection) -> tuple[float | None, dict[int, int], int]:
+    async def _complete(self, uid: int, p: Params) -> dict[str, Any]:
+        upload_id, count, size = p["upload_id"], p["parts"], p["size"]
+        sha = bytes.fromhex(p["sha256"])
+
+        def check(c: sqlite3.Connection) -> tuple[float | None, dict[int, int], int, int]:
             return (
                 store.upload_started(c, uid, upload_id),
                 store.parts(c, uid, upload_id),
                 store.used_bytes(c, uid),
+                store.charge(c, uid, sha, size),
             )
 
-        started, parts, used = await self.node.db.read(check)
+        started, parts, used, extra = await self.node.db.read(check)
         if started is None:
             raise RpcError(ErrorCode.UPLOAD_NOT_FOUND)
         missing = [i for i in range(count) if i not in parts]
@@ -117,11 +181,19 @@ class Media:
                 ErrorCode.PART_INVALID,
                 f"all parts but the last must be {self.part_size} bytes and indexes < {count}",
             )
-        if self.quota and used + size > self.quota:
+        if sum(parts.values()) != size:
+            raise RpcError(
+                ErrorCode.PART_INVALID,
+                f"the parts hold {sum(parts.values())} bytes, not the declared {size}",
+            )
+        if self.quota and used + extra > self.quota:
             raise RpcError(ErrorCode.QUOTA_EXCEEDED, f"{used} of {self.quota} bytes in use")
-        sha = bytes.fromhex(p["sha256"])
 
         def job(c: sqlite3.Connection) -> dict[str, Any]:
+            # again inside the transaction: completes of other uploads may have run since
+            use = store.used_bytes(c, uid)
+            if self.quota and use + store.charge(c, uid, sha, size) > self.quota:
+                raise RpcError(ErrorCode.QUOTA_EXCEEDED, f"{use} of {self.quota} bytes in use")
             store.end_upload(c, uid, upload_id)
             return store.insert(c, uid, sha, size, p["mime"], p["name"], dims)
 
@@ -136,13 +208,23 @@ class Media:
             raise RpcError(ErrorCode.CHECKSUM_MISMATCH, str(e)) from None
         except files.DiskFull:
             raise RpcError(ErrorCode.DISK_FULL) from None
+        except FileNotFoundError:  # expired and swept meanwhile
+            raise RpcError(ErrorCode.UPLOAD_NOT_FOUND) from None
         dims = files.image_size(head) if p["mime"].startswith("image/") else None
         async with self._gc_lock:  # the blob must not be collected between rename and row
             try:
                 await self._thread(files.place, path, self.root, p["sha256"])
             except files.DiskFull:
                 raise RpcError(ErrorCode.DISK_FULL) from None
-            info: dict[str, Any] = await self.node.db.write(job)
+            except FileNotFoundError:
+                raise RpcError(ErrorCode.UPLOAD_NOT_FOUND) from None
+            try:
+                info: dict[str, Any] = await self.node.db.write(job)
+            except RpcError:
+                # over quota after all (a concurrent complete won): the upload ends; its
+                # bytes, now placed but unreferenced, are the next gc's
+                await self.node.db.write(lambda c: store.end_upload(c, uid, upload_id))
+                raise
         return info
 
     # --- downloads ------------------------------------------------------------------------
@@ -160,7 +242,10 @@ class Media:
         data = b""
         if offset < meta["size"]:
             path = files.blob_path(self.root, meta["sha256"])
-            data = await self._thread(files.read_range, path, offset, limit)
+            try:
+                data = await self._thread(files.read_range, path, offset, limit)
+            except FileNotFoundError:  # collected between the row read and the file read
+                raise RpcError(ErrorCode.MEDIA_NOT_FOUND, "the file is gone") from None
         return {"data": data, "size": meta["size"], "eof": offset + len(data) >= meta["size"]}
 
     # --- housekeeping ---------------------------------------------------------------------
@@ -168,7 +253,13 @@ class Media:
         """The node's sweep loop: expiry and garbage collection every gc_interval."""
         while True:
             await trio.sleep(self.gc_interval)
-            await self.gc()
+            try:
+                r = await self.gc()
+            except Exception:  # a failed sweep (disk, database) must not take the node down
+                _log.exception("media gc failed")
+                continue
+            if any(r.values()):
+                log.event(_log, "media.gc", **r)
 
     async def gc(self) -> dict[str, int]:
         cutoff = time.time() - self.upload_ttl
@@ -178,6 +269,7 @@ class Media:
             live = await self.node.db.read(store.live_blobs)
             active = await self.node.db.read(store.active_uploads)
             removed, freed = await self._thread(self._sweep_disk, live, active)
+            self._budgets.clear()
         return {
             "expired_uploads": len(expired),
             "dropped_media": dropped,
@@ -198,9 +290,12 @@ class Media:
         keep = {files.upload_path(self.root, u, up).name for u, up in active}
         tmp = self.root / "tmp"
         for entry in list(tmp.iterdir()) if tmp.exists() else []:
-            if entry.name in keep or time.time() - entry.stat().st_mtime < grace:
+            try:
+                if entry.name in keep or time.time() - entry.stat().st_mtime < grace:
+                    continue
+                freed += files.tree_size(entry)
+            except FileNotFoundError:  # a failed complete removed it meanwhile
                 continue
-            freed += files.tree_size(entry)
             files.remove_tree(entry)
         return removed, freed
 

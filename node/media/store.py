@@ -128,6 +128,36 @@ def used_bytes(conn: sqlite3.Connection, user_id: int) -> int:
     return int(row[0])
 
 
+def charge(conn: sqlite3.Connection, user_id: int, sha256: bytes, size: int) -> int:
+    """What storing this content adds to the user's quota use: nothing if they already have
+    it (each distinct file counts once per user), else its size."""
+    row = conn.execute(
+        "SELECT 1 FROM media WHERE uploader_id = ? AND sha256 = ? LIMIT 1", (user_id, sha256)
+    ).fetchone()
+    return 0 if row else size
+
+
+def quota_use(conn: sqlite3.Connection, user_id: int) -> int:
+    """Finished files (each distinct one once) plus the parts of unfinished uploads."""
+    row = conn.execute(
+        "SELECT COALESCE(SUM(size), 0) FROM media_parts WHERE user_id = ?", (user_id,)
+    ).fetchone()
+    return used_bytes(conn, user_id) + int(row[0])
+
+
+def part_budget(
+    conn: sqlite3.Connection, user_id: int, upload_id: str, with_quota: bool
+) -> tuple[int, int, bool]:
+    """What a new part is checked against: the user's quota use (0 unless ``with_quota``),
+    how many uploads they have in progress, and whether this upload is one of them."""
+    uploads = conn.execute(
+        "SELECT COUNT(*), COALESCE(SUM(upload_id = ?), 0) FROM media_uploads WHERE user_id = ?",
+        (upload_id, user_id),
+    ).fetchone()
+    use = quota_use(conn, user_id) if with_quota else 0
+    return use, int(uploads[0]), bool(uploads[1])
+
+
 def insert(
     conn: sqlite3.Connection,
     user_id: int,
@@ -161,7 +191,9 @@ def touch_upload(conn: sqlite3.Connection, user_id: int, upload_id: str) -> floa
 
 
 def add_part(conn: sqlite3.Connection, user_id: int, upload_id: str, idx: int, size: int) -> None:
-    """Record a part whose bytes are already on disk (fsynced): acknowledged means durable."""
+    """Record a part whose bytes are already on disk (fsynced): acknowledged means durable.
+    The upload row is (re)made too: a sweep may have expired it while the part was written."""
+    touch_upload(conn, user_id, upload_id)
     conn.execute(
         "INSERT OR REPLACE INTO media_parts(user_id, upload_id, idx, size) VALUES (?, ?, ?, ?)",
         (user_id, upload_id, idx, size),
@@ -199,10 +231,14 @@ def expired_uploads(conn: sqlite3.Connection, before: float) -> list[tuple[int, 
 
 
 def drop_unattached(conn: sqlite3.Connection, before: float) -> int:
-    """Media finished but never attached to a message within the upload TTL are garbage."""
+    """Media older than the upload TTL that no readable message carries are garbage: never
+    attached (the uploader had upload_ttl to send it), or carried only by messages deleted
+    for everyone (no one but the uploader could read it any more). Their refs go with them
+    (ON DELETE CASCADE); the files follow in the disk sweep once no row names their hash."""
     cur = conn.execute(
         "DELETE FROM media WHERE created < ? AND NOT EXISTS "
-        "(SELECT 1 FROM media_refs r WHERE r.media_id = media.id)",
+        "(SELECT 1 FROM media_refs r JOIN events e ON e.chat_id = r.chat_id "
+        "AND e.seq = r.seq AND e.deleted = 0 WHERE r.media_id = media.id)",
         (before,),
     )
     return cur.rowcount

@@ -37,7 +37,7 @@ MEDIA_METHODS: list[Method] = [
             "data": Field(PART_BYTES),
         },
         Struct({"index": Field(Int()), "size": Field(Int())}, name="PartStored"),
-        (E.PART_TOO_BIG, E.PART_INVALID, E.FILE_TOO_BIG, E.DISK_FULL),
+        (E.PART_TOO_BIG, E.PART_INVALID, E.FILE_TOO_BIG, E.QUOTA_EXCEEDED, E.DISK_FULL),
         rate_group="media",
     ),
     Method(
@@ -63,7 +63,8 @@ MEDIA_METHODS: list[Method] = [
             "parts": Field(Int(1), "number of parts"),
             "size": Field(Int(0), "bytes"),
             "sha256": Field(SHA256_HEX),
-            "name": Field(Str(0, 255), "file name"),
+            # a bare name: no path separators or control characters a downloader could trip on
+            "name": Field(Str(0, 255, r"[^/\\\x00-\x1f\x7f]*"), "file name (no folders)"),
             "mime": Field(Str(1, 127, r"[\w.+-]+/[\w.+-]+"), "e.g. image/png"),
         },
         MediaInfo,
@@ -120,8 +121,9 @@ MEDIA_METHODS: list[Method] = [
     ),
     Method(
         "admin.mediaGc",
-        "Expire abandoned uploads, drop never-attached media past the upload TTL, delete "
-        "files nothing refers to (admin socket; also runs every gc_interval).",
+        "Expire abandoned uploads, drop media past the upload TTL that no message (not "
+        "deleted for everyone) carries, delete files nothing refers to (admin socket; also "
+        "runs every gc_interval).",
         {},
         Struct(
             {

@@ -161,12 +161,15 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.UPLOAD_NOT_FOUND: "No such upload in progress for this user (finished, expired "
     "or never started).",
     ErrorCode.PART_TOO_BIG: "A part is larger than the node's part size limit.",
-    ErrorCode.PART_INVALID: "A part index is out of range or a non-last part is not full size.",
+    ErrorCode.PART_INVALID: "A part index is out of range, a non-last part is not full size, "
+    "the part count or the parts' sizes do not match the declared size, or a part arrived "
+    "while its upload is being completed.",
     ErrorCode.PART_MISSING: "The upload lacks parts; the message lists the missing indexes.",
     ErrorCode.CHECKSUM_MISMATCH: "The assembled file's size or SHA-256 differs from the one "
     "declared; nothing was stored.",
     ErrorCode.FILE_TOO_BIG: "The file is larger than the node's file size limit.",
-    ErrorCode.QUOTA_EXCEEDED: "The user's media quota would be exceeded.",
+    ErrorCode.QUOTA_EXCEEDED: "The user's media quota would be exceeded (parts of unfinished "
+    "uploads count), or the user has too many uploads in progress (1000).",
     ErrorCode.MEDIA_NOT_FOUND: "No such media.",
     ErrorCode.MEDIA_FORBIDDEN: "The caller may not read this media (not its uploader and in no "
     "chat that references it).",
