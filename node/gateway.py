@@ -34,7 +34,7 @@ _ids = itertools.count(1)
 _CLOSE_TIMEOUT = 2.0
 # a joined push stays well under the clients' message cap (the node's frame cap, 1 MiB)
 PUSH_JOIN_BYTES = 256 * 1024
-PUSH_JOIN_ITEMS = 32
+PUSH_JOIN_ITEMS = 256
 
 
 class Session:
