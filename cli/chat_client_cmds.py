@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Annotated, Any
 
+import trio
 import typer
 
 from node.client import Client
@@ -324,6 +325,11 @@ def search(
         typer.echo(f"{ev['chat']} {describe(ev)}")
 
 
+def _copy(state: dict[str, Any]) -> dict[str, Any]:
+    """A snapshot for the writer thread (the live loop keeps changing the chats map)."""
+    return {"pts": state["pts"], "chats": dict(state["chats"])}
+
+
 def _describe_update(u: dict[str, Any]) -> str:
     kind = u.get("type")
     if kind == "chat.event":
@@ -399,7 +405,7 @@ def listen(
                 state = await difference(c, state)
             else:
                 state = await c.call("updates.getState")
-            prof.save_sync_state(state)
+            await trio.to_thread.run_sync(prof.save_sync_state, _copy(state))
             if count is not None and (count == 0 or printed >= count):
                 return
             async for u in c.updates():
@@ -420,7 +426,8 @@ def listen(
                     state["pts"] = u["pts"]
                 else:
                     emit(u)
-                prof.save_sync_state(state)
+                # an fsynced file write per update: in a thread, never on the event loop
+                await trio.to_thread.run_sync(prof.save_sync_state, _copy(state))
                 if count is not None and printed >= count:
                     return
 
