@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -33,12 +32,6 @@ def make_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
     async with Node.start(make_config(tmp_path / "n1")) as n:
         yield n
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fedgram(

@@ -105,8 +105,9 @@ async def test_handshake_that_never_finishes(small_node: Node) -> None:
         assert (code, reason) == (4002, "HANDSHAKE_TIMEOUT")
         # a TCP connection that never even upgrades is dropped too
         stream = await trio.open_tcp_stream("127.0.0.1", small_node.port)
-        with trio.fail_after(BOUND):
-            assert await stream.receive_some(100) in (b"",) or True
+        with trio.fail_after(BOUND):  # the node closes it: we read to end of stream
+            while await stream.receive_some(4096):
+                pass
         await assert_alive(witness)
 
 
