@@ -4,19 +4,26 @@ Each method belongs to a rate group (declared in the API schema); a group names 
 that apply and what each is keyed by.  A refused call answers FLOOD_WAIT with the seconds
 until a token is back, like Telegram's FLOOD_WAIT_X, and is not evaluated at all — which
 is what makes guessing login codes hopeless rather than merely slow.
+
+Memory is bounded without ever handing a budget back early: a refused call stores nothing;
+a bucket that has refilled is the same as no bucket and is dropped (soonest first); and
+nothing else is ever dropped.  Each rule keeps at most ``MAX_BUCKETS`` partly spent buckets,
+so a flood of one kind of key (junk login names, many IPs) cannot crowd out another; when a
+rule's table is full, a call that would need a new bucket there is refused (FLOOD_WAIT until
+the soonest bucket refills) instead of evicting anyone's spent budget.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .protocol.errors import ErrorCode, RpcError
 
-MAX_BUCKETS = 200_000  # bounded memory: the least recently used buckets are forgotten
+MAX_BUCKETS = 200_000  # partly spent buckets kept per rule; more wait (fail closed)
 
 
 @dataclass(frozen=True)
@@ -65,51 +72,99 @@ DEFAULT_RULES: dict[str, str] = {
 
 
 class _Bucket:
-    __slots__ = ("stamp", "tokens")
+    __slots__ = ("full_at", "stamp", "tokens")
 
     def __init__(self, tokens: float, stamp: float) -> None:
         self.tokens = tokens
         self.stamp = stamp
+        self.full_at = stamp
+
+
+class _Table:
+    """The partly spent buckets of one rule, with a heap of when each is full again (stale
+    entries, left by a bucket spent again since, are skipped and compacted away)."""
+
+    __slots__ = ("bound", "buckets", "heap", "rule")
+
+    def __init__(self, rule: Rule, bound: int) -> None:
+        self.rule = rule
+        self.bound = bound
+        self.buckets: dict[str, _Bucket] = {}
+        self.heap: list[tuple[float, str]] = []
+
+    def drop_full(self, now: float) -> None:
+        heap, buckets = self.heap, self.buckets
+        while heap and heap[0][0] <= now:
+            full_at, key = heapq.heappop(heap)
+            b = buckets.get(key)
+            if b is not None and b.full_at == full_at:
+                del buckets[key]
+
+    def tokens(self, b: _Bucket, now: float) -> float:
+        r = self.rule
+        return min(float(r.count), b.tokens + (now - b.stamp) * r.count / r.period)
+
+    def wait(self, key: str, now: float) -> float:
+        """Seconds until a call keyed ``key`` may take a token here (0: now)."""
+        b = self.buckets.get(key)
+        if b is None:
+            if len(self.buckets) < self.bound:
+                return 0.0
+            # full of spent buckets: wait until the soonest of them refills
+            return self.heap[0][0] - now if self.heap else 1.0
+        tokens = self.tokens(b, now)
+        return 0.0 if tokens >= 1 else (1 - tokens) * self.rule.period / self.rule.count
+
+    def take(self, key: str, now: float) -> None:
+        r = self.rule
+        b = self.buckets.get(key)
+        if b is None:
+            b = self.buckets[key] = _Bucket(float(r.count), now)
+        b.tokens = self.tokens(b, now) - 1
+        b.stamp = now
+        b.full_at = now + (r.count - b.tokens) * r.period / r.count
+        heapq.heappush(self.heap, (b.full_at, key))
+        if len(self.heap) > 2 * len(self.buckets) + 1024:
+            self.heap = [(x.full_at, k) for k, x in self.buckets.items()]
+            heapq.heapify(self.heap)
 
 
 class RateLimiter:
-    def __init__(self, rules: dict[str, Rule], clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        rules: dict[str, Rule],
+        clock: Callable[[], float] = time.monotonic,
+        max_buckets: int | None = None,
+    ):
         self.rules = rules
         self._clock = clock
-        self._buckets: OrderedDict[tuple[str, str], _Bucket] = OrderedDict()
+        bound = MAX_BUCKETS if max_buckets is None else max_buckets
+        self._tables = {name: _Table(rule, bound) for name, rule in rules.items()}
+
+    @property
+    def size(self) -> int:
+        """Buckets held (all partly spent)."""
+        return sum(len(t.buckets) for t in self._tables.values())
 
     def check(self, group: str, keys: dict[str, str | None]) -> None:
-        """Take one token from every applicable bucket, or raise FLOOD_WAIT taking none."""
+        """Take one token from every applicable bucket, or raise FLOOD_WAIT taking none and
+        storing nothing."""
         now = self._clock()
-        picked: list[tuple[_Bucket, Rule]] = []
+        picked: list[tuple[_Table, str]] = []
         wait = 0.0
         for kind, rule_name in GROUPS.get(group, GROUPS["default"]):
             key = keys.get(kind)
-            rule = self.rules.get(rule_name)
-            if key is None or rule is None:
+            table = self._tables.get(rule_name)
+            if key is None or table is None:
                 continue
-            bucket = self._bucket((rule_name, key), rule, now)
-            if bucket.tokens < 1:
-                wait = max(wait, (1 - bucket.tokens) * rule.period / rule.count)
-            picked.append((bucket, rule))
+            table.drop_full(now)
+            wait = max(wait, table.wait(key, now))
+            picked.append((table, key))
         if wait > 0:
             raise RpcError(
                 ErrorCode.FLOOD_WAIT,
                 f"too many requests; retry in {math.ceil(wait)}s",
                 retry_after=math.ceil(wait),
             )
-        for bucket, _ in picked:
-            bucket.tokens -= 1
-
-    def _bucket(self, k: tuple[str, str], rule: Rule, now: float) -> _Bucket:
-        b = self._buckets.get(k)
-        if b is None:
-            b = _Bucket(float(rule.count), now)
-            self._buckets[k] = b
-            if len(self._buckets) > MAX_BUCKETS:
-                self._buckets.popitem(last=False)
-        else:
-            self._buckets.move_to_end(k)
-            b.tokens = min(rule.count, b.tokens + (now - b.stamp) * rule.count / rule.period)
-            b.stamp = now
-        return b
+        for table, key in picked:
+            table.take(key, now)

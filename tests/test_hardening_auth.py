@@ -1,0 +1,129 @@
+"""Accounts hardening (issue 10): revocation races, id reuse, rate-limit eviction, user
+enumeration. Real nodes on 127.0.0.1, the real SDK over real WebSockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from node import ratelimit
+from node.app import Node
+from node.client import Client, RpcError
+from node.ratelimit import RateLimiter, Rule
+from tests.conftest import make_config
+from tests.helpers import add_user
+
+BOUND = 5.0
+LAX = {  # rate limits out of the way of tests that are not about them
+    "authorize_per_ip": "100000/1",
+    "signin_per_ip": "100000/1",
+    "signin_per_name": "100000/1",
+    "code_per_ip": "100000/1",
+    "code_per_name": "100000/1",
+}
+
+
+@asynccontextmanager
+async def node_with(tmp_path: Path, **sections: dict[str, Any]) -> AsyncIterator[Node]:
+    async with Node.start(make_config(tmp_path / "node", **sections)) as n:
+        yield n
+
+
+async def outcome(coro: Any) -> str:
+    try:
+        await coro
+        return "OK"
+    except RpcError as e:
+        return e.code
+
+
+# --- (3) a flood never resets anyone's rate limit ---------------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limit_code(limiter: RateLimiter, ip: str, name: str) -> str:
+    try:
+        limiter.check("auth.code", {"ip": ip, "name": name})
+        return "OK"
+    except RpcError as e:
+        return e.code
+
+
+def test_junk_name_flood_from_one_ip_keeps_victims_budget_and_costs_no_memory() -> None:
+    clock = Clock()
+    limiter = RateLimiter(
+        {"code_per_name": Rule.parse("5/3600"), "code_per_ip": Rule.parse("30/3600")}, clock
+    )
+    for _ in range(5):
+        assert limit_code(limiter, "10.0.0.1", "alice") == "OK"
+    assert limit_code(limiter, "10.0.0.1", "alice") == "FLOOD_WAIT"
+    refused = 0
+    for i in range(210_000):
+        clock.now += 0.00001
+        refused += limit_code(limiter, "6.6.6.6", f"junk{i}") == "FLOOD_WAIT"
+    assert refused == 210_000 - 30
+    # alice's spent budget survived the flood, whoever asks for her next
+    assert limit_code(limiter, "10.0.0.2", "alice") == "FLOOD_WAIT"
+    # refused calls stored nothing: 31 name buckets and 2 IP buckets
+    assert limiter.size == 1 + 30 + 2
+
+
+def test_distributed_flood_fails_closed_and_never_evicts_a_spent_bucket(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ratelimit, "MAX_BUCKETS", 100)
+    clock = Clock()
+    rules = {"code_per_name": Rule.parse("2/100"), "code_per_ip": Rule.parse("1000/1")}
+    limiter = RateLimiter(rules, clock)
+    assert limit_code(limiter, "10.0.0.1", "alice") == "OK"
+    assert limit_code(limiter, "10.0.0.1", "alice") == "OK"
+    # 5,000 names from 5,000 IPs: the name table fills with 100 spent buckets, then waits
+    outcomes = [limit_code(limiter, f"ip{i}", f"junk{i}") for i in range(5_000)]
+    assert limit_code(limiter, "10.0.0.2", "alice") == "FLOOD_WAIT"  # not evicted
+    assert outcomes.count("OK") == 99 and limiter.size <= 100 + 99 + 1
+    clock.now += 51  # one token back for alice: she may ask once, not twice
+    assert limit_code(limiter, "10.0.0.2", "alice") == "OK"
+    assert limit_code(limiter, "10.0.0.2", "alice") == "FLOOD_WAIT"
+    clock.now += 100  # everything refilled: full buckets are dropped, new names admitted
+    assert limit_code(limiter, "10.0.0.3", "newcomer") == "OK"
+    assert limiter.size <= 3
+
+
+async def test_flood_through_a_node_does_not_restore_a_victims_code_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end: one IP spends alice's code budget, then floods junk names until most are
+    refused (its own budget refills fast, to show the per-name one is what holds)."""
+    monkeypatch.setattr(ratelimit, "MAX_BUCKETS", 1000)  # a small limiter keeps this quick
+    limits = {"code_per_name": "3/3600", "code_per_ip": "30/3"}
+    async with node_with(tmp_path, ratelimit=limits) as node:
+        await add_user(node, "alice")
+        async with Client.connect(node.url) as c:
+            for _ in range(3):
+                await c.request_code("alice")
+            assert await outcome(c.request_code("alice")) == "FLOOD_WAIT"
+            results: list[str] = []
+
+            async def junk(i: int) -> None:
+                results.append(await outcome(c.request_code(f"junk_{i}")))
+
+            for start in range(0, 1_200, 50):
+                async with trio.open_nursery() as n:
+                    for i in range(start, start + 50):
+                        n.start_soon(junk, i)
+            assert results.count("FLOOD_WAIT") > 1_000
+            await trio.sleep(0.5)  # the IP has tokens again; alice's name must not
+            assert await outcome(c.request_code("junk_after")) != "FLOOD_WAIT"
+            with pytest.raises(RpcError) as e:
+                await c.request_code("alice")
+            assert e.value.code == "FLOOD_WAIT" and (e.value.retry_after or 0) > 600
