@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 import trio
+from nacl.signing import SigningKey
 
 from node import ratelimit
 from node.app import Node
 from node.client import Client, RpcError
 from node.ratelimit import RateLimiter, Rule
 from tests.conftest import make_config
-from tests.helpers import add_user
+from tests.helpers import add_user, admin, fresh_code
 
 BOUND = 5.0
 LAX = {  # rate limits out of the way of tests that are not about them
@@ -40,6 +41,37 @@ async def outcome(coro: Any) -> str:
         return "OK"
     except RpcError as e:
         return e.code
+
+
+# --- (2) ids are never reused -----------------------------------------------------------------
+async def test_new_user_never_inherits_a_removed_users_id(node: Node) -> None:
+    await add_user(node, "bob")
+    await add_user(node, "carol")  # the newest user: her id is the one SQLite would reuse
+    bob_key, carol_key, dave_key = (SigningKey.generate() for _ in range(3))
+    async with Client.connect(node.url) as bob, Client.connect(node.url) as carol:
+        await bob.sign_in("bob", await fresh_code(node, "bob"), bob_key, "b")
+        carol_auth = await carol.sign_in("carol", await fresh_code(node, "carol"), carol_key, "c")
+        made = await bob.call("chats.createGroup", {"title": "g", "members": ["carol"]})
+        group = made["chat"]["id"]
+        rid = 424242
+        sent = await carol.call("messages.send", {"chat": group, "random_id": rid, "text": "hi"})
+        await admin(node, "admin.userRemove", {"name": "carol"})
+        with trio.fail_after(BOUND):
+            await carol.wait_closed()
+        await add_user(node, "dave")
+        async with Client.connect(node.url) as dave:
+            dave_auth = await dave.sign_in("dave", await fresh_code(node, "dave"), dave_key, "d")
+            assert dave_auth["user_id"] != carol_auth["user_id"]
+            assert dave_auth["device_id"] != carol_auth["device_id"]
+            await bob.call("chats.addMembers", {"chat": group, "users": ["dave"]})
+            # carol's message is not dave's: he can neither edit it nor collide with its rid
+            p = {"chat": group, "seq": sent["seq"], "text": "mine now"}
+            assert await outcome(dave.call("messages.edit", p)) == "MESSAGE_NOT_EDITABLE"
+            again = await dave.call("messages.send", {"chat": group, "random_id": rid, "text": "x"})
+            assert not again["duplicate"] and again["seq"] > sent["seq"]
+            hist = (await bob.call("chats.history", {"chat": group}))["events"]
+            old = next(ev for ev in hist if ev["seq"] == sent["seq"])
+            assert old["body"]["text"] == "hi" and old["edited"] is None
 
 
 # --- (3) a flood never resets anyone's rate limit ---------------------------------------------

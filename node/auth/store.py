@@ -11,8 +11,11 @@ from typing import Any
 from ..protocol.errors import ErrorCode, RpcError
 
 SCHEMA = """
+-- AUTOINCREMENT: an id is never handed out twice, even after its user or device is removed.
+-- Messages, rate-limit keys and chat invites keep a removed user's bare id; a new account
+-- must never inherit them.
 CREATE TABLE users(
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
     display_name TEXT NOT NULL DEFAULT '',
     is_admin INTEGER NOT NULL DEFAULT 0,
@@ -21,7 +24,7 @@ CREATE TABLE users(
     created REAL NOT NULL
 );
 CREATE TABLE devices(
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
     public_key BLOB NOT NULL UNIQUE,
     name TEXT NOT NULL,
