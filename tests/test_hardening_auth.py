@@ -3,7 +3,7 @@ enumeration. Real nodes on 127.0.0.1, the real SDK over real WebSockets."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,79 @@ async def outcome(coro: Any) -> str:
         return "OK"
     except RpcError as e:
         return e.code
+
+
+# --- (1) a revoked device never stays signed in ---------------------------------------------
+async def race(
+    node: Node, key: SigningKey, end: Callable[[], Awaitable[Any]], offset: float
+) -> list[str]:
+    """Four fresh sessions authorize as ``key`` while ``end`` (after ``offset`` s) ends the
+    device or its user. Once ``end`` is acknowledged, every session must be over: returns
+    the answers of their next call that are not CONNECTION_LOST or AUTH_REQUIRED."""
+    async with (
+        Client.connect(node.url) as a0,
+        Client.connect(node.url) as a1,
+        Client.connect(node.url) as a2,
+        Client.connect(node.url) as a3,
+    ):
+        sessions = [a0, a1, a2, a3]
+        results: list[str] = []
+
+        async def authorize(c: Client) -> None:
+            results.append(await outcome(c.authorize(key)))
+
+        async def ending() -> None:
+            await trio.sleep(offset)
+            await end()
+
+        async with trio.open_nursery() as n:
+            for c in sessions:
+                n.start_soon(authorize, c)
+            n.start_soon(ending)
+        assert set(results) <= {"OK", "DEVICE_REVOKED", "DEVICE_UNKNOWN", "CONNECTION_LOST"}
+        after = [await outcome(c.call("account.getProfile", timeout=BOUND)) for c in sessions]
+        return [a for a in after if a not in {"CONNECTION_LOST", "AUTH_REQUIRED"}]
+
+
+async def test_authorize_racing_revoke_never_survives(tmp_path: Path) -> None:
+    """Sessions authorize as device X while another device revokes X. Whatever order they
+    land in, once the revocation is acknowledged no session of X may still work."""
+    survivors: list[tuple[int, str]] = []
+    async with node_with(tmp_path, ratelimit=LAX) as node:
+        await add_user(node, "alice")
+        async with Client.connect(node.url) as ctl:
+            await ctl.sign_in("alice", await fresh_code(node, "alice"), SigningKey.generate(), "c")
+            for r in range(60):
+                key = SigningKey.generate()
+                async with Client.connect(node.url) as first:
+                    dev = await first.sign_in("alice", await fresh_code(node, "alice"), key, "x")
+
+                async def revoke(device_id: int = dev["device_id"]) -> None:
+                    p = {"device_id": device_id}
+                    assert await ctl.call("account.revokeDevice", p) == {"revoked": 1}
+
+                # sweep the offset a little: the race is a matter of microseconds
+                survivors += [(r, a) for a in await race(node, key, revoke, (r % 6) * 0.0003)]
+    assert survivors == []
+
+
+async def test_removal_racing_authorize_leaves_no_session(tmp_path: Path) -> None:
+    """The same race with the whole user removed: no session may outlive its account."""
+    survivors: list[tuple[int, str]] = []
+    async with node_with(tmp_path, ratelimit=LAX) as node:
+        for r in range(40):
+            name = f"victim{r}"
+            await add_user(node, name)
+            key = SigningKey.generate()
+            async with Client.connect(node.url) as first:
+                await first.sign_in(name, await fresh_code(node, name), key, "x")
+
+            async def remove(name: str = name) -> None:
+                await admin(node, "admin.userRemove", {"name": name})
+
+            # the admin call has no network hop: give the sign-ins a head start
+            survivors += [(r, a) for a in await race(node, key, remove, (r % 8) * 0.0004)]
+    assert survivors == []
 
 
 # --- (2) ids are never reused -----------------------------------------------------------------

@@ -6,7 +6,12 @@ Rules that shape it:
   whoever holds it, and a captured signature is useless on any other session.
 * A wrong code spends an attempt in a committed transaction (a rolled-back attempt would
   make guessing free); rate limits refuse to evaluate guesses at all past their budget.
-* Revocation and bans close live sessions at once through the updates hub.
+* Revocation, bans and removal close live sessions at once through the updates hub.  A
+  session becomes signed in (is bound and listed in the hub) only while it holds its user's
+  *gate*, right after a check of the device and user that started after taking it; the
+  code ending sessions takes the same gate after its change committed.  So whichever order
+  a sign-in and a revocation land in, either the check sees the revocation or the closing
+  sees the session: no window in which a revoked device stays signed in.
 """
 
 from __future__ import annotations
@@ -18,7 +23,11 @@ import re
 import secrets
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
+
+import trio
 
 from .. import log
 from ..chats.store import Effects
@@ -44,6 +53,29 @@ def canonical_name(name: str) -> str:
     return n
 
 
+class _Gates:
+    """One lock per user id, made on demand and dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, tuple[trio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, user_id: int) -> AsyncIterator[None]:
+        lock, users = self._locks.get(user_id, (None, 0))
+        if lock is None:
+            lock = trio.Lock()
+        self._locks[user_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[user_id]
+            if users == 1:
+                del self._locks[user_id]
+            else:
+                self._locks[user_id] = (lock, users - 1)
+
+
 class Accounts:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -53,6 +85,7 @@ class Accounts:
         self.code_length: int = acc["code_length"]
         self.code_attempts: int = acc["code_attempts"]
         self.delivery = CodeDelivery(node.config)
+        self._gates = _Gates()
         # Codes are stored keyed-hashed: a leaked database does not hand out live codes.
         self._code_key = hashlib.blake2b(
             bytes(node.identity), digest_size=32, person=b"fedgram-codes"
@@ -129,10 +162,28 @@ class Accounts:
             raise RpcError(ErrorCode.SIGNATURE_INVALID)
 
     async def _bind(
-        self, s: Session, user: store.User, device_id: int, new: bool
+        self,
+        s: Session,
+        user_id: int,
+        check: Callable[[sqlite3.Connection], tuple[store.User, store.DeviceRow]],
+        new: bool,
+        write: bool = True,
     ) -> dict[str, Any]:
-        s.user_id, s.device_id = user.id, device_id
-        await self.node.hub.attach(s)
+        """Sign the session in as the device ``check`` returns, under the user's gate.
+
+        ``check`` runs after the gate is taken and must refuse a revoked device or a banned
+        or removed user; whoever ends sessions takes the gate after committing, so it either
+        happened before ``check`` (which sees it) or finds this session bound."""
+        async with self._gates.hold(user_id):
+            user, device = await (self.node.db.write if write else self.node.db.read)(check)
+            if device.user_id != user_id or user.id != user_id:
+                raise RpcError(ErrorCode.DEVICE_UNKNOWN)
+            if s.user_id is not None:  # a pipelined sign-in of this session won
+                raise RpcError(ErrorCode.ALREADY_AUTHORIZED)
+            s.device_name = device.name
+            s.user_id, s.device_id = user.id, device.id
+            await self.node.hub.attach(s)  # lists the session before its first checkpoint
+        device_id = device.id
         if new:
             self.node.hub.push_to_user(
                 user.id,
@@ -156,6 +207,18 @@ class Accounts:
         )
         return self._authorization(user, device_id)
 
+    @staticmethod
+    def _usable(conn: sqlite3.Connection, device: store.DeviceRow) -> store.User:
+        """The user of a device that may be signed in, or the reason it may not."""
+        if device.revoked is not None:
+            raise RpcError(ErrorCode.DEVICE_REVOKED)
+        u = store.user_by_id(conn, device.user_id)
+        if u is None:
+            raise RpcError(ErrorCode.DEVICE_UNKNOWN)
+        if u.banned:
+            raise RpcError(ErrorCode.USER_BANNED)
+        return u
+
     async def issue_code(self, name: str) -> tuple[str, store.User]:
         code = "".join(secrets.choice("0123456789") for _ in range(self.code_length))
         digest = self._hash(code)
@@ -167,10 +230,22 @@ class Accounts:
 
         return code, await self.node.db.write(job)
 
-    def _revoked(self, user_id: int, ids: list[int]) -> int:
-        for device_id in ids:
-            self.node.hub.close_user(user_id, ErrorCode.SESSION_REVOKED, device_id=device_id)
-        return len(ids)
+    async def _end_sessions(
+        self, user_id: int, reason: ErrorCode, device_ids: list[int] | None = None
+    ) -> int:
+        """Close the sessions of ``device_ids`` (None: all) of a user, after the change that
+        ends them committed. Under the user's gate, so no sign-in can slip in between its
+        check and its binding; shielded, so a caller's cancellation cannot skip it."""
+        with trio.CancelScope(shield=True):
+            async with self._gates.hold(user_id):
+                if device_ids is None:
+                    self.node.hub.close_user(user_id, reason)
+                for device_id in device_ids or ():
+                    self.node.hub.close_user(user_id, reason, device_id=device_id)
+        return len(device_ids or ())
+
+    async def _revoked(self, user_id: int, ids: list[int]) -> int:
+        return await self._end_sessions(user_id, ErrorCode.SESSION_REVOKED, ids)
 
     # --- auth.* -------------------------------------------------------------------------
     async def request_code(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
@@ -208,16 +283,17 @@ class Accounts:
                 await self.node.db.write(lambda c: store.spend_attempt(c, user.id))
                 raise RpcError(ErrorCode.PASSWORD_INVALID)
 
-        def bind(conn: sqlite3.Connection) -> int:
-            # the code may have been used or voided meanwhile: check again, atomically
+        def bind(conn: sqlite3.Connection) -> tuple[store.User, store.DeviceRow]:
+            # the code may have been used or voided (ban, removal) meanwhile: check again
             if store.check_code(conn, user.id, matches) is not None:
                 raise RpcError(ErrorCode.CODE_EXPIRED)
             store.delete_code(conn, user.id)
-            return store.add_device(conn, user.id, p["device_key"], p["device_name"])
+            device_id = store.add_device(conn, user.id, p["device_key"], p["device_name"])
+            device = store.device_by_id(conn, device_id)
+            assert device is not None
+            return self._usable(conn, device), device
 
-        device_id = await self.node.db.write(bind)
-        s.device_name = p["device_name"]
-        return await self._bind(s, user, device_id, new=True)
+        return await self._bind(s, user.id, bind, new=True)
 
     async def sign_up(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         s = self._not_signed_in(ctx)
@@ -234,31 +310,35 @@ class Accounts:
             return u, store.add_device(conn, u.id, p["device_key"], p["device_name"])
 
         user, device_id = await self.node.db.write(job)
-        s.device_name = p["device_name"]
         log.event(_log, "user.signed_up", user=name)
-        return await self._bind(s, user, device_id, new=True)
+
+        def check(conn: sqlite3.Connection) -> tuple[store.User, store.DeviceRow]:
+            # an admin may have banned or removed the new account meanwhile
+            device = store.device_by_id(conn, device_id)
+            if device is None:
+                raise RpcError(ErrorCode.DEVICE_UNKNOWN)
+            return self._usable(conn, device), device
+
+        return await self._bind(s, user.id, check, new=True, write=False)
 
     async def authorize(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         s = self._not_signed_in(ctx)
         self._check_proof(s, p)
+        key = p["device_key"]
+        # whose device it is (that never changes) says which user's gate to take
+        found = await self.node.db.read(lambda c: store.device_by_key(c, key))
+        if found is None:
+            raise RpcError(ErrorCode.DEVICE_UNKNOWN)
 
-        def job(conn: sqlite3.Connection) -> tuple[store.User, store.DeviceRow]:
-            d = store.device_by_key(conn, p["device_key"])
+        def check(conn: sqlite3.Connection) -> tuple[store.User, store.DeviceRow]:
+            d = store.device_by_key(conn, key)
             if d is None:
                 raise RpcError(ErrorCode.DEVICE_UNKNOWN)
-            if d.revoked is not None:
-                raise RpcError(ErrorCode.DEVICE_REVOKED)
-            u = store.user_by_id(conn, d.user_id)
-            if u is None:
-                raise RpcError(ErrorCode.DEVICE_UNKNOWN)
-            if u.banned:
-                raise RpcError(ErrorCode.USER_BANNED)
+            u = self._usable(conn, d)
             store.touch_device(conn, d.id)
             return u, d
 
-        user, device = await self.node.db.write(job)
-        s.device_name = device.name
-        return await self._bind(s, user, device.id, new=False)
+        return await self._bind(s, found.user_id, check, new=False)
 
     async def log_out(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         s = self._session(ctx)
@@ -267,7 +347,7 @@ class Accounts:
         await self.node.db.write(lambda c: store.revoke_devices(c, user_id, device_id))
         self.node.hub.detach(s)
         s.user_id = s.device_id = None  # this session stays open, signed out
-        self._revoked(user_id, [device_id])
+        await self._revoked(user_id, [device_id])
         return {}
 
     # --- account.* ----------------------------------------------------------------------
@@ -328,15 +408,14 @@ class Accounts:
         ids = await self.node.db.write(lambda c: store.revoke_devices(c, uid, p["device_id"]))
         if not ids:
             raise RpcError(ErrorCode.DEVICE_NOT_FOUND)
-        return {"revoked": self._revoked(uid, ids)}
+        return {"revoked": await self._revoked(uid, ids)}
 
     async def revoke_others(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         s = self._session(ctx)
         uid, keep = s.user_id, s.device_id
         assert uid is not None
         ids = await self.node.db.write(lambda c: store.revoke_devices(c, uid, keep=keep))
-        self._revoked(uid, ids)
-        return {"revoked": len(ids)}
+        return {"revoked": await self._revoked(uid, ids)}
 
     # --- admin.* ------------------------------------------------------------------------
     async def admin_user_add(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
@@ -377,7 +456,7 @@ class Accounts:
             return u, ids
 
         u, ids = await self.node.db.write(job)
-        return {"revoked": self._revoked(u.id, ids) if ids else 0}
+        return {"revoked": await self._revoked(u.id, ids)}
 
     async def _set_banned(self, name: str, banned: bool) -> dict[str, Any]:
         def job(conn: sqlite3.Connection) -> tuple[store.User, int]:
@@ -390,7 +469,7 @@ class Accounts:
 
         u, n = await self.node.db.write(job)
         if banned:
-            self.node.hub.close_user(u.id, ErrorCode.USER_BANNED)
+            await self._end_sessions(u.id, ErrorCode.USER_BANNED)
         log.event(_log, "user.banned" if banned else "user.unbanned", user=name)
         return self._user_row(u, n)
 
@@ -415,7 +494,7 @@ class Accounts:
             return u.id
 
         uid = await self.node.db.write(job)
-        self.node.hub.close_user(uid, ErrorCode.SESSION_REVOKED)
+        await self._end_sessions(uid, ErrorCode.SESSION_REVOKED)
         self.node.chats.publish(fx)
         log.event(_log, "user.removed", user=name)
         return {"removed": name}

@@ -180,6 +180,14 @@ def device_by_key(conn: sqlite3.Connection, public_key: bytes) -> DeviceRow | No
     return DeviceRow(*row) if row else None
 
 
+def device_by_id(conn: sqlite3.Connection, device_id: int) -> DeviceRow | None:
+    row = conn.execute(
+        "SELECT id, user_id, name, created, last_seen, revoked FROM devices WHERE id = ?",
+        (device_id,),
+    ).fetchone()
+    return DeviceRow(*row) if row else None
+
+
 def devices_of(conn: sqlite3.Connection, user_id: int) -> list[DeviceRow]:
     rows = conn.execute(
         "SELECT id, user_id, name, created, last_seen, revoked FROM devices "
