@@ -232,3 +232,82 @@ async def test_flood_through_a_node_does_not_restore_a_victims_code_budget(
             with pytest.raises(RpcError) as e:
                 await c.request_code("alice")
             assert e.value.code == "FLOOD_WAIT" and (e.value.retry_after or 0) > 600
+
+
+# --- (9) who exists is not told -----------------------------------------------------------------
+async def test_closed_node_answers_alike_for_existing_missing_and_banned_names(
+    tmp_path: Path,
+) -> None:
+    codes = tmp_path / "codes.txt"
+    async with node_with(
+        tmp_path,
+        accounts={"code_delivery": "file", "code_file": str(codes)},
+        ratelimit=LAX,
+    ) as node:
+        await add_user(node, "alice")
+        await add_user(node, "mallory")
+        await admin(node, "admin.userBan", {"name": "mallory"})
+        async with Client.connect(node.url) as c:
+            # before any code: "no valid code" for everyone
+            for name in ("alice", "nobody", "mallory"):
+                assert await outcome(c.sign_in(name, "123456", SigningKey.generate(), "d")) == (
+                    "CODE_EXPIRED"
+                )
+            answers = [await c.request_code(n) for n in ("alice", "nobody", "mallory")]
+            assert answers[0] == answers[1] == answers[2]
+            assert [ln.split()[0] for ln in codes.read_text().splitlines()] == ["alice@test"]
+            real = codes.read_text().split()[1]
+            wrong = "000000" if real != "000000" else "111111"
+            for name in ("alice", "nobody", "mallory"):
+                seen = []
+                for _ in range(5):
+                    try:
+                        await c.sign_in(name, wrong, SigningKey.generate(), "d")
+                    except RpcError as e:
+                        seen.append((e.code, e.message))
+                assert seen == [
+                    ("CODE_INVALID", f"wrong code; {n} attempts left") for n in (4, 3, 2, 1, 0)
+                ], name
+                # and then the code is spent, the same way
+                err = await outcome(c.sign_in(name, real, SigningKey.generate(), "d"))
+                assert err == "CODE_EXPIRED", name
+            # alice's own code (sent to her) still works, the decoys' never
+            for name in ("nobody", "mallory"):
+                await c.request_code(name)
+                assert await outcome(c.sign_in(name, real, SigningKey.generate(), "d")) == (
+                    "CODE_INVALID"
+                )
+            await c.request_code("alice")
+            code = codes.read_text().split()[-1]
+            await c.sign_in("alice", code, SigningKey.generate(), "d")
+
+
+async def test_missing_name_takes_as_long_as_a_real_delivery(tmp_path: Path) -> None:
+    script = tmp_path / "slow_sms.py"
+    script.write_text("import time; time.sleep(0.4)\n")
+    import sys
+
+    cmd = f"{sys.executable} {script}"
+    async with node_with(
+        tmp_path, accounts={"code_delivery": "command", "code_command": cmd}, ratelimit=LAX
+    ) as node:
+        await add_user(node, "alice")
+        async with Client.connect(node.url) as c:
+            timings: dict[str, float] = {}
+            for name in ("alice", "nobody", "alice", "nobody2"):
+                start = trio.current_time()
+                assert (await c.request_code(name))["via"] == "command"
+                timings[name] = trio.current_time() - start
+            assert timings["alice"] >= 0.4
+            assert timings["nobody"] >= 0.35 and timings["nobody2"] >= 0.35
+
+
+async def test_open_node_still_says_who_is_missing(tmp_path: Path) -> None:
+    """Sign-up tells NAME_TAKEN on open nodes anyway, so hiding would only hurt users."""
+    async with (
+        node_with(tmp_path, accounts={"registration": "open"}) as node,
+        Client.connect(node.url) as c,
+    ):
+        assert await outcome(c.request_code("nobody")) == "USER_NOT_FOUND"
+        p = ("nobody", "123456", SigningKey.generate(), "d")
+        assert await outcome(c.sign_in(*p)) == "USER_NOT_FOUND"

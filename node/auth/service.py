@@ -12,6 +12,9 @@ Rules that shape it:
   code ending sessions takes the same gate after its change committed.  So whichever order
   a sign-in and a revocation land in, either the check sees the revocation or the closing
   sees the session: no window in which a revoked device stays signed in.
+* On nodes whose registration is not `open`, auth.requestCode and auth.signIn answer the
+  same, after the same work, whether or not the name is a (usable) user: a name that is not
+  gets a decoy code that is never sent and that answers guesses like a wrong code.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import random
 import re
 import secrets
 import sqlite3
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -76,6 +81,10 @@ class _Gates:
                 self._locks[user_id] = (lock, users - 1)
 
 
+# real deliveries remembered to make a decoy's answer time (and outcome) look like theirs
+DELIVERY_SAMPLES = 32
+
+
 class Accounts:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -85,6 +94,9 @@ class Accounts:
         self.code_length: int = acc["code_length"]
         self.code_attempts: int = acc["code_attempts"]
         self.delivery = CodeDelivery(node.config)
+        # closed and invite nodes do not tell who exists (open ones do anyway: NAME_TAKEN)
+        self.hide_names = self.policy != "open"
+        self._deliveries: deque[tuple[float, bool]] = deque(maxlen=DELIVERY_SAMPLES)
         self._gates = _Gates()
         # Codes are stored keyed-hashed: a leaked database does not hand out live codes.
         self._code_key = hashlib.blake2b(
@@ -219,13 +231,17 @@ class Accounts:
             raise RpcError(ErrorCode.USER_BANNED)
         return u
 
-    async def issue_code(self, name: str) -> tuple[str, store.User]:
+    def _new_code(self) -> tuple[str, bytes]:
         code = "".join(secrets.choice("0123456789") for _ in range(self.code_length))
-        digest = self._hash(code)
+        return code, self._hash(code)
+
+    async def issue_code(self, name: str) -> tuple[str, store.User]:
+        """A fresh code for an existing user (the admin's `fedgram user code`)."""
+        code, digest = self._new_code()
 
         def job(conn: sqlite3.Connection) -> store.User:
             u = store.need_user(conn, name)
-            store.set_code(conn, u.id, digest, self.code_ttl, self.code_attempts)
+            store.set_code(conn, name, u.id, digest, self.code_ttl, self.code_attempts)
             return u
 
         return code, await self.node.db.write(job)
@@ -247,15 +263,55 @@ class Accounts:
     async def _revoked(self, user_id: int, ids: list[int]) -> int:
         return await self._end_sessions(user_id, ErrorCode.SESSION_REVOKED, ids)
 
+    async def _decoy_delivery(self) -> None:
+        """What a real delivery looks like from outside, for a name that gets none: the
+        time (and outcome) of a recent real one."""
+        if not self._deliveries:
+            return
+        took, failed = random.choice(self._deliveries)
+        await trio.sleep(took)
+        if failed:
+            raise RpcError(
+                ErrorCode.DELIVERY_FAILED, f"code delivery ({self.delivery.kind}) failed"
+            )
+
+    async def _deliver(self, name: str, code: str) -> None:
+        start = trio.current_time()
+        try:
+            await self.delivery.deliver(name, code, self.code_ttl)
+        except RpcError:
+            self._deliveries.append((trio.current_time() - start, True))
+            raise
+        self._deliveries.append((trio.current_time() - start, False))
+
     # --- auth.* -------------------------------------------------------------------------
+    def _holder(self, name: str, u: store.User | None) -> int | None:
+        """Whom a code for NAME may sign in: a user that exists and is not banned. None
+        (a decoy) where names are hidden; on open nodes the reason is told instead."""
+        if u is not None and not u.banned:
+            return u.id
+        if self.hide_names:
+            return None
+        if u is None:
+            raise RpcError(ErrorCode.USER_NOT_FOUND, f"no user {name!r}")
+        raise RpcError(ErrorCode.USER_BANNED)
+
     async def request_code(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         self._not_signed_in(ctx)
         name = canonical_name(p["name"])
-        user = await self.node.db.read(lambda c: store.need_user(c, name))
-        if user.banned:
-            raise RpcError(ErrorCode.USER_BANNED)
-        code, _ = await self.issue_code(name)
-        await self.delivery.deliver(name, code, self.code_ttl)
+        code, digest = self._new_code()
+
+        def job(conn: sqlite3.Connection) -> int | None:
+            holder = self._holder(name, store.user_by_name(conn, name))
+            # a name that is no usable user gets a decoy: same row, same work, never sent
+            stored = digest if holder is not None else secrets.token_bytes(len(digest))
+            store.set_code(conn, name, holder, stored, self.code_ttl, self.code_attempts)
+            return holder
+
+        if await self.node.db.write(job) is None:
+            await self._decoy_delivery()
+        else:
+            await self._deliver(name, code)
         return {"expires_in": self.code_ttl, "length": self.code_length, "via": self.delivery.kind}
 
     async def sign_in(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
@@ -267,27 +323,27 @@ class Accounts:
         def matches(stored: bytes) -> bool:
             return hmac.compare_digest(stored, digest)
 
-        def check(conn: sqlite3.Connection) -> tuple[store.User, RpcError | None]:
-            u = store.need_user(conn, name)
-            if u.banned:
-                raise RpcError(ErrorCode.USER_BANNED)
-            return u, store.check_code(conn, u.id, matches)
+        def check(conn: sqlite3.Connection) -> tuple[store.User | None, RpcError | None]:
+            u = store.user_by_name(conn, name)
+            holder = self._holder(name, u)
+            return u, store.check_code(conn, name, holder, matches)
 
         user, err = await self.node.db.write(check)
         if err is not None:
             raise err
+        assert user is not None  # check_code accepts only a code issued to this user
         if user.password_hash is not None:
             if "password" not in p:
                 raise RpcError(ErrorCode.PASSWORD_REQUIRED)
             if not await check_password(user.password_hash, p["password"]):
-                await self.node.db.write(lambda c: store.spend_attempt(c, user.id))
+                await self.node.db.write(lambda c: store.spend_attempt(c, name))
                 raise RpcError(ErrorCode.PASSWORD_INVALID)
 
         def bind(conn: sqlite3.Connection) -> tuple[store.User, store.DeviceRow]:
             # the code may have been used or voided (ban, removal) meanwhile: check again
-            if store.check_code(conn, user.id, matches) is not None:
+            if store.check_code(conn, name, user.id, matches) is not None:
                 raise RpcError(ErrorCode.CODE_EXPIRED)
-            store.delete_code(conn, user.id)
+            store.delete_code(conn, name)
             device_id = store.add_device(conn, user.id, p["device_key"], p["device_name"])
             device = store.device_by_id(conn, device_id)
             assert device is not None
@@ -462,7 +518,7 @@ class Accounts:
         def job(conn: sqlite3.Connection) -> tuple[store.User, int]:
             u = store.need_user(conn, name)
             conn.execute("UPDATE users SET banned = ? WHERE id = ?", (int(banned), u.id))
-            conn.execute("DELETE FROM login_codes WHERE user_id = ?", (u.id,))
+            store.delete_codes_of(conn, u.id)
             u2 = store.user_by_id(conn, u.id)
             assert u2 is not None
             return u2, len(store.devices_of(conn, u.id))

@@ -33,12 +33,19 @@ CREATE TABLE devices(
     revoked REAL
 );
 CREATE INDEX devices_user ON devices(user_id);
+-- One live login code per NAME asked for, whether or not the name is a user: on nodes that
+-- hide who exists, a name that is no (usable) user gets a decoy row (user_id NULL) that
+-- answers guesses exactly like a real code, and is never delivered. Expired rows are purged
+-- whenever a code is set.
 CREATE TABLE login_codes(
-    user_id INTEGER PRIMARY KEY REFERENCES users(id) ON DELETE CASCADE,
+    name TEXT PRIMARY KEY,
+    user_id INTEGER REFERENCES users(id) ON DELETE CASCADE,
     code_hash BLOB NOT NULL,
     expires REAL NOT NULL,
     attempts_left INTEGER NOT NULL
 );
+CREATE INDEX login_codes_user ON login_codes(user_id);
+CREATE INDEX login_codes_expires ON login_codes(expires);
 CREATE TABLE invites(
     token_hash BLOB PRIMARY KEY,
     uses_left INTEGER NOT NULL,
@@ -106,46 +113,59 @@ def list_users(conn: sqlite3.Connection) -> list[tuple[User, int]]:
 
 
 def set_code(
-    conn: sqlite3.Connection, user_id: int, code_hash: bytes, ttl: float, attempts: int
+    conn: sqlite3.Connection,
+    name: str,
+    user_id: int | None,
+    code_hash: bytes,
+    ttl: float,
+    attempts: int,
 ) -> None:
+    """Store NAME's login code (replacing any earlier one); ``user_id`` None: a decoy."""
+    now = time.time()
+    conn.execute("DELETE FROM login_codes WHERE expires < ?", (now,))
     conn.execute(
-        "INSERT OR REPLACE INTO login_codes(user_id, code_hash, expires, attempts_left) "
-        "VALUES (?, ?, ?, ?)",
-        (user_id, code_hash, time.time() + ttl, attempts),
+        "INSERT OR REPLACE INTO login_codes(name, user_id, code_hash, expires, attempts_left) "
+        "VALUES (?, ?, ?, ?, ?)",
+        (name, user_id, code_hash, now + ttl, attempts),
     )
 
 
-def check_code(conn: sqlite3.Connection, user_id: int, matches: Any) -> RpcError | None:
-    """Check a code, spending an attempt when it is wrong.
+def check_code(
+    conn: sqlite3.Connection, name: str, owner: int | None, matches: Any
+) -> RpcError | None:
+    """Check NAME's code for user ``owner`` (None: no usable user of that name), spending an
+    attempt unless it is right. A decoy, or a code issued to another holder of the name,
+    is never right, and costs and answers exactly what a wrong code does.
 
     Returns the error instead of raising it: a raising job is rolled back, and the spent
     attempt must be committed, or guessing would cost nothing."""
     row = conn.execute(
-        "SELECT code_hash, expires, attempts_left FROM login_codes WHERE user_id = ?",
-        (user_id,),
+        "SELECT user_id, code_hash, expires, attempts_left FROM login_codes WHERE name = ?",
+        (name,),
     ).fetchone()
-    if row is None or row[1] < time.time() or row[2] <= 0:
+    if row is None or row[2] < time.time() or row[3] <= 0:
         return RpcError(ErrorCode.CODE_EXPIRED)
-    if not matches(row[0]):
-        left = row[2] - 1
+    right = matches(row[1])  # compared whatever the owner: the same work either way
+    if not right or owner is None or row[0] != owner:
+        left = row[3] - 1
         if left <= 0:
-            conn.execute("DELETE FROM login_codes WHERE user_id = ?", (user_id,))
+            conn.execute("DELETE FROM login_codes WHERE name = ?", (name,))
         else:
-            conn.execute(
-                "UPDATE login_codes SET attempts_left = ? WHERE user_id = ?", (left, user_id)
-            )
+            conn.execute("UPDATE login_codes SET attempts_left = ? WHERE name = ?", (left, name))
         return RpcError(ErrorCode.CODE_INVALID, f"wrong code; {max(left, 0)} attempts left")
     return None
 
 
-def spend_attempt(conn: sqlite3.Connection, user_id: int) -> None:
+def spend_attempt(conn: sqlite3.Connection, name: str) -> None:
     """A wrong second factor costs an attempt of the code, too."""
-    conn.execute(
-        "UPDATE login_codes SET attempts_left = attempts_left - 1 WHERE user_id = ?", (user_id,)
-    )
+    conn.execute("UPDATE login_codes SET attempts_left = attempts_left - 1 WHERE name = ?", (name,))
 
 
-def delete_code(conn: sqlite3.Connection, user_id: int) -> None:
+def delete_code(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute("DELETE FROM login_codes WHERE name = ?", (name,))
+
+
+def delete_codes_of(conn: sqlite3.Connection, user_id: int) -> None:
     conn.execute("DELETE FROM login_codes WHERE user_id = ?", (user_id,))
 
 
