@@ -327,7 +327,26 @@ def load(data_dir: Path) -> Config:
     path = data_dir / CONFIG_FILE
     if not path.exists():
         raise ConfigError(f"{path}: no config (run `fedgram init --data {data_dir}`)")
-    return Config(data_dir, validate(read_raw(path), str(path)))
+    cfg = Config(data_dir, validate(read_raw(path), str(path)))
+    check_node_key(cfg.key_path)
+    return cfg
+
+
+def check_node_key(path: Path) -> None:
+    """A node key that exists must be a 32-byte Ed25519 seed (it is made on first start if
+    absent): refused here in one line, not deep inside start-up."""
+    try:
+        size = len(path.read_bytes())
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the node key ({e.strerror})") from None
+    if size != 32:
+        raise ConfigError(
+            f"{path}: damaged node key ({size} bytes, expected 32): restore it from a backup "
+            "(moving it away makes a new node identity, which clients that pinned the old "
+            "one refuse until they run `fedgram client forget-node URL`)"
+        )
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

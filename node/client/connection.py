@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import trio
 from nacl.signing import SigningKey
@@ -28,7 +27,9 @@ from ..protocol.errors import ErrorCode, RpcError
 from ..protocol.handshake import Initiator, SessionKeys, device_proof
 from ..protocol.identity import fingerprint, normalize_fingerprint
 from ..protocol.seal import Opener, Sealer, SealError
+from .errors import why_unreachable
 from .profile import Profile
+from .urls import check_url, node_address
 
 DEFAULT_TIMEOUT = 30.0
 UPDATE_BUFFER = 10_000
@@ -51,6 +52,7 @@ class Client:
         self.transcript_hash = keys.transcript_hash
         self.behind = False
         self.closed_reason: str | None = None
+        self.close_code: str | None = None  # the node's reason code (e.g. SESSION_REVOKED)
         self._sealer = Sealer(keys.tx)
         self._opener = Opener(keys.rx)
         self._ids = itertools.count(1)
@@ -72,7 +74,11 @@ class Client:
         max_message_size: int = 2 << 20,
     ) -> AsyncIterator[Client]:
         """Open a session. ``pin``: the node fingerprint to require; without it, the pin
-        stored in ``profile`` (trust on first use: the first key seen is stored)."""
+        stored in ``profile`` (trust on first use: the first key seen is stored).
+
+        A malformed URL raises :class:`UrlInvalid`; a node that cannot be reached raises
+        ``RpcError(CONNECTION_LOST)`` saying why (refused, timed out, name not found...)."""
+        url = check_url(url)
         prof = Profile(profile) if isinstance(profile, Path) else profile
         async with AsyncExitStack() as stack:
             try:
@@ -85,14 +91,24 @@ class Client:
                     )
                 )
             except (OSError, HandshakeError, trio.TooSlowError, ConnectionClosed) as e:
-                raise RpcError(ErrorCode.CONNECTION_LOST, f"cannot connect to {url}: {e}") from None
+                why = why_unreachable(url, e, timeout)
+                raise RpcError(
+                    ErrorCode.CONNECTION_LOST, f"cannot connect to {url}: {why}"
+                ) from None
             client = await cls._handshake(ws, url, pin, prof, timeout)
+            body_error: BaseException | None = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client._reader)
                 try:
                     yield client
+                except BaseException as e:
+                    # Re-raised below, outside the nursery, so the caller sees its own
+                    # exception (`except RpcError` works) and not a group wrapped around it.
+                    body_error = e
                 finally:
                     nursery.cancel_scope.cancel()
+            if body_error is not None:
+                raise body_error
 
     async def call(
         self, method: str, params: dict[str, Any] | None = None, *, timeout: float = DEFAULT_TIMEOUT
@@ -210,22 +226,42 @@ class Client:
                 await ws.send_message(init.hello)
                 raw = await ws.get_message()
         except trio.TooSlowError:
-            raise RpcError(ErrorCode.HANDSHAKE_TIMEOUT) from None
-        except ConnectionClosed as e:
-            raise RpcError(ErrorCode.CONNECTION_LOST, _reason(e)) from None
-        if not isinstance(raw, bytes):
-            raise RpcError(ErrorCode.HANDSHAKE_FAILED, "node sent a text frame")
-        keys = init.receive_welcome(raw)
-        got = fingerprint(keys.peer_identity or b"")
-        address = _address(url)
-        expected = (
-            normalize_fingerprint(pin) if pin else (profile.pinned(address) if profile else None)
-        )
-        if expected is not None and expected != got:
             raise RpcError(
-                ErrorCode.NODE_KEY_MISMATCH,
-                f"{address} presented key {got}, but {expected} is pinned; refusing",
+                ErrorCode.HANDSHAKE_TIMEOUT,
+                f"{url} accepted the connection but did not answer the Fedgram handshake in "
+                f"{timeout:g}s: is it a Fedgram node?",
+            ) from None
+        except ConnectionClosed as e:
+            raise RpcError(
+                _close_code(e) or ErrorCode.CONNECTION_LOST,
+                f"{url} closed the connection during the handshake ({_reason(e)})",
+            ) from None
+        if not isinstance(raw, bytes):
+            raise RpcError(
+                ErrorCode.HANDSHAKE_FAILED, f"{url} sent a text frame: not a Fedgram node?"
             )
+        try:
+            keys = init.receive_welcome(raw)
+        except RpcError as e:
+            raise RpcError(e.code, f"{url}: {e.message} (is it a Fedgram node?)") from None
+        got = fingerprint(keys.peer_identity or b"")
+        address = node_address(url)
+        if pin:
+            expected: str | None = normalize_fingerprint(pin)
+            if expected != got:
+                raise RpcError(
+                    ErrorCode.NODE_KEY_MISMATCH,
+                    f"{address} presented key {got}, not the required {expected}; refusing",
+                )
+        else:
+            expected = profile.pinned(address) if profile else None
+            if expected is not None and expected != got:
+                raise RpcError(
+                    ErrorCode.NODE_KEY_MISMATCH,
+                    f"{address} presented key {got}, but {expected} is pinned; refusing. If "
+                    "its operator gave the node a new key (compare the node id `fedgram "
+                    f"status` prints), run `fedgram client forget-node {url}` and log in again",
+                )
         if profile is not None and expected is None:
             profile.pin(address, got)
         return cls(ws, keys, url)
@@ -261,6 +297,7 @@ class Client:
                     msg = await self.ws.get_message()
                 except ConnectionClosed as e:
                     self.closed_reason = _reason(e)
+                    self.close_code = _close_code(e)
                     return
                 if not isinstance(msg, bytes):
                     self.closed_reason = "node sent a text frame"
@@ -300,6 +337,8 @@ def _reason(e: ConnectionClosed) -> str:
     return f"{r.code} {r.reason or r.name}".strip()
 
 
-def _address(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
+def _close_code(e: ConnectionClosed) -> str | None:
+    """The node's reason code when it closed the session with one (SESSION_REVOKED...)."""
+    r = e.reason
+    text = (r.reason or "") if r is not None else ""
+    return text if text in ErrorCode.__members__ else None

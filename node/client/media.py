@@ -22,6 +22,7 @@ import trio
 
 from ..protocol.errors import RpcError
 from .connection import Client
+from .errors import ChecksumError, FileError
 
 Progress = Callable[[int], None]  # called with the bytes just transferred
 HASH_CHUNK = 1 << 20
@@ -149,6 +150,19 @@ async def upload_file(
     return info
 
 
+def check_destination(dest: Path) -> None:
+    """Raise :class:`FileError` unless a download can be saved at ``dest`` (its folder
+    exists, and it is not itself a folder): checked before any byte is fetched."""
+    folder = dest.parent
+    if not folder.is_dir():
+        why = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise FileError(
+            f"cannot save to {dest}: folder {folder} {why}; create it or choose another path"
+        )
+    if dest.is_dir():
+        raise FileError(f"cannot save to {dest}: it is a folder; name a file inside it")
+
+
 async def download_file(
     client: Client,
     media_id: str,
@@ -159,7 +173,11 @@ async def download_file(
     chunk: int = 512 * 1024,
 ) -> dict[str, Any]:
     """Download to ``dest`` (through ``dest.part``, resumed if present), verify the SHA-256,
-    then rename into place. Returns the media info."""
+    then rename into place. Returns the media info.
+
+    A target that cannot be written raises :class:`FileError`, a file whose SHA-256 differs
+    from the node's :class:`ChecksumError` (the partial file is removed)."""
+    check_destination(dest)
     info: dict[str, Any] = await client.call("media.info", {"media_id": media_id})
     size: int = info["size"]
     partial = dest.with_name(dest.name + ".part")
@@ -176,7 +194,10 @@ async def download_file(
     ready: dict[int, bytes] = {}
     in_order = trio.Lock()  # chunks are appended in offset order
     slots = trio.Semaphore(parallel)
-    f = open(partial, "ab")  # noqa: SIM115 - closed below, used from threads
+    try:
+        f = open(partial, "ab")  # noqa: SIM115 - closed below, used from threads
+    except OSError as e:
+        raise FileError(f"cannot save to {dest}: {e.strerror or e}") from None
     try:
         next_offset = start
 
@@ -207,6 +228,11 @@ async def download_file(
     got = digest.hexdigest()
     if got != info["sha256"]:
         partial.unlink()
-        raise ValueError(f"downloaded file has SHA-256 {got}, expected {info['sha256']}")
-    os.replace(partial, dest)
+        raise ChecksumError(
+            f"downloaded file has SHA-256 {got}, expected {info['sha256']}; download it again"
+        )
+    try:
+        os.replace(partial, dest)
+    except OSError as e:
+        raise FileError(f"cannot save to {dest}: {e.strerror or e}") from None
     return info

@@ -18,6 +18,20 @@ async def connect_signed_in(profile: Profile, timeout: float = 10.0) -> AsyncIte
             ErrorCode.AUTH_REQUIRED,
             f"not logged in (profile {profile.path}); run `fedgram client login`",
         )
-    async with Client.connect(str(session["url"]), profile=profile, timeout=timeout) as c:
-        await c.authorize(profile.device_key())
+    url = str(session["url"])
+    key = profile.device_key()  # a damaged key fails here, before any network wait
+    async with Client.connect(url, profile=profile, timeout=timeout) as c:
+        try:
+            await c.authorize(key)
+        except RpcError as e:
+            if e.code not in _SIGN_IN_AGAIN:
+                raise
+            name = session.get("name") or "NAME"
+            raise RpcError(
+                e.code, f"{e.message.rstrip('.')}: fedgram client login {url} {name}"
+            ) from None
         yield c
+
+
+# authorize refusals that only a new sign-in cures
+_SIGN_IN_AGAIN = (ErrorCode.DEVICE_REVOKED, ErrorCode.DEVICE_UNKNOWN)
