@@ -6,14 +6,10 @@ first use). Every command prints readable text, or JSON with ``--json`` for scri
 
 from __future__ import annotations
 
-import contextlib
-import json as jsonlib
 import secrets
-import sys
 import time
 from typing import Annotated, Any
 
-import trio
 import typer
 
 from node.client import Client
@@ -112,10 +108,16 @@ def chats_cmd(
     if not r["chats"]:
         typer.echo("no chats")
     for d in r["chats"]:
-        flags = "".join(f for f, on in (("*", d["pinned"]), ("m", d["muted"])) if on)
-        last = describe(d["last"]).split(" ", 3)[-1] if d["last"] else ""
-        unread = f" ({d['unread']} unread)" if d["unread"] else ""
-        typer.echo(f"{d['id']}  {d['kind']:<7} {flags:<2} {d['title']}{unread}  {last}")
+        typer.echo(dialog_line(d))
+
+
+def dialog_line(d: dict[str, Any]) -> str:
+    """One dialog as a line: id, kind, flags (*: pinned, m: muted), title, unread count and
+    the last event."""
+    flags = "".join(f for f, on in (("*", d["pinned"]), ("m", d["muted"])) if on)
+    last = describe(d["last"]).split(" ", 3)[-1] if d["last"] else ""
+    unread = f" ({d['unread']} unread)" if d["unread"] else ""
+    return f"{d['id']}  {d['kind']:<7} {flags:<2} {d['title']}{unread}  {last}"
 
 
 @client_app.command()
@@ -323,113 +325,3 @@ def search(
         typer.echo("nothing found")
     for ev in r["results"]:
         typer.echo(f"{ev['chat']} {describe(ev)}")
-
-
-def _copy(state: dict[str, Any]) -> dict[str, Any]:
-    """A snapshot for the writer thread (the live loop keeps changing the chats map)."""
-    return {"pts": state["pts"], "chats": dict(state["chats"])}
-
-
-def _describe_update(u: dict[str, Any]) -> str:
-    kind = u.get("type")
-    if kind == "chat.event":
-        return f"{u['event']['chat']} {describe(u['event'])}"
-    if kind == "chat.typing":
-        return f"{u['chat']} {u['user']} is typing..."
-    if kind == "user.update":
-        rest = {k: v for k, v in u.items() if k not in ("type", "kind", "pts", "ts")}
-        return f"pts {u['pts']}: {u['kind']} {jsonlib.dumps(rest, sort_keys=True)}"
-    return jsonlib.dumps(u, sort_keys=True, default=str)
-
-
-@client_app.command()
-def listen(
-    count: Annotated[
-        int | None,
-        typer.Option(
-            help="Exit after printing this many updates (missed ones included); 0: print what "
-            "was missed and exit (default: run until ^C).",
-            min=0,
-        ),
-    ] = None,
-    catch_up: Annotated[
-        bool, typer.Option(help="First print what this profile missed since it last listened.")
-    ] = True,
-    profile: ProfileOpt = None,
-    json: JsonOpt = False,
-) -> None:
-    """Stream updates as they arrive (JSON lines with --json).
-
-    The profile remembers the sync state (pts and per-chat seq), so after a pause the
-    missed events are printed first, then the live ones, with nothing lost between. A gap
-    in the live stream (a seq or pts jump, or the node saying this session fell behind) is
-    filled the same way before going on; nothing is printed twice."""
-    prof = _profile(profile)
-
-    printed = 0
-
-    def emit(u: dict[str, Any]) -> None:
-        nonlocal printed
-        line = jsonlib.dumps(u, sort_keys=True, default=str) if json else _describe_update(u)
-        sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-        printed += 1
-
-    async def difference(c: Client, state: dict[str, Any]) -> dict[str, Any]:
-        """Print what was missed since ``state``; return the state after it."""
-        while True:
-            diff = await c.call("updates.getDifference", state)
-            for upd in diff["updates"]:
-                emit({"type": "user.update", **upd})
-            for ev in diff["events"]:
-                emit({"type": "chat.event", "event": ev})
-            for chat_id, last in diff["too_long"].items():
-                emit({"type": "chat.too_long", "chat": chat_id, "last_seq": last})
-            state = {"pts": diff["pts"], "chats": {**diff["chats"], **diff["too_long"]}}
-            if diff["complete"]:
-                return state
-
-    def gap(u: dict[str, Any], state: dict[str, Any]) -> bool:
-        """A push that does not follow what we hold: something in between was lost."""
-        if u.get("type") == "chat.event":
-            have = state["chats"].get(u["event"]["chat"])
-            return have is not None and u["event"]["seq"] > have + 1
-        if u.get("type") == "user.update":
-            return bool(u["pts"] > state["pts"] + 1)
-        return False
-
-    async def go() -> None:
-        state = prof.sync_state()
-        async with connect_signed_in(prof) as c:
-            if catch_up and state is not None:
-                state = await difference(c, state)
-            else:
-                state = await c.call("updates.getState")
-            await trio.to_thread.run_sync(prof.save_sync_state, _copy(state))
-            if count is not None and (count == 0 or printed >= count):
-                return
-            async for u in c.updates():
-                kind = u.get("type")
-                if kind == "session.behind" or c.behind or gap(u, state):
-                    c.behind = False  # re-sync: the difference covers what was dropped
-                    state = await difference(c, state)
-                elif kind == "chat.event":
-                    ev = u["event"]
-                    if ev["seq"] <= state["chats"].get(ev["chat"], 0):
-                        continue  # already printed by a catch-up
-                    emit(u)
-                    state["chats"][ev["chat"]] = ev["seq"]
-                elif kind == "user.update":
-                    if u["pts"] <= state["pts"]:
-                        continue
-                    emit(u)
-                    state["pts"] = u["pts"]
-                else:
-                    emit(u)
-                # an fsynced file write per update: in a thread, never on the event loop
-                await trio.to_thread.run_sync(prof.save_sync_state, _copy(state))
-                if count is not None and printed >= count:
-                    return
-
-    with contextlib.suppress(KeyboardInterrupt):
-        run_async(go)

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import getpass
 import socket
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import trio
 import typer
 
-from node.client import Client, ErrorCode, Profile, RpcError, default_profile_dir
+from node.client import Client, ErrorCode, Profile, RpcError, default_profile_dir, node_address
 from node.client.signed_in import connect_signed_in
 
 from .admin_cmds import print_devices
-from .common import JsonOpt, print_json, run_async
+from .common import LOCAL, JsonOpt, fail, print_json, run_async
 
 client_app = typer.Typer(help="A small Fedgram client.", no_args_is_help=True)
 
@@ -46,10 +47,15 @@ def _profile(path: Path | None) -> Profile:
 async def _ask(prompt: str, secret: bool = False) -> str:
     # in a thread, so the session keeps answering pings while a person types
     fn = getpass.getpass if secret else input
-    return str(await trio.to_thread.run_sync(fn, prompt, abandon_on_cancel=True)).strip()
+    try:
+        return str(await trio.to_thread.run_sync(fn, prompt, abandon_on_cancel=True)).strip()
+    except EOFError:
+        what = "--password" if secret else "--code"
+        fail(f"no input to read the {prompt.rstrip(': ')} from; pass it with {what}", LOCAL)
 
 
 def _save(prof: Profile, url: str, auth: dict[str, Any]) -> None:
+    prof.clear_session()  # a new device starts afresh: no sync state of another account
     prof.save_session({"url": url, **auth})
 
 
@@ -181,10 +187,48 @@ def logout(profile: ProfileOpt = None) -> None:
     """Log this device out (the node forgets it) and clear the profile's session."""
     prof = _profile(profile)
 
-    async def go() -> None:
-        async with connect_signed_in(prof) as c:
-            await c.call("auth.logOut")
+    async def go() -> bool:
+        try:
+            async with connect_signed_in(prof) as c:
+                await c.call("auth.logOut")
+        except RpcError as e:
+            if e.code not in (ErrorCode.DEVICE_REVOKED, ErrorCode.DEVICE_UNKNOWN):
+                raise
+            return False  # the node has forgotten this device already
+        return True
 
-    run_async(go)
+    told = run_async(go)
     prof.clear_session()
-    typer.echo("logged out")
+    typer.echo("logged out" if told else "this device was already logged out; session cleared")
+
+
+@client_app.command("forget-node")
+def forget_node(
+    url: UrlArg,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    profile: ProfileOpt = None,
+) -> None:
+    """Forget the node key pinned for URL, to accept a node that was really re-keyed.
+
+    Do this only when you know why the key changed (ask the node's operator; `fedgram
+    status` on the node prints its id): a man in the middle presents a new key too. The
+    next connection pins whatever key the node presents then (or pass --pin to login)."""
+    address = node_address(url)
+    prof = _profile(profile)
+    old = prof.pinned(address)
+    if old is None:
+        typer.echo(f"no node key is pinned for {address} in {prof.path}")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(f"forget-node {url}: not asking on a non-interactive input; pass --yes", LOCAL)
+        typer.confirm(
+            f"forget the key {old} pinned for {address}? The next connection will trust the "
+            "key the node presents then",
+            abort=True,
+        )
+    prof.forget(address)
+    typer.echo(
+        f"forgot the key of {address}; the next `fedgram client login {url} NAME` pins the "
+        "key the node presents (check it: --pin FINGERPRINT)"
+    )

@@ -9,12 +9,19 @@ from typing import Annotated, Any
 
 import typer
 
-from node.client.media import download_file, guess_mime, kind_for, upload_file, upload_id_for
+from node.client.media import (
+    check_destination,
+    download_file,
+    guess_mime,
+    kind_for,
+    upload_file,
+    upload_id_for,
+)
 from node.client.signed_in import connect_signed_in
 
 from .chat_client_cmds import resolve_chat
 from .client_cmds import ProfileOpt, _profile, client_app
-from .common import JsonOpt, fail, print_json, run_async
+from .common import JsonOpt, print_json, run_async
 
 
 @client_app.command()
@@ -93,18 +100,18 @@ def download(
 ) -> None:
     """Download a file (resumes a partial download); verifies its SHA-256."""
     prof = _profile(profile)
+    if output is not None:
+        check_destination(output)  # a mistyped -o fails before any connection
 
     async def go() -> Path:
         async with connect_signed_in(prof) as c:
             info = await c.call("media.info", {"media_id": media_id})
             dest = output or default_dest(info["name"], media_id)
+            check_destination(dest)  # before the progress bar shows
             with typer.progressbar(
                 length=info["size"], label=dest.name, file=sys.stderr, show_pos=True
             ) as bar:
-                try:
-                    await download_file(c, media_id, dest, progress=bar.update)
-                except ValueError as e:
-                    fail(str(e))
+                await download_file(c, media_id, dest, progress=bar.update)
             return dest
 
     typer.echo(str(run_async(go)))

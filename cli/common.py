@@ -1,20 +1,37 @@
-"""Shared CLI plumbing: the --data/--json options, error reporting, running trio."""
+"""Shared CLI plumbing: the --data/--json options, error reporting, running trio.
+
+Commands do not catch errors themselves: whatever expected failure escapes a command (the
+node's refusal, a bad URL, a damaged profile or data folder, a file that cannot be written)
+reaches :func:`report_errors`, which prints it as one line, ``error: ...``, and exits with
+the code the README documents. Anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import sqlite3
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import trio
 import typer
 
+from node.client.errors import ChecksumError, ClientError
 from node.config import ConfigError
 from node.protocol.errors import RpcError
+from node.storage.database import StorageError
 
 T = TypeVar("T")
+
+# exit codes (README: CLI reference)
+REFUSED = 1  # the node refused, the connection failed, a transfer failed
+LOCAL = 2  # bad configuration, arguments, files, data folder or profile
+NO_NODE = 3  # `status`: no node running
 
 DataOpt = Annotated[
     Path | None,
@@ -29,30 +46,94 @@ DataOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 
 
-def fail(message: str, code: int = 1) -> NoReturn:
+def fail(message: str, code: int = REFUSED) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            yield from _leaves(sub)
+    else:
+        yield exc
+
+
 def _leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
+    """The one error to report from what trio raised: a group of parallel failures (parts
+    of an upload, say) is reported by its first expected member."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves = list(_leaves(exc))
+    for leaf in leaves:
+        if explain(leaf) is not None or isinstance(leaf, (typer.Exit, KeyboardInterrupt)):
+            return leaf
+    return leaves[0] if len(leaves) == 1 else exc
 
 
 def run_async(fn: Callable[[], Awaitable[T]]) -> T:
-    """trio.run with our errors turned into one line on stderr and an exit code."""
+    """trio.run, raising the meaningful error out of exception groups."""
     try:
         return trio.run(fn)
     except BaseException as e:
         leaf = _leaf(e)
-        if isinstance(leaf, ConfigError):
-            fail(str(leaf), 2)
-        if isinstance(leaf, RpcError):
-            fail(str(leaf), 1)
         if leaf is not e:
             raise leaf from None
         raise
+
+
+_OS_HINTS = {
+    errno.ENOENT: "no such file or folder",
+    errno.EACCES: "permission denied: check the owner and mode of the folder",
+    errno.EPERM: "not permitted: check the owner and mode of the folder",
+    errno.ENOSPC: "no space left on the device: free some space",
+    errno.EDQUOT: "disk quota exceeded: free some space",
+    errno.EROFS: "read-only file system: choose another folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder, not a file",
+}
+
+_CORRUPT = ("file is not a database", "malformed", "disk image")
+
+
+def explain(exc: BaseException) -> tuple[str, int] | None:
+    """One line for an expected error and its exit code; None for anything else."""
+    if isinstance(exc, RpcError):
+        return str(exc), REFUSED
+    if isinstance(exc, ChecksumError):
+        return str(exc), REFUSED
+    if isinstance(exc, (ClientError, ConfigError)):
+        return str(exc), LOCAL
+    if isinstance(exc, StorageError | sqlite3.Error):
+        text = str(exc) if isinstance(exc, StorageError) else f"database error: {exc}"
+        if any(word in text for word in _CORRUPT):
+            text += "; it is damaged or not a Fedgram database: restore it from a backup"
+        return text, LOCAL
+    if isinstance(exc, OSError):
+        what = _OS_HINTS.get(exc.errno or 0) or exc.strerror or str(exc)
+        where = exc.filename if exc.filename is not None else ""
+        return (f"{where}: {what}" if where else what), LOCAL
+    return None
+
+
+@contextmanager
+def report_errors() -> Iterator[None]:
+    """Turn the expected errors of any command into one line on stderr and an exit code."""
+    try:
+        yield
+    except BrokenPipeError:
+        # the reader went away (`fedgram ... | head`): nothing left to say to anyone, and
+        # Python's final flush of stdout must not complain either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(REFUSED) from None
+    except BaseException as e:
+        leaf = _leaf(e)
+        said = explain(leaf)
+        if said is None:
+            raise
+        message, code = said
+        sys.stderr.write(f"error: {message}\n")
+        raise SystemExit(code) from None
 
 
 def print_json(obj: Any) -> None:

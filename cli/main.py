@@ -15,11 +15,11 @@ from node.client.admin import AdminClient
 from node.config import ConfigError
 from node.lock import node_running
 
-from . import chat_client_cmds, client_media_cmds  # noqa: F401 - register client commands
+from . import chat_client_cmds, client_listen, client_media_cmds  # noqa: F401 - register client commands
 from .admin_cmds import invite_app, user_app
 from .chat_admin_cmds import chat_app
 from .client_cmds import client_app
-from .common import DataOpt, JsonOpt, fail, print_json, run_async
+from .common import NO_NODE, DataOpt, JsonOpt, fail, print_json, report_errors, run_async
 from .media_cmds import media_app
 
 app = typer.Typer(
@@ -133,7 +133,10 @@ def status(data: DataOpt = None, json: JsonOpt = False) -> None:
     """Ask the running node for its status over the admin socket."""
     data_dir = config.resolve_data_dir(data)
     if not node_running(data_dir):
-        fail(f"no node is running on {data_dir}", 3)
+        fail(
+            f"no node is running on {data_dir}: start it with `fedgram run --data {data_dir}`",
+            NO_NODE,
+        )
 
     async def ask() -> Any:
         async with AdminClient.connect(data_dir) as admin:
@@ -173,4 +176,5 @@ def api_docs(
 
 
 def main() -> None:
-    app()
+    with report_errors():
+        app()
