@@ -396,6 +396,7 @@ def _configure_writer(conn: sqlite3.Connection, path: Path) -> None:
     # write is acknowledged as durable the moment COMMIT returns.
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA secure_delete = ON")  # erased content is zeroed, also in free pages
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     if conn.execute("PRAGMA foreign_keys").fetchone() != (1,):
         raise StorageError(f"{path}: this SQLite build does not enforce foreign keys")
