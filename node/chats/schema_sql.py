@@ -6,6 +6,10 @@ copy can serve it verifiably; the other columns are indexes into it, plus the *d
 state that later events apply to a message (``edited_raw``, ``deleted``), which is what
 history reads return.  Per-user state (read position, dialog settings, "deleted for me",
 the pts update log) lives in rows per user, never per message.
+
+``private_chats`` maps the two *current* accounts of a private chat to it; removing a user
+drops their rows (ON DELETE CASCADE), so a new account that reuses the name never finds the
+old chat (see store.private_chat_id).
 """
 
 from __future__ import annotations

@@ -195,14 +195,13 @@ class Chats:
             if peer == uid:
                 raise RpcError(ErrorCode.PEER_INVALID, "a private chat needs another user")
             lo, hi = sorted((uid, peer))
+            # the chat of these two accounts (a removed account's rows went with it)
             row = c.execute(
                 "SELECT chat_id FROM private_chats WHERE user_lo = ? AND user_hi = ?", (lo, hi)
             ).fetchone()
             created = row is None
             if created:
-                me, other = store.address(c, self.home, uid), store.address(c, self.home, peer)
-                assert me is not None and other is not None
-                chat_id = store.private_chat_id(me, other)
+                chat_id = store.new_private_chat_id(c, self.home, uid, peer)
                 store.create_chat(c, self.home, fx, chat_id, "private", uid, "", "", [peer])
                 c.execute(
                     "INSERT INTO private_chats(user_lo, user_hi, chat_id) VALUES (?, ?, ?)",

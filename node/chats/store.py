@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import secrets
 import sqlite3
 import time
@@ -75,11 +76,60 @@ def new_chat_id() -> str:
     return base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=").lower()
 
 
-def private_chat_id(a: str, b: str) -> str:
-    """Deterministic, so the two users' nodes derive the same id once federation lands."""
-    lo, hi = sorted((a, b))
-    digest = hashlib.blake2b(f"private\0{lo}\0{hi}".encode(), digest_size=16).digest()
+@dataclass(frozen=True)
+class Account:
+    """A user as a private chat id sees them: their address and their account's creation
+    stamp (the incarnation: a removed account's name may be given to someone new)."""
+
+    address: str
+    created: float
+
+
+def private_chat_id(a: Account, b: Account, attempt: int = 0) -> str:
+    """The id of the private chat between two accounts: BLAKE2b over both addresses AND both
+    accounts' creation stamps, ordered by address.
+
+    Deterministic, so once federation lands the two users' nodes derive the same id for the
+    same pair without talking (concurrent "start" on both sides converges on one chat).
+    The stamps are what tells a re-created account from the removed one that had its name:
+    ``alice@n1`` removed and added again is a new person with a new ``created``, so their
+    chat with bob gets a new id and the old chat, with the first alice's messages, stays
+    bob's alone. Both sides know the stamp: on this node it is ``users.created``; a remote
+    account's stamp travels with its address in the user directory that federation keeps
+    (the next issue makes addresses canonical, ``name@<node key fingerprint>``: pass those).
+
+    Why not a counter of earlier chats between the two addresses: it is only deterministic
+    while both nodes hold the same set of old chats, and a node that stops replicating a chat
+    once its last local member is gone would count differently and hand out the removed
+    person's chat id again. A stamp depends only on the two accounts.
+
+    ``attempt`` > 0 is a local fallback for an id that is somehow taken (it never is for two
+    distinct stamps, short of a BLAKE2b collision); it keeps chats.startPrivate answering
+    instead of failing, at the price of that one pair not converging across nodes."""
+    (lo_addr, lo_created), (hi_addr, hi_created) = sorted(
+        ((a.address, a.created), (b.address, b.created))
+    )
+    text = f"private\0{lo_addr}\0{lo_created.hex()}\0{hi_addr}\0{hi_created.hex()}"
+    if attempt:
+        text += f"\0{attempt}"
+    digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
     return base64.b32encode(digest).decode().rstrip("=").lower()
+
+
+def account(conn: sqlite3.Connection, home: Home, user_id: int) -> Account:
+    row = conn.execute("SELECT name, created FROM users WHERE id = ?", (user_id,)).fetchone()
+    assert row is not None, f"user #{user_id} vanished inside the job"
+    return Account(f"{row[0]}@{home.node_name}", float(row[1]))
+
+
+def new_private_chat_id(conn: sqlite3.Connection, home: Home, a: int, b: int) -> str:
+    """A private chat id for two local accounts that have none yet."""
+    me, other = account(conn, home, a), account(conn, home, b)
+    for attempt in itertools.count():
+        chat_id = private_chat_id(me, other, attempt)
+        if get_chat(conn, chat_id) is None:
+            return chat_id
+    raise AssertionError("unreachable")
 
 
 def address(conn: sqlite3.Connection, home: Home, user_id: int | None) -> str | None:
