@@ -1,9 +1,10 @@
 """Chats, messages and sync: the handlers of chats.*, messages.*, updates.* and admin.chat*.
 
 Every change is one write job that appends signed events and updates derived state in one
-transaction; pushes go out only after the commit (see :class:`store.Effects`). Reads use the
-reader pool. Authorization happens inside the job, on the same snapshot the change is made
-on, so a member removed a millisecond earlier cannot slip a message in.
+transaction; pushes go out only after the commit and in commit order (see
+:class:`store.Effects`, :class:`updates.Publications`). Reads use the reader pool.
+Authorization happens inside the job, on the same snapshot the change is made on, so a
+member removed a millisecond earlier cannot slip a message in.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import cbor2
+import trio
 
 from ..protocol.errors import ErrorCode, RpcError
 from . import store
@@ -63,25 +65,42 @@ class Chats:
         )
         self.difference_limit = int(cfg.get("chats", "difference_limit"))
         self._typing: dict[tuple[int, str], float] = {}
+        self._publications = node.hub.publications
         node.hub.chat_loader = self._chats_of
+        node.background.append(self._publications.run)
 
     async def _chats_of(self, user_id: int) -> set[str]:
         return await self.node.db.read(lambda c: store.chats_of_user(c, user_id))
 
     # --- plumbing -----------------------------------------------------------------------
     async def _write(self, ctx: CallContext, job: Callable[[sqlite3.Connection, Effects], T]) -> T:
-        """Run a change, then (committed) push what it caused."""
+        """Run a change; once committed, hand what it caused to the publications, which push
+        it in commit order (this task goes on to reply without waiting for that).
+
+        The wait for the commit is shielded: a session closing meanwhile must still learn
+        the outcome and release the job's ticket, or every later push would wait for it."""
         fx = Effects()
+        publications = self._publications
 
         def run(conn: sqlite3.Connection) -> T:
-            fx.chat_events.clear()
-            fx.user_updates.clear()
-            fx.membership.clear()
-            return job(conn, fx)
+            fx.reset()
+            result = job(conn, fx)
+            fx.ticket = publications.take()  # last: a job that raised takes none
+            return result
 
-        result = await self.node.db.write(run)
-        ctx.after_reply.append(lambda: self._publish(fx, ctx.session))
+        try:
+            with trio.CancelScope(shield=True):
+                result = await self.node.db.write(run)
+        except BaseException:
+            if fx.ticket is not None:  # the job ran but its transaction did not commit
+                publications.release(fx.ticket, None)
+            raise
+        self._released(fx, ctx.session)
         return result
+
+    def _released(self, fx: Effects, origin: Session | None) -> None:
+        assert fx.ticket is not None
+        self._publications.release(fx.ticket, lambda: self._publish(fx, origin))
 
     def on_user_removed(self, conn: sqlite3.Connection, fx: Effects, user_id: int) -> None:
         """Inside the job that deletes a user from the node: they leave every chat (an event
@@ -111,10 +130,15 @@ class Chats:
                     "UPDATE chat_members SET role = 'owner' WHERE chat_id = ? AND user_id = ?",
                     (chat_id, heir[0]),
                 )
+        # the caller's job ends right after this; its commit hands fx to :meth:`publish`
+        fx.ticket = self._publications.take()
 
     def publish(self, fx: Effects) -> None:
         """Push what a committed change outside this service (a user removal) caused."""
-        self._publish(fx, None)
+        if fx.ticket is None:
+            self._publish(fx, None)
+        else:
+            self._released(fx, None)
 
     def _publish(self, fx: Effects, origin: Session | None) -> None:
         hub = self.node.hub

@@ -64,12 +64,20 @@ class Member:
 
 @dataclass
 class Effects:
-    """Pushes to make after commit: chat events to online members, pts updates to users,
-    and membership changes for the hub's online index."""
+    """What a committed change causes: chat events to push to online members, pts updates
+    to users, membership changes for the hub's online index; ``ticket`` is the change's
+    place in commit order, taken at the end of the job (see updates.Publications)."""
 
     chat_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     user_updates: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     membership: list[tuple[str, int, bool]] = field(default_factory=list)
+    ticket: int | None = None
+
+    def reset(self) -> None:
+        self.chat_events.clear()
+        self.user_updates.clear()
+        self.membership.clear()
+        self.ticket = None
 
 
 def new_chat_id() -> str:
