@@ -6,15 +6,20 @@ from __future__ import annotations
 import json as jsonlib
 import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from nacl.exceptions import CryptoError
+from nacl.signing import VerifyKey
 
-from node.chats.events import open_event
+from node.chats.events import ChainError, open_content, open_event, verify_chain
+from node.protocol.codec import DecodeError
 
 from .admin_cmds import admin_call
 from .chat_client_cmds import describe
-from .common import DataOpt, JsonOpt, fail, print_json
+from .common import LOCAL, DataOpt, JsonOpt, fail, print_json
 
 chat_app = typer.Typer(help="Inspect chats on this node (admin).", no_args_is_help=True)
 ChatIdArg = Annotated[str, typer.Argument(help="Chat id (see `fedgram chat list`).")]
@@ -58,10 +63,23 @@ def show(chat: ChatIdArg, data: DataOpt = None, json: JsonOpt = False) -> None:
         typer.echo("  " + describe(ev))
 
 
+def _hexed(obj: Any) -> Any:
+    """Bytes inside a decoded event as hex, for JSON."""
+    if isinstance(obj, bytes):
+        return obj.hex()
+    if isinstance(obj, dict):
+        return {k: _hexed(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_hexed(v) for v in obj]
+    return obj
+
+
 @chat_app.command()
 def export(chat: ChatIdArg, data: DataOpt = None) -> None:
-    """The whole log as JSON lines, exactly as signed: each line has the decoded event and
-    its raw bytes, hash and signature in hex (enough to verify it elsewhere)."""
+    """The whole log as JSON lines, exactly as signed: each line has the decoded event, its
+    raw bytes, hash and signature in hex, and its content record in hex (null when it was
+    erased, e.g. deleted for everyone, or the event never had any; "erased" tells which).
+    Enough to verify it elsewhere: `fedgram chat verify ID --export FILE`."""
     after = 0
     while True:
         page = admin_call(
@@ -69,13 +87,16 @@ def export(chat: ChatIdArg, data: DataOpt = None) -> None:
         )
         for e in page["events"]:
             ev = open_event(e["raw"])
-            ev["prev"] = ev["prev"].hex() if isinstance(ev.get("prev"), bytes) else ev.get("prev")
+            content = e.get("content")
             line = {
                 "seq": e["seq"],
-                "event": ev,
+                "event": _hexed(ev),
                 "raw": e["raw"].hex(),
                 "hash": e["hash"].hex(),
                 "sig": e["sig"].hex(),
+                "content": content.hex() if content is not None else None,
+                "content_body": _hexed(open_content(content)) if content is not None else None,
+                "erased": content is None and ev.get("content_hash") is not None,
                 "home_key": page["home_key"].hex(),
             }
             sys.stdout.write(jsonlib.dumps(line, sort_keys=True, default=str) + "\n")
@@ -84,13 +105,83 @@ def export(chat: ChatIdArg, data: DataOpt = None) -> None:
         after = page["events"][-1]["seq"]
 
 
+Row = tuple[int, bytes, bytes, bytes, bytes | None]
+
+
+def _export_rows(path: Path, keys: set[str]) -> Iterator[Row]:
+    """The (seq, raw, hash, sig, content) rows of an export file; the home keys it names
+    are collected in ``keys``."""
+    with path.open() as f:
+        for n, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                line = jsonlib.loads(text)
+                keys.add(line["home_key"])
+                content = line.get("content")
+                yield (
+                    int(line["seq"]),
+                    bytes.fromhex(line["raw"]),
+                    bytes.fromhex(line["hash"]),
+                    bytes.fromhex(line["sig"]),
+                    bytes.fromhex(content) if content is not None else None,
+                )
+            except (ValueError, KeyError, TypeError) as e:
+                raise ChainError(f"{path}:{n}: not an export line ({e})") from None
+
+
+def _verify_export(chat: str, path: Path) -> dict[str, Any]:
+    """Verify an export file with the home key it carries (a verifier that trusts a key
+    should compare it with the one it expects: it is printed)."""
+    keys: set[str] = set()
+    rows = list(_export_rows(path, keys))
+    if len(keys) != 1:
+        raise ChainError(f"{path}: {len(keys)} different home keys")
+    (home_key,) = keys
+    try:
+        key = VerifyKey(bytes.fromhex(home_key))
+    except (ValueError, CryptoError):
+        raise ChainError(f"{path}: bad home key") from None
+    n = verify_chain(key, chat, rows)
+    erased = 0
+    for _seq, raw, _h, _sig, content in rows:
+        erased += content is None and open_event(raw).get("content_hash") is not None
+    return {"ok": True, "events": n, "erased": erased, "home_key": home_key, "error": None}
+
+
 @chat_app.command()
-def verify(chat: ChatIdArg, data: DataOpt = None, json: JsonOpt = False) -> None:
-    """Check the chat's hash chain and the home node's signatures over every event."""
-    r: dict[str, Any] = admin_call(data, "admin.chatVerify", {"chat": chat})
+def verify(
+    chat: ChatIdArg,
+    data: DataOpt = None,
+    json: JsonOpt = False,
+    export_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--export",
+            help="Verify this file of `fedgram chat export` lines instead of the node's copy.",
+        ),
+    ] = None,
+) -> None:
+    """Check the chat's hash chain and the home node's signatures over every event, and the
+    content that is still there against the hash the event commits to."""
+    if export_file is not None:
+        try:
+            r: dict[str, Any] = _verify_export(chat, export_file)
+        except OSError as e:
+            fail(f"{export_file}: {e.strerror}", LOCAL)
+        except (ChainError, DecodeError) as e:
+            r = {"ok": False, "events": 0, "error": str(e)}
+        if not json and r["ok"]:
+            typer.echo(
+                f"ok: {r['events']} events ({r['erased']} with erased content), chain, "
+                f"signatures and content verify; home key {r['home_key']}"
+            )
+            return
+    else:
+        r = admin_call(data, "admin.chatVerify", {"chat": chat})
     if json:
         print_json(r)
     elif r["ok"]:
-        typer.echo(f"ok: {r['events']} events, chain and signatures verify")
+        typer.echo(f"ok: {r['events']} events, chain, signatures and content verify")
     if not r["ok"]:
         fail(f"chain broken: {r['error']}")

@@ -159,7 +159,12 @@ def test_two_people_chat_from_the_cli(node_process: Any, tmp_path: Path) -> None
     lines = fedgram("chat", "export", chat, "--data", d, check=True).stdout.splitlines()
     exported = [json.loads(x) for x in lines]
     assert [e["seq"] for e in exported] == list(range(1, len(exported) + 1))
-    assert exported[1]["event"]["body"]["text"] == "hello bob"  # the signed original
+    # the edit erased the original text; the signed event still commits to it by hash
+    assert exported[1]["seq"] == s1 and exported[1]["erased"] is True
+    assert exported[1]["content"] is None and "text" not in exported[1]["event"]["body"]
+    assert len(exported[1]["event"]["content_hash"]) == 64
+    edit = next(e for e in exported if e["event"]["kind"] == "edit")
+    assert edit["content_body"] == {"text": "hello bob (edited)"} and not edit["erased"]
     assert "ok:" in fedgram("chat", "verify", chat, "--data", d, check=True).stdout
     missing = fedgram("chat", "show", "nosuchchat", "--data", d)
     assert missing.returncode == 1 and "CHAT_NOT_FOUND" in missing.stderr

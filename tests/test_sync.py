@@ -226,14 +226,23 @@ async def test_hash_chain_verifies_and_detects_tampering(node: Node) -> None:
         assert ok == {"ok": True, "events": 7, "error": None}
         export = await admin(node, "admin.chatExport", {"chat": g})
         assert [e["seq"] for e in export["events"]] == list(range(1, 8))
-        # change one byte of one event: the chain no longer verifies, and says where
-        await node.db.write(
-            lambda c: c.execute(
-                "UPDATE events SET raw = CAST(replace(raw, 'one', '0ne') AS BLOB) "
-                "WHERE chat_id = ? AND seq = ?",
-                (g, s),
-            )
+        # change the text the edit (seq s + 2) made current: it no longer matches the hash the
+        # signed event commits to
+        tamper = (
+            "UPDATE events SET {col} = CAST(replace({col}, ?, ?) AS BLOB) "
+            "WHERE chat_id = ? AND seq = ?"
         )
+        await node.db.write(
+            lambda c: c.execute(tamper.format(col="content"), ("one!", "0ne!", g, s + 2))
+        )
+        bad = await admin(node, "admin.chatVerify", {"chat": g})
+        assert bad["ok"] is False and f"seq {s + 2}: content does not match" in bad["error"]
+        await node.db.write(
+            lambda c: c.execute(tamper.format(col="content"), ("0ne!", "one!", g, s + 2))
+        )
+        assert (await admin(node, "admin.chatVerify", {"chat": g}))["ok"] is True
+        # change one byte of one signed event: the chain no longer verifies, and says where
+        await node.db.write(lambda c: c.execute(tamper.format(col="raw"), ("alice", "alicf", g, s)))
         bad = await admin(node, "admin.chatVerify", {"chat": g})
         assert bad["ok"] is False and f"seq {s}" in bad["error"]
 

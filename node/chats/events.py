@@ -1,19 +1,40 @@
 """Signed, hash-chained chat events: the unit that federation will ship between nodes.
 
-An event is a canonical-CBOR map ``{v, chat, seq, kind, sender, ts, body, rid, prev}``. Its
-``hash`` is BLAKE2b-256 of those exact bytes (``raw``), ``prev`` is the hash of the event
-before it in the same chat (32 zero bytes before seq 1), and ``sig`` is the home node's
-Ed25519 signature over ``hash``. Because raw bytes are kept as signed, any node holding a copy
-can prove to another that the log is the home node's and that nothing was inserted, dropped or
-changed: :func:`verify_chain` checks exactly that.
+An event is a canonical-CBOR map ``{v, chat, seq, kind, sender, ts, body, rid, prev}`` plus,
+for an event that carries user content (a message, an edit), ``content_hash``. Its ``hash``
+is BLAKE2b-256 of those exact bytes (``raw``), ``prev`` is the hash of the event before it in
+the same chat (32 zero bytes before seq 1), and ``sig`` is the home node's Ed25519 signature
+over ``hash``. Because raw bytes are kept as signed, any node holding a copy can prove to
+another that the log is the home node's and that nothing was inserted, dropped or changed:
+:func:`verify_chain` checks exactly that.
 
-Edits and deletes are later events that name an earlier ``seq``; the raw message is never
-rewritten (the derived "current state" lives beside it in the database).
+**Content is committed to, not signed in.** What a user wrote or attached (text, media, a
+forwarded message's origin) is NOT in ``raw``. It is a separate *content* record, canonical
+CBOR ``{nonce, body}`` with a fresh random 16-byte ``nonce``, and ``raw`` holds only
+``content_hash = BLAKE2b-256(content, person="fedgram-content")``. So content can be erased
+(delete for everyone; the text an edit replaced) on every node that holds it while ``raw``,
+the chain and the signatures stay intact and verifiable, as Matrix redactions keep event
+hashes. When the content is present, a verifier checks it against ``content_hash``; when it
+was erased, the log still verifies and shows that *something* was said, by whom and when.
+
+The nonce is what makes erasure real: without it, ``content_hash`` of a short text ("yes",
+"ok", a PIN, a phone number) could be confirmed by anyone holding the log by hashing guesses.
+With 128 random bits hashed in, and the nonce erased together with the content, the hash that
+stays says nothing about what the content was.
+
+Federation ships an event as ``{raw, hash, sig, content}`` where ``content`` is the content
+record's bytes, or ``None`` when this event's content was erased (or it never had any: then
+``raw`` has no ``content_hash``). A replica verifies the chain and signature from ``raw``
+alone, and the content, when present, against ``content_hash``. An ``edit`` event's content
+is the message's whole new content and tells every holder to erase the content it replaces
+(the original's, or the previous edit's); a ``delete`` event tells every holder to erase the
+target message's content and that of all its edits.
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,15 +45,19 @@ from nacl.signing import SigningKey, VerifyKey
 
 from ..protocol.codec import DecodeError, decode
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: user content moved out of raw, behind content_hash
 GENESIS = bytes(32)
+NONCE_BYTES = 16
+# BLAKE2b personalisation: a content hash can never be mistaken for an event hash
+CONTENT_PERSON = b"fedgram-content"
 
-# Kinds of event a chat log holds; "message" is the only one that carries user content.
+# Kinds of event a chat log holds; "message" and "edit" are the ones that carry user content.
 MESSAGE = "message"
+EDIT = "edit"
 KINDS = (
     "create",
     MESSAGE,
-    "edit",
+    EDIT,
     "delete",
     "pin",
     "unpin",
@@ -61,6 +86,27 @@ def event_hash(raw: bytes) -> bytes:
     return hashlib.blake2b(raw, digest_size=32).digest()
 
 
+def content_hash(content: bytes) -> bytes:
+    return hashlib.blake2b(content, digest_size=32, person=CONTENT_PERSON).digest()
+
+
+def seal_content(body: dict[str, Any]) -> tuple[bytes, bytes]:
+    """A content record for ``body`` with a fresh nonce: ``(content bytes, content_hash)``."""
+    content = cbor2.dumps({"nonce": secrets.token_bytes(NONCE_BYTES), "body": body}, canonical=True)
+    return content, content_hash(content)
+
+
+def open_content(content: bytes) -> dict[str, Any]:
+    """The body of a content record (hardened decode: a peer's bytes once federation lands)."""
+    obj = decode(content, max_depth=24)
+    if not isinstance(obj, dict) or set(obj) != {"nonce", "body"}:
+        raise DecodeError("content is not a {nonce, body} map")
+    nonce, body = obj["nonce"], obj["body"]
+    if not isinstance(nonce, bytes) or len(nonce) != NONCE_BYTES or not isinstance(body, dict):
+        raise DecodeError("content has a bad nonce or body")
+    return body
+
+
 def seal_event(
     key: SigningKey,
     *,
@@ -72,22 +118,23 @@ def seal_event(
     body: dict[str, Any],
     random_id: int | None,
     prev: bytes,
+    content_hash: bytes | None = None,
 ) -> Sealed:
     """Build, hash and sign one event (runs in the storage writer thread: it is cheap)."""
-    raw = cbor2.dumps(
-        {
-            "v": FORMAT_VERSION,
-            "chat": chat,
-            "seq": seq,
-            "kind": kind,
-            "sender": sender,
-            "ts": ts,
-            "body": body,
-            "rid": random_id,
-            "prev": prev,
-        },
-        canonical=True,
-    )
+    ev: dict[str, Any] = {
+        "v": FORMAT_VERSION,
+        "chat": chat,
+        "seq": seq,
+        "kind": kind,
+        "sender": sender,
+        "ts": ts,
+        "body": body,
+        "rid": random_id,
+        "prev": prev,
+    }
+    if content_hash is not None:
+        ev["content_hash"] = content_hash
+    raw = cbor2.dumps(ev, canonical=True)
     h = event_hash(raw)
     return Sealed(raw, h, key.sign(h).signature)
 
@@ -105,16 +152,21 @@ class ChainError(Exception):
 
 
 def verify_chain(
-    home_key: VerifyKey, chat: str, rows: Iterable[tuple[int, bytes, bytes, bytes]]
+    home_key: VerifyKey,
+    chat: str,
+    rows: Iterable[tuple[int, bytes, bytes, bytes, bytes | None]],
 ) -> int:
-    """Check a whole log given as ``(seq, raw, hash, sig)`` in seq order; returns the count.
+    """Check a whole log given as ``(seq, raw, hash, sig, content)`` in seq order; returns
+    the count. ``content`` is the content record, or None if erased or never there.
 
-    Checks: seqs are 1, 2, 3, ... with no gap; each raw decodes, names this chat and its seq;
-    its hash is the hash of its raw bytes; it points at the previous hash; the home node
-    signed it."""
+    Checks: seqs are 1, 2, 3, ... with no gap; each raw decodes, is of this format version,
+    names this chat and its seq; its hash is the hash of its raw bytes; it points at the
+    previous hash; the home node signed it; content that is present matches the event's
+    ``content_hash`` and decodes (content that was erased is fine: the event still commits
+    to it)."""
     prev = GENESIS
     n = 0
-    for seq, raw, h, sig in rows:
+    for seq, raw, h, sig, content in rows:
         n += 1
         if seq != n:
             raise ChainError(f"seq {n} missing (found {seq})")
@@ -124,6 +176,8 @@ def verify_chain(
             ev = open_event(raw)
         except DecodeError as e:
             raise ChainError(f"seq {seq}: undecodable ({e})") from None
+        if ev.get("v") != FORMAT_VERSION:
+            raise ChainError(f"seq {seq}: unknown event format {ev.get('v')!r}")
         if ev.get("chat") != chat or ev.get("seq") != seq:
             raise ChainError(f"seq {seq}: event names chat/seq {ev.get('chat')}/{ev.get('seq')}")
         if ev.get("prev") != prev:
@@ -132,5 +186,17 @@ def verify_chain(
             home_key.verify(h, sig)
         except BadSignatureError:
             raise ChainError(f"seq {seq}: signature does not verify") from None
+        committed = ev.get("content_hash")
+        if committed is not None and (not isinstance(committed, bytes) or len(committed) != 32):
+            raise ChainError(f"seq {seq}: malformed content_hash")
+        if content is not None:
+            if committed is None:
+                raise ChainError(f"seq {seq}: content present but the event commits to none")
+            if content_hash(content) != committed:
+                raise ChainError(f"seq {seq}: content does not match the signed content_hash")
+            try:
+                open_content(content)
+            except DecodeError as e:
+                raise ChainError(f"seq {seq}: undecodable content ({e})") from None
         prev = h
     return n

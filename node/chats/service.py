@@ -5,6 +5,12 @@ transaction; pushes go out only after the commit and in commit order (see
 :class:`store.Effects`, :class:`updates.Publications`). Reads use the reader pool.
 Authorization happens inside the job, on the same snapshot the change is made on, so a
 member removed a millisecond earlier cannot slip a message in.
+
+Erasing content (delete for everyone, the text an edit replaced) clears it from its row and
+from the search index in the job itself; :meth:`Chats.compact` then, in the background,
+merges the search index's segments (SQLite FTS5 only marks a deleted row's words as deleted
+until the segments holding them are merged) and truncates the WAL (which still holds the
+pages as they were before), so the words are gone from the files, not just from the answers.
 """
 
 from __future__ import annotations
@@ -13,14 +19,16 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import cbor2
 import trio
 
+from .. import log
 from ..protocol.errors import ErrorCode, RpcError
 from . import store
-from .events import MESSAGE, ChainError, verify_chain
+from .events import EDIT, MESSAGE, ChainError, verify_chain
 from .store import ADMIN_ROLES, Chat, Effects, Home
 
 if TYPE_CHECKING:
@@ -34,6 +42,15 @@ TYPING_ABSORB = 3.0  # seconds: repeated typing notices within this window are n
 TYPING_MEMORY = 10_000  # most (user, chat) typing stamps kept
 TOTAL_EVENTS_PER_DIFFERENCE = 5_000
 UPDATES_PER_DIFFERENCE = 1_000
+CONTENT_KEYS = ("text", "media", "fwd")  # what a message's erasable content holds
+# Compaction after erasures (see Chats.compact). A round rewrites the whole search index in
+# small steps: measured ~0.65 s of writer time per 100,000 messages, steps of <= ~25 ms.
+FTS_MERGE_PAGES = 16  # search-index pages merged per write job
+COMPACT_DEBOUNCE = 1.0  # seconds: a burst of edits/deletes shares one round
+COMPACT_MIN_GAP = 10.0  # seconds between rounds at least ...
+COMPACT_DUTY = 10.0  # ... and at least this many times the last round's duration
+WAL_TRUNCATE_TRIES = 5
+_log = log.get("chats")
 
 
 def _uid(ctx: CallContext) -> int:
@@ -52,6 +69,37 @@ def _fts_query(text: str) -> str:
     return " ".join(quoted)
 
 
+def _merge_step(conn: sqlite3.Connection) -> bool:
+    """One bounded merge of the search index's segments; False once there was nothing left
+    to merge (the special INSERT itself counts as one change)."""
+    before = conn.total_changes
+    conn.execute(
+        "INSERT INTO events_fts(events_fts, rank) VALUES ('merge', ?)", (-FTS_MERGE_PAGES,)
+    )
+    return conn.total_changes - before > 1
+
+
+def _truncate_wal(path: Path) -> bool:
+    """Checkpoint the WAL into the database and truncate it to zero bytes (thread).
+
+    Its own short-lived connection: a checkpoint cannot run inside the writer's transaction
+    and the pool's readers are read-only. TRUNCATE waits for the writer and for readers on
+    older snapshots (at most the busy timeout, while writers wait too), so a busy node is
+    retried a little later instead of stalling."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA busy_timeout = 200")
+        for _ in range(WAL_TRUNCATE_TRIES):
+            busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if busy == 0:
+                return True
+            time.sleep(0.05)
+        _log.info("WAL truncation after an erasure deferred: the database stayed busy")
+        return False
+    finally:
+        conn.close()
+
+
 class Chats:
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -68,6 +116,11 @@ class Chats:
         self._publications = node.hub.publications
         node.hub.chat_loader = self._chats_of
         node.background.append(self._publications.run)
+        node.background.append(self.compact)
+        self._erased = trio.Event()  # set when content was erased since the last compaction
+        self._compacting = False
+        self.compactions = 0  # finished compaction rounds
+        self.compact_min_gap = COMPACT_MIN_GAP  # tests shorten it
 
     async def _chats_of(self, user_id: int) -> set[str]:
         return await self.node.db.read(lambda c: store.chats_of_user(c, user_id))
@@ -101,6 +154,54 @@ class Chats:
     def _released(self, fx: Effects, origin: Session | None) -> None:
         assert fx.ticket is not None
         self._publications.release(fx.ticket, lambda: self._publish(fx, origin))
+        if fx.erased:
+            self._erased.set()
+
+    # --- erasure compaction ---------------------------------------------------------------
+    async def compact(self) -> None:
+        """Background task: after content was erased, merge the search index until no segment
+        still holds the erased words, then truncate the WAL, which holds the pages as they
+        were before the erasure. (Rows themselves are overwritten with zeros by SQLite's
+        secure_delete, which the writer connection enables.)
+
+        So erased words leave the files about a second after the erasure when the node is
+        quiet, and within COMPACT_MIN_GAP (or ten times the last round, on a big index) plus
+        one round when erasures keep coming."""
+        while True:
+            await self._erased.wait()
+            await trio.sleep(COMPACT_DEBOUNCE)
+            self._erased = trio.Event()  # erasures from now on ask for another round
+            self._compacting = True
+            started = trio.current_time()
+            try:
+                finished = await self._merge_search_index()
+                truncated = await trio.to_thread.run_sync(_truncate_wal, self.node.db.path)
+            finally:
+                self._compacting = False
+            if finished and truncated:
+                self.compactions += 1
+            else:
+                self._erased.set()  # not done: the next round continues
+            # rounds rewrite the whole index: never more than ~1/COMPACT_DUTY of the writer
+            took = trio.current_time() - started
+            await trio.sleep(max(self.compact_min_gap, COMPACT_DUTY * took))
+
+    @property
+    def erasure_pending(self) -> bool:
+        """Content was erased and the compaction that clears its traces has not finished."""
+        return self._compacting or self._erased.is_set()
+
+    async def _merge_search_index(self) -> bool:
+        """Incremental FTS5 'merge' steps (small write jobs between everyone else's) until the
+        index is one segment, in which deleted entries no longer exist. Bounded: under a
+        steady stream of new messages it may not settle, then the next round continues."""
+        pages: int = await self.node.db.read(
+            lambda c: c.execute("SELECT COUNT(*) FROM events_fts_data").fetchone()[0]
+        )
+        for _ in range(2 * pages // FTS_MERGE_PAGES + 8):
+            if not await self.node.db.write(_merge_step):
+                return True
+        return False
 
     def on_user_removed(self, conn: sqlite3.Connection, fx: Effects, user_id: int) -> None:
         """Inside the job that deletes a user from the node: they leave every chat (an event
@@ -477,7 +578,8 @@ class Chats:
             ).fetchone()
             if dup is not None:
                 return {"seq": dup[0], "ts": dup[1], "duplicate": True}
-            body: dict[str, Any] = {}
+            body: dict[str, Any] = {}  # signed as is: stays when the message is deleted
+            content: dict[str, Any] = {}  # committed to by hash: erased when it is deleted
             media: list[dict[str, Any]] = list(p.get("media", []))
             text = p.get("text", "")
             if "reply_to" in p:
@@ -488,7 +590,7 @@ class Chats:
                 src = p["forward_from"]
                 _, src_m = store.need_member(c, src["chat"], uid)
                 orig = store.event_out(
-                    store.need_message(c, src["chat"], src["seq"], src_m.joined_seq)[:8]
+                    store.need_message(c, src["chat"], src["seq"], src_m.joined_seq).row
                 )
                 fwd = orig["body"].get("fwd") or {
                     "chat": src["chat"],
@@ -496,22 +598,22 @@ class Chats:
                     "sender": orig["sender"],
                     "ts": orig["ts"],
                 }
-                body["fwd"] = fwd
+                content["fwd"] = fwd
                 text = text or orig["body"].get("text", "")
                 media = media or [
                     {"media_id": x["media_id"], "kind": x["kind"]}
                     for x in orig["body"].get("media", [])
                 ]
             if text:
-                body["text"] = text
+                content["text"] = text
             if media:
                 from ..media.store import attach_to_message
 
-                body["media"] = attach_to_message(c, uid, chat.id, chat.last_seq + 1, media)
+                content["media"] = attach_to_message(c, uid, chat.id, chat.last_seq + 1, media)
             if not text and not media:
                 raise RpcError(ErrorCode.MESSAGE_EMPTY)
             ev = store.append(
-                c, self.home, fx, chat, MESSAGE, uid, body, random_id=rid, text=text or None
+                c, self.home, fx, chat, MESSAGE, uid, body, random_id=rid, content=content
             )
             c.execute(
                 "UPDATE chat_members SET read_seq = ? WHERE chat_id = ? AND user_id = ?",
@@ -526,31 +628,32 @@ class Chats:
 
         def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
             chat, m = store.need_member(c, p["chat"], uid)
-            row = store.need_message(c, chat.id, p["seq"], m.joined_seq)
-            if row[8] != uid:
+            msg = store.need_message(c, chat.id, p["seq"], m.joined_seq)
+            if msg.sender_id != uid:
                 raise RpcError(ErrorCode.MESSAGE_NOT_EDITABLE)
-            if time.time() - row[3] > self.home.edit_window:
+            if time.time() - msg.ts > self.home.edit_window:
                 raise RpcError(ErrorCode.EDIT_WINDOW_EXPIRED)
-            current = store.event_out(row[:8])["body"]
+            current = store.event_out(msg.row)["body"]
             if not p["text"] and not current.get("media"):
                 raise RpcError(ErrorCode.MESSAGE_EMPTY)
+            # the edit's content is the message's whole new content (attachments and forward
+            # origin carried over), so the content it replaces can be erased entirely
+            content = {k: current[k] for k in CONTENT_KEYS if k in current}
+            content["text"] = p["text"]
+            store.unindex(c, msg.id)
             ev = store.append(
                 c,
                 self.home,
                 fx,
                 chat,
-                "edit",
+                EDIT,
                 uid,
-                {"target": p["seq"], "text": p["text"]},
+                {"target": p["seq"]},
                 target=p["seq"],
+                content=content,
+                index=msg.id,
             )
-            c.execute(
-                "UPDATE events SET edited_raw = ?, edited_ts = ? WHERE id = ?",
-                (cbor2.dumps({"text": p["text"]}), ev["ts"], row[9]),
-            )
-            c.execute("DELETE FROM events_fts WHERE rowid = ?", (row[9],))
-            if p["text"]:
-                c.execute("INSERT INTO events_fts(rowid, text) VALUES (?, ?)", (row[9], p["text"]))
+            store.apply_edit(c, fx, msg, ev["seq"], ev["ts"])
             return {"seq": ev["seq"]}
 
         return await self._write(ctx, job)
@@ -560,7 +663,7 @@ class Chats:
 
         def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
             chat, m = store.need_member(c, p["chat"], uid)
-            row = store.need_message(c, chat.id, p["seq"], m.joined_seq)
+            msg = store.need_message(c, chat.id, p["seq"], m.joined_seq)
             if not p.get("for_everyone", True):
                 c.execute(
                     "INSERT OR IGNORE INTO hidden_messages(user_id, chat_id, seq) VALUES (?, ?, ?)",
@@ -569,13 +672,12 @@ class Chats:
                 body = {"chat": chat.id, "seq": p["seq"]}
                 return {"seq": None, "pts": store.add_update(c, fx, uid, "message.hidden", body)}
             is_admin = chat.kind != "private" and m.role in ADMIN_ROLES
-            if row[8] != uid and not is_admin:
+            if msg.sender_id != uid and not is_admin:
                 raise RpcError(ErrorCode.MESSAGE_DELETE_FORBIDDEN)
             ev = store.append(
                 c, self.home, fx, chat, "delete", uid, {"target": p["seq"]}, target=p["seq"]
             )
-            c.execute("UPDATE events SET deleted = 1 WHERE id = ?", (row[9],))
-            c.execute("DELETE FROM events_fts WHERE rowid = ?", (row[9],))
+            store.apply_delete(c, fx, msg)
             if chat.pinned_seq == p["seq"]:
                 c.execute("UPDATE chats SET pinned_seq = NULL WHERE id = ?", (chat.id,))
             return {"seq": ev["seq"], "pts": None}
@@ -802,12 +904,16 @@ class Chats:
         def job(c: sqlite3.Connection) -> dict[str, Any]:
             chat = self._need_chat(c, p["chat"])
             rows = c.execute(
-                "SELECT seq, raw, hash, sig FROM events WHERE chat_id = ? AND seq > ? "
+                "SELECT seq, raw, hash, sig, content FROM events WHERE chat_id = ? AND seq > ? "
                 "ORDER BY seq LIMIT ?",
                 (chat.id, p.get("after", 0), p.get("limit", 1000)),
             )
+            # content: the record raw's content_hash commits to; None if erased or never any
             return {
-                "events": [{"seq": r[0], "raw": r[1], "hash": r[2], "sig": r[3]} for r in rows],
+                "events": [
+                    {"seq": r[0], "raw": r[1], "hash": r[2], "sig": r[3], "content": r[4]}
+                    for r in rows
+                ],
                 "home_key": bytes(self.node.identity.verify_key),
             }
 
@@ -819,7 +925,7 @@ class Chats:
         def job(c: sqlite3.Connection) -> dict[str, Any]:
             chat = self._need_chat(c, p["chat"])
             rows = c.execute(
-                "SELECT seq, raw, hash, sig FROM events WHERE chat_id = ? ORDER BY seq",
+                "SELECT seq, raw, hash, sig, content FROM events WHERE chat_id = ? ORDER BY seq",
                 (chat.id,),
             )
             try:

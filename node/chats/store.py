@@ -65,18 +65,21 @@ class Member:
 @dataclass
 class Effects:
     """What a committed change causes: chat events to push to online members, pts updates
-    to users, membership changes for the hub's online index; ``ticket`` is the change's
-    place in commit order, taken at the end of the job (see updates.Publications)."""
+    to users, membership changes for the hub's online index; ``erased`` says content was
+    erased (the search index and the WAL need compacting); ``ticket`` is the change's place
+    in commit order, taken at the end of the job (see updates.Publications)."""
 
     chat_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     user_updates: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     membership: list[tuple[str, int, bool]] = field(default_factory=list)
+    erased: bool = False
     ticket: int | None = None
 
     def reset(self) -> None:
         self.chat_events.clear()
         self.user_updates.clear()
         self.membership.clear()
+        self.erased = False
         self.ticket = None
 
 
@@ -220,12 +223,18 @@ def append(
     *,
     random_id: int | None = None,
     target: int | None = None,
-    text: str | None = None,
+    content: dict[str, Any] | None = None,
+    index: int | None = None,
 ) -> dict[str, Any]:
-    """Sequence, sign and store the next event of ``chat``; queue its push to members."""
+    """Sequence, sign and store the next event of ``chat``; queue its push to members.
+
+    ``content`` is what the user wrote or attached: stored beside the event, committed to
+    by ``content_hash`` in the signed bytes, erasable. Its ``text`` goes to the search index
+    under this event's row, or under the row ``index`` (an edit indexes its message)."""
     seq = chat.last_seq + 1
     ts = time.time()
     sender = address(conn, home, sender_id)
+    record, committed = events.seal_content(content) if content is not None else (None, None)
     sealed = events.seal_event(
         home.key,
         chat=chat.id,
@@ -236,14 +245,29 @@ def append(
         body=body,
         random_id=random_id,
         prev=chat.last_hash,
+        content_hash=committed,
     )
     cur = conn.execute(
         "INSERT INTO events(chat_id, seq, kind, sender_id, ts, random_id, target_seq, raw, "
-        "hash, sig) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (chat.id, seq, kind, sender_id, ts, random_id, target, sealed.raw, sealed.hash, sealed.sig),
+        "hash, sig, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            chat.id,
+            seq,
+            kind,
+            sender_id,
+            ts,
+            random_id,
+            target,
+            sealed.raw,
+            sealed.hash,
+            sealed.sig,
+            record,
+        ),
     )
+    text = (content or {}).get("text")
     if text:
-        conn.execute("INSERT INTO events_fts(rowid, text) VALUES (?, ?)", (cur.lastrowid, text))
+        rowid = index if index is not None else cur.lastrowid
+        conn.execute("INSERT INTO events_fts(rowid, text) VALUES (?, ?)", (rowid, text))
     conn.execute(
         "UPDATE chats SET last_seq = ?, last_hash = ? WHERE id = ?", (seq, sealed.hash, chat.id)
     )
@@ -254,7 +278,7 @@ def append(
         "kind": kind,
         "sender": sender,
         "ts": ts,
-        "body": body,
+        "body": {**body, **content} if content else body,
         "edited": None,
         "deleted": False,
     }
@@ -286,18 +310,29 @@ def current_pts(conn: sqlite3.Connection, user_id: int) -> int:
     return int(row[0])
 
 
-_EV_COLS = "chat_id, seq, kind, ts, raw, edited_raw, edited_ts, deleted"
+# An event as clients see it needs its own row and, for an edited message, the content of the
+# edit that is current (the message's own content was erased when it was replaced).
+_EV_COLS = "e.chat_id, e.seq, e.kind, e.ts, e.raw, e.content, e.edited_ts, e.deleted, ed.content"
+_EDIT_JOIN = "LEFT JOIN events ed ON ed.chat_id = e.chat_id AND ed.seq = e.edit_seq"
+_EV_FROM = f"events e {_EDIT_JOIN}"
+_HIDDEN = (  # deleted "for me" by the user bound to ?
+    "EXISTS (SELECT 1 FROM hidden_messages h WHERE h.user_id = ? "
+    "AND h.chat_id = e.chat_id AND h.seq = e.seq)"
+)
 
 
 def event_out(row: Any) -> dict[str, Any]:
-    """A stored event as clients see it: edits applied, deleted content gone."""
-    chat_id, seq, kind, ts, raw, edited_raw, edited_ts, deleted = row
+    """A stored event as clients see it: the signed body plus the content that is current
+    (the latest edit's, else its own); deleted messages have an empty body. An event whose
+    content was erased (a superseded edit) shows its signed body alone."""
+    chat_id, seq, kind, ts, raw, content, edited_ts, deleted, edit_content = row
     ev = events.open_event(raw)
-    body = ev.get("body") or {}
-    if deleted:
-        body = {}
-    elif edited_raw is not None:
-        body = {**body, **cbor2.loads(edited_raw)}
+    body: dict[str, Any] = {}
+    if not deleted:
+        body = dict(ev.get("body") or {})
+        current = edit_content if edit_content is not None else content
+        if current is not None:
+            body.update(events.open_content(current))
     return {
         "chat": chat_id,
         "seq": seq,
@@ -310,18 +345,88 @@ def event_out(row: Any) -> dict[str, Any]:
     }
 
 
-def get_event_row(conn: sqlite3.Connection, chat_id: str, seq: int) -> Any:
-    return conn.execute(
-        f"SELECT {_EV_COLS}, sender_id, id FROM events WHERE chat_id = ? AND seq = ?",
+@dataclass(frozen=True)
+class Stored:
+    """One stored event with what changes to it need: its row for :func:`event_out`, its
+    sender, its rowid (the search index key) and the edit now current."""
+
+    row: Any
+    sender_id: int | None
+    id: int
+    edit_seq: int | None
+
+    @property
+    def chat_id(self) -> str:
+        return str(self.row[0])
+
+    @property
+    def seq(self) -> int:
+        return int(self.row[1])
+
+    @property
+    def kind(self) -> str:
+        return str(self.row[2])
+
+    @property
+    def ts(self) -> float:
+        return float(self.row[3])
+
+    @property
+    def deleted(self) -> bool:
+        return bool(self.row[7])
+
+
+def get_event(conn: sqlite3.Connection, chat_id: str, seq: int) -> Stored | None:
+    row = conn.execute(
+        f"SELECT {_EV_COLS}, e.sender_id, e.id, e.edit_seq FROM {_EV_FROM} "
+        "WHERE e.chat_id = ? AND e.seq = ?",
         (chat_id, seq),
     ).fetchone()
+    return Stored(row[:9], row[9], row[10], row[11]) if row else None
 
 
-def need_message(conn: sqlite3.Connection, chat_id: str, seq: int, min_seq: int = 1) -> Any:
-    row = get_event_row(conn, chat_id, seq)
-    if row is None or row[2] != MESSAGE or row[7] or seq < min_seq:
+def need_message(conn: sqlite3.Connection, chat_id: str, seq: int, min_seq: int = 1) -> Stored:
+    ev = get_event(conn, chat_id, seq)
+    if ev is None or ev.kind != MESSAGE or ev.deleted or seq < min_seq:
         raise RpcError(ErrorCode.MESSAGE_NOT_FOUND, f"no message {seq} in {chat_id}")
-    return row
+    return ev
+
+
+# --- erasure: what an edit or a delete does to the content it replaces --------------------------
+# The same functions serve a replica applying a peer's edit/delete once federation lands: the
+# signed events say what to erase, every holder erases it.
+def _erase(conn: sqlite3.Connection, chat_id: str, seq: int) -> None:
+    conn.execute(
+        "UPDATE events SET content = NULL WHERE chat_id = ? AND seq = ? AND content IS NOT NULL",
+        (chat_id, seq),
+    )
+
+
+def apply_edit(
+    conn: sqlite3.Connection, fx: Effects, msg: Stored, edit_seq: int, edit_ts: float
+) -> None:
+    """The edit ``edit_seq`` (already appended, its content indexed under the message's row)
+    is now the message's content: erase the content it replaces, the previous edit's or the
+    original's. At most one event per message holds content: the current one."""
+    _erase(conn, msg.chat_id, msg.edit_seq if msg.edit_seq is not None else msg.seq)
+    conn.execute(
+        "UPDATE events SET edit_seq = ?, edited_ts = ? WHERE id = ?", (edit_seq, edit_ts, msg.id)
+    )
+    fx.erased = True
+
+
+def apply_delete(conn: sqlite3.Connection, fx: Effects, msg: Stored) -> None:
+    """Delete for everyone: the message's content and its current edit's are erased, and its
+    text leaves the search index; the signed events (who sent what when, the hashes) stay."""
+    conn.execute("UPDATE events SET content = NULL, deleted = 1 WHERE id = ?", (msg.id,))
+    if msg.edit_seq is not None:
+        _erase(conn, msg.chat_id, msg.edit_seq)
+    unindex(conn, msg.id)
+    fx.erased = True
+
+
+def unindex(conn: sqlite3.Connection, rowid: int) -> None:
+    conn.execute("DELETE FROM events_fts WHERE rowid = ?", (rowid,))
 
 
 def history(
@@ -338,19 +443,16 @@ def history(
     Edit and delete events are folded into their targets, so they are not listed here;
     messages deleted "for me" are left out."""
     lo = max(member.joined_seq, (after or 0) + 1)
-    where = "chat_id = ? AND seq >= ? AND kind NOT IN ('edit', 'delete')"
+    where = "e.chat_id = ? AND e.seq >= ? AND e.kind NOT IN ('edit', 'delete')"
     args: list[Any] = [chat_id, lo]
     if before is not None:
-        where += " AND seq < ?"
+        where += " AND e.seq < ?"
         args.append(before)
-    where += (
-        " AND NOT EXISTS (SELECT 1 FROM hidden_messages h WHERE h.user_id = ? "
-        "AND h.chat_id = events.chat_id AND h.seq = events.seq)"
-    )
+    where += f" AND NOT {_HIDDEN}"
     args.append(user_id)
     order = "ASC" if after is not None and before is None else "DESC"
     rows = conn.execute(
-        f"SELECT {_EV_COLS} FROM events WHERE {where} ORDER BY seq {order} LIMIT ?",
+        f"SELECT {_EV_COLS} FROM {_EV_FROM} WHERE {where} ORDER BY e.seq {order} LIMIT ?",
         (*args, limit),
     ).fetchall()
     out = [event_out(r) for r in rows]
@@ -364,15 +466,14 @@ def events_after(
 ) -> list[dict[str, Any]]:
     """The raw log after a seq (edit/delete events included: a syncing client applies them)."""
     rows = conn.execute(
-        f"SELECT {_EV_COLS}, EXISTS (SELECT 1 FROM hidden_messages h WHERE h.user_id = ? "
-        "AND h.chat_id = events.chat_id AND h.seq = events.seq) "
-        "FROM events WHERE chat_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        f"SELECT {_EV_COLS}, {_HIDDEN} FROM {_EV_FROM} "
+        "WHERE e.chat_id = ? AND e.seq > ? ORDER BY e.seq LIMIT ?",
         (user_id, chat_id, after, limit),
     ).fetchall()
     out = []
     for r in rows:
-        ev = event_out(r[:8])
-        if r[8]:
+        ev = event_out(r[:9])
+        if r[9]:
             ev["body"], ev["deleted"] = {}, True
         out.append(ev)
     return out
@@ -413,8 +514,8 @@ def dialog(conn: sqlite3.Connection, home: Home, chat_id: str, user_id: int) -> 
         peer, display = private_peer(conn, home, chat_id, user_id)
         title = display or peer or ""
     last = conn.execute(
-        f"SELECT {_EV_COLS} FROM events WHERE chat_id = ? AND kind NOT IN ('edit', 'delete') "
-        "AND seq >= ? ORDER BY seq DESC LIMIT 1",
+        f"SELECT {_EV_COLS} FROM {_EV_FROM} WHERE e.chat_id = ? "
+        "AND e.kind NOT IN ('edit', 'delete') AND e.seq >= ? ORDER BY e.seq DESC LIMIT 1",
         (chat_id, m.joined_seq),
     ).fetchone()
     return {
@@ -606,9 +707,9 @@ def search(
 ) -> list[dict[str, Any]]:
     """Full-text search limited to chats the caller can read now, newest first."""
     sql = (
-        f"SELECT {', '.join('e.' + c.strip() for c in _EV_COLS.split(','))} "
-        "FROM events_fts f JOIN events e ON e.id = f.rowid "
-        "JOIN chat_members m ON m.chat_id = e.chat_id AND m.user_id = ? AND m.state = 'member' "
+        f"SELECT {_EV_COLS} FROM events_fts f JOIN events e ON e.id = f.rowid "
+        f"{_EDIT_JOIN} JOIN chat_members m ON m.chat_id = e.chat_id AND m.user_id = ? "
+        "AND m.state = 'member' "
         "WHERE events_fts MATCH ? AND e.deleted = 0 AND e.seq >= m.joined_seq "
         "AND NOT EXISTS (SELECT 1 FROM hidden_messages h WHERE h.user_id = m.user_id "
         "AND h.chat_id = e.chat_id AND h.seq = e.seq)"
