@@ -4,7 +4,8 @@ Per session: handshake under a timeout, then a reader that opens, decodes and ch
 frame and starts one task per request (bounded by ``max_inflight``), a writer that seals and
 sends from a bounded queue (so a sealed frame's counter order equals its send order), and a
 heartbeat that closes sessions whose peer stopped answering.  A broken frame costs its own
-session at most; other sessions never notice.
+session at most; other sessions never notice: node/wslimits.py bounds the frames a connection
+may send (per message, and in all before its handshake) and makes every reader yield.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
-from . import log
+from . import log, wslimits
 from .protocol import frames
 from .protocol.codec import DecodeError, decode, encode
 from .protocol.errors import CLOSE_CODES, ErrorCode, RpcError
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .app import Node
 
 _log = log.get("gateway")
+wslimits.install()  # before any connection's reader task starts
 _ids = itertools.count(1)
 _CLOSE_TIMEOUT = 2.0
 # a joined push stays well under the clients' message cap (the node's frame cap, 1 MiB)
@@ -121,7 +123,7 @@ class Session:
             try:
                 msg = await self.ws.get_message()
             except ConnectionClosed:
-                return None
+                return wslimits.violation(self.ws)
             self._last_heard = trio.current_time()
             if isinstance(msg, str):
                 return ErrorCode.TEXT_FRAME
@@ -284,9 +286,13 @@ class Gateway:
                     keys, opener.open(await _bytes(ws))
                 ):
                     raise RpcError(ErrorCode.HANDSHAKE_FAILED, "node proof invalid")
+                wslimits.handshake_done(ws)
                 return keys, role, opener
             except ConnectionClosed:
-                return None
+                flood = wslimits.violation(ws)
+                if flood is None:
+                    return None
+                reason = flood
             except RpcError as e:
                 reason = ErrorCode(e.code)
             except SealError:
@@ -310,6 +316,8 @@ async def _close(ws: WebSocketConnection, reason: ErrorCode | None) -> None:
         # the peer may already be gone; closing is best effort
         with contextlib.suppress(Exception):
             await ws.aclose(code, str(reason) if reason else "")
+    # closed by the frame guard: its Close frame went out, the reader stopped; drop the TCP
+    await wslimits.finish(ws, _CLOSE_TIMEOUT)
 
 
 def _remote(ws: WebSocketConnection) -> str:

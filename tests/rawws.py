@@ -19,6 +19,36 @@ from wsproto.events import (
 )
 
 
+def frame(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
+    """One client frame (masked with a zero key, so the payload reads as is), built by hand
+    so a test can send what wsproto would not: a message in any number of fragments."""
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 1 << 16:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return head + b"\x00\x00\x00\x00" + payload
+
+
+BINARY, CONTINUATION, PING, PONG = 0x2, 0x0, 0x9, 0xA
+
+
+def fragmented(data: bytes, pieces: int) -> bytes:
+    """A binary message as PIECES frames: a binary start, continuations, the last with FIN.
+    With more pieces than bytes, the extra frames are empty (which must count too)."""
+    assert pieces >= 1
+    step = max(1, len(data) // pieces)
+    chunks = [data[i * step : (i + 1) * step] for i in range(pieces - 1)]
+    chunks.append(data[(pieces - 1) * step :])
+    return b"".join(
+        frame(BINARY if i == 0 else CONTINUATION, chunk, fin=i == pieces - 1)
+        for i, chunk in enumerate(chunks)
+    )
+
+
 class RawWS:
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream = stream
@@ -54,6 +84,15 @@ class RawWS:
 
     async def send(self, data: bytes | str) -> None:
         await self.stream.send_all(self.ws.send(Message(data=data)))
+
+    async def send_raw(self, wire: bytes) -> bool:
+        """Bytes straight onto the socket (e.g. from :func:`frame`). False if the node reset
+        the connection meanwhile (it closes abusive peers without reading the rest)."""
+        try:
+            await self.stream.send_all(wire)
+            return True
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
 
     async def recv(self) -> bytes | str | None:
         """Next message; None once the node closed the connection (close code kept)."""

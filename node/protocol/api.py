@@ -10,6 +10,7 @@ from .api_chats import CHAT_METHODS, CHAT_UPDATES
 from .api_media import MEDIA_METHODS
 from .errors import ErrorCode as E
 from .schema import (
+    INT64,
     Bool,
     Bytes,
     Field,
@@ -327,8 +328,8 @@ _METHODS = [
     Method(
         "system.ping",
         "Round trip to the node; answers with the same ping_id.",
-        {"ping_id": Field(Int(), "echoed back", required=False)},
-        Struct({"ping_id": Field(Int(), required=False), "time": Field(Float())}, name="Pong"),
+        {"ping_id": Field(INT64, "echoed back", required=False)},
+        Struct({"ping_id": Field(INT64, required=False), "time": Field(Float())}, name="Pong"),
         access="public",
         rate_group="system",
     ),

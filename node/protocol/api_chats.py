@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .errors import ErrorCode as E
 from .schema import (
+    INT64,
     AnyValue,
     Bool,
     DictOf,
@@ -26,7 +27,7 @@ TEXT = Str(0, 4096)
 TITLE = Str(1, 128)
 ABOUT = Str(0, 1024)
 LIMIT = Int(1, 100)
-RANDOM_ID = Int()
+RANDOM_ID = INT64  # client-chosen; stored as SQLite's signed 64-bit INTEGER
 MAX_MEMBERS_PER_CALL = 20_000
 
 MediaRef = Struct(

@@ -61,6 +61,11 @@ def render() -> str:
         + ", ".join(f"`{c}`" for c in COMMON_ERRORS)
         + "; methods for a signed-in device answer `AUTH_REQUIRED` before sign-in.",
         "",
+        "Integers are `int[MIN..MAX]` (ids, seqs, counts, sizes and offsets: at most 2^53-1, "
+        "exact in JSON/JavaScript) or `int64` (signed 64-bit, for client-chosen ids). A "
+        "value out of range answers `PARAMS_INVALID`; one beyond CBOR's 64-bit integers (a bignum "
+        "tag) cannot be decoded and answers `BAD_FRAME`.",
+        "",
         "## Methods",
         "",
     ]

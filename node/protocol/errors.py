@@ -15,6 +15,7 @@ class ErrorCode(StrEnum):
     BAD_FRAME = "BAD_FRAME"
     BAD_REQUEST = "BAD_REQUEST"
     FRAME_TOO_BIG = "FRAME_TOO_BIG"
+    FRAME_FLOOD = "FRAME_FLOOD"
     TEXT_FRAME = "TEXT_FRAME"
     BAD_SEAL = "BAD_SEAL"
     HANDSHAKE_FAILED = "HANDSHAKE_FAILED"
@@ -91,6 +92,9 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.BAD_REQUEST: "The frame decoded but is not a request envelope "
     "({id: int, m: str, p: map}).",
     ErrorCode.FRAME_TOO_BIG: "A WebSocket message exceeded the node's frame cap (close 1009).",
+    ErrorCode.FRAME_FLOOD: "Too many WebSocket frames (close 1008): a message in more than "
+    "1024 fragments (8 before the handshake completes), or more than 64 frames or 16 KiB "
+    "before the handshake completes. Send each message whole.",
     ErrorCode.TEXT_FRAME: "A text WebSocket message was sent; only binary frames are spoken.",
     ErrorCode.BAD_SEAL: "A sealed frame failed authentication: wrong key, tampered, replayed "
     "or reordered. The session is closed.",
@@ -181,6 +185,7 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
 CLOSE_CODES: dict[ErrorCode, int] = {
     ErrorCode.TEXT_FRAME: 1003,
     ErrorCode.FRAME_TOO_BIG: 1009,
+    ErrorCode.FRAME_FLOOD: 1008,
     ErrorCode.NODE_SHUTDOWN: 1001,
     ErrorCode.HANDSHAKE_FAILED: 4001,
     ErrorCode.HANDSHAKE_TIMEOUT: 4002,

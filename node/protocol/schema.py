@@ -14,7 +14,13 @@ from typing import Any, Literal
 
 from .errors import ErrorCode, RpcError
 
+# What storage accepts: SQLite INTEGER is a signed 64-bit int; a bigger Python int raises
+# OverflowError in sqlite3 (and used to come back as INTERNAL).
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# The default range of an Int: ids, seqs, pts, counts, sizes and offsets are never negative
+# and never near 2^63, and 2^53-1 keeps the arithmetic handlers do on them (seq + 1,
+# offset + limit, index * part_size) inside int64, and exact in JSON/JavaScript clients.
+SAFE_MAX = 2**53 - 1
 
 
 class Type:
@@ -56,19 +62,36 @@ class Str(Type):
 
 @dataclass(frozen=True)
 class Int(Type):
-    min: int = INT64_MIN
-    max: int = INT64_MAX
+    """An integer storage accepts. By default 0..2^53-1 (see SAFE_MAX); a wider or negative
+    range is declared explicitly (:data:`INT64` for opaque 64-bit values such as random_id),
+    and no declaration may leave int64: every parameter of every method is bounded here."""
+
+    min: int = 0
+    max: int = SAFE_MAX
+
+    def __post_init__(self) -> None:
+        if not INT64_MIN <= self.min <= self.max <= INT64_MAX:
+            raise ValueError(f"Int({self.min}, {self.max}): bounds must lie within int64")
 
     def check(self, value: Any, path: str) -> None:
         if not isinstance(value, int) or isinstance(value, bool):
             raise _bad(path, "must be an integer")
         if not self.min <= value <= self.max:
-            raise _bad(path, f"must be in {self.min}..{self.max}")
+            raise _bad(path, f"must be in {_bound(self.min)}..{_bound(self.max)}")
 
     def describe(self) -> str:
         if (self.min, self.max) == (INT64_MIN, INT64_MAX):
             return "int64"
-        return f"int[{self.min}..{self.max}]"
+        return f"int[{_bound(self.min)}..{_bound(self.max)}]"
+
+
+def _bound(n: int) -> str:
+    names = {SAFE_MAX: "2^53-1", INT64_MAX: "2^63-1", INT64_MIN: "-2^63"}
+    return names.get(n, str(n))
+
+
+# signed 64-bit, as SQLite stores it: for client-chosen opaque ids (random_id, ping_id)
+INT64 = Int(INT64_MIN, INT64_MAX)
 
 
 @dataclass(frozen=True)
