@@ -85,7 +85,11 @@ def login(
             the_code = code
             if the_code is None:
                 sent = await c.request_code(name)
-                typer.echo(f"a {sent['length']}-digit code was sent via {sent['via']}", err=True)
+                typer.echo(
+                    f"if {name} has an account on this node, a {sent['length']}-digit code was "
+                    f"sent via {sent['via']} (a mistyped name looks like a wrong code)",
+                    err=True,
+                )
                 the_code = await _ask("code: ")
             key = prof.new_device_key()
             dev = device_name or socket.gethostname()[:64] or "device"

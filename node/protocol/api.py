@@ -126,7 +126,10 @@ _METHODS = [
     Method(
         "auth.requestCode",
         "Send a one-time login code for NAME through the node's code delivery (log, file, "
-        "command or webhook). Codes expire and allow a few wrong attempts.",
+        "command or webhook). Codes expire and allow a few wrong attempts. On closed and "
+        "invite nodes the answer is the same whether or not NAME exists or is banned (a code "
+        "is sent only to an existing, unbanned user); USER_NOT_FOUND and USER_BANNED are "
+        "answered on open nodes only.",
         {"name": Field(NAME)},
         Struct(
             {
@@ -143,7 +146,8 @@ _METHODS = [
     Method(
         "auth.signIn",
         "Sign in with a login code, binding a new device key (generated on the client, never "
-        "sent anywhere else). The session is signed in as that device.",
+        "sent anywhere else). The session is signed in as that device. On closed and invite "
+        "nodes an unknown or banned name answers exactly like a wrong code.",
         {
             "name": Field(NAME),
             "code": Field(Str(4, 12, r"[0-9]+")),

@@ -52,8 +52,8 @@ Event = Struct(
         "body": Field(
             AnyValue("map"),
             "message: {text, reply_to?, fwd?: {chat, seq, sender, ts}, media?: [{media_id, "
-            "kind, size, mime, name, sha256, width?, height?}]}; edit: {target, text}; "
-            "delete/pin/unpin: {target}; title: {title}; about: {about}; join/leave/remove/"
+            "kind, size, mime, name, sha256, width?, height?}]}; edit: {target, text, media?, "
+            "fwd?}; delete/pin/unpin: {target}; title: {title}; about: {about}; join/leave/remove/"
             "ban/unban: {user}; add: {users}; role: {user, role}; create: {kind, title, "
             "about, members?}",
         ),
@@ -454,8 +454,9 @@ CHAT_METHODS: list[Method] = [
     ),
     Method(
         "admin.chatExport",
-        "A page of a chat's log exactly as signed: raw CBOR, hash and signature per event "
-        "(admin socket).",
+        "A page of a chat's log exactly as signed: raw CBOR, hash and signature per event, "
+        "and its content record (null once erased by a delete or a later edit) (admin "
+        "socket).",
         {
             "chat": Field(CHAT_ID),
             "after": Field(Int(0), required=False),
