@@ -149,7 +149,7 @@ class Session:
             nursery.start_soon(self._call, rid, method, params)
 
     async def _call(self, rid: int, method: str, params: dict[str, Any]) -> None:
-        ctx = CallContext(self.gateway.node, "ws", self, reply_first=True)
+        ctx = CallContext(self.gateway.node, "ws", self)
         try:
             try:
                 value = await self.gateway.node.router.dispatch(ctx, method, params)
@@ -159,7 +159,6 @@ class Session:
             await self._reply(reply)
         finally:
             self._inflight -= 1
-            ctx.run_after_reply()  # committed changes are pushed even if the reply failed
 
     async def _reply(self, obj: dict[str, Any]) -> None:
         """Answers go straight to the socket: no queue hop on the hot path."""

@@ -31,16 +31,6 @@ class CallContext:
     transport: Transport
     session: Session | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    # Work a handler wants done once the caller has its answer (pushing an event to the other
-    # members). With reply_first the transport runs it after sending the reply, so the ack
-    # is not queued behind N pushes; otherwise dispatch runs it before returning.
-    after_reply: list[Callable[[], None]] = field(default_factory=list)
-    reply_first: bool = False
-
-    def run_after_reply(self) -> None:
-        todo, self.after_reply = self.after_reply, []
-        for fn in todo:
-            fn()
 
 
 Handler = Callable[[CallContext, dict[str, Any]], Awaitable[Any]]
@@ -78,9 +68,6 @@ class Router:
         except Exception:
             _log.exception("handler failed", extra={"kv": {"method": name}})
             raise RpcError(ErrorCode.INTERNAL) from None
-        finally:
-            if not ctx.reply_first:
-                ctx.run_after_reply()  # only committed work is queued here: always run it
 
 
 def _limit_keys(session: Session, params: dict[str, Any]) -> dict[str, str | None]:
