@@ -241,9 +241,6 @@ class Hub:
                     n += 1
         return n
 
-    def online_members(self, chat_id: str) -> int:
-        return len(self._online_in.get(chat_id, ()))
-
     def close_user(
         self, user_id: int, reason: ErrorCode, device_id: int | None = None, keep: int | None = None
     ) -> int:
@@ -254,7 +251,3 @@ class Hub:
                 s.close(reason)
                 n += 1
         return n
-
-    @property
-    def online_users(self) -> int:
-        return len(self._by_user)
