@@ -138,7 +138,7 @@ async def test_deleted_and_edited_text_is_erased_from_disk(tmp_path: Path) -> No
         signed_in(node, "alice") as a,
         signed_in(node, "bob") as b,
     ):
-        node.chats.compact_min_gap = 0.2  # the edits' round may end before the delete
+        node.chats.compaction.min_gap = 0.2  # the edits' round may end before the delete
         chat = (await a.call("chats.startPrivate", {"user": "bob"}))["chat"]["id"]
         kept = await send(a, chat, KEPT)
         f = tmp_path / "upload.bin"
@@ -155,7 +155,7 @@ async def test_deleted_and_edited_text_is_erased_from_disk(tmp_path: Path) -> No
         hits = (await b.call("messages.search", {"query": "plumnarwhal"}))["results"]
         assert [h["seq"] for h in hits] == [s]
 
-        before = node.chats.compactions
+        before = node.chats.compaction.rounds
         await a.call("messages.delete", {"chat": chat, "seq": s})
         await a.call("messages.delete", {"chat": chat, "seq": with_media})
 
@@ -189,7 +189,7 @@ async def test_deleted_and_edited_text_is_erased_from_disk(tmp_path: Path) -> No
         # and the files: once the compaction that follows an erasure has run, none of
         # the texts is anywhere in the database, its WAL or its free pages
         with trio.fail_after(30):
-            while node.chats.compactions <= before or node.chats.erasure_pending:
+            while node.chats.compaction.rounds <= before or node.chats.compaction.pending:
                 await trio.sleep(0.05)
         on_disk = _on_disk(data)
         assert KEPT.encode() in on_disk  # the scan does see text that was not erased

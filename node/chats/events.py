@@ -151,6 +151,58 @@ class ChainError(Exception):
     """The log does not verify; the message says at which seq and why."""
 
 
+def verify_next(
+    prev_hash: bytes,
+    sealed: Sealed,
+    home_key: VerifyKey,
+    content: bytes | None = None,
+    *,
+    chat: str | None = None,
+    seq: int | None = None,
+) -> dict[str, Any]:
+    """Check ONE event that arrives after the event whose hash is ``prev_hash`` (GENESIS
+    before seq 1): the hash is the hash of its raw bytes, raw decodes and is of this format
+    version, its kind is one of :data:`KINDS`, it chains to ``prev_hash``, the home node
+    signed it, and ``content`` (if present) matches its ``content_hash`` and decodes.
+    ``chat``/``seq``, when given, must be what the event names (a replica knows which
+    chat it follows and which seq comes next). Returns the decoded event.
+
+    This is what a replica runs on each event as it arrives, before :func:`log.apply`; a
+    tampered, reordered, dropped or foreign-signed event fails here."""
+    where = f"seq {seq}" if seq is not None else "event"
+    if event_hash(sealed.raw) != sealed.hash:
+        raise ChainError(f"{where}: hash does not match the event bytes")
+    try:
+        ev = open_event(sealed.raw)
+    except DecodeError as e:
+        raise ChainError(f"{where}: undecodable ({e})") from None
+    if ev.get("v") != FORMAT_VERSION:
+        raise ChainError(f"{where}: unknown event format {ev.get('v')!r}")
+    if (chat is not None and ev.get("chat") != chat) or (seq is not None and ev.get("seq") != seq):
+        raise ChainError(f"{where}: event names chat/seq {ev.get('chat')}/{ev.get('seq')}")
+    if ev.get("kind") not in KINDS:
+        raise ChainError(f"{where}: unknown event kind {ev.get('kind')!r}")
+    if ev.get("prev") != prev_hash:
+        raise ChainError(f"{where}: prev hash does not chain to the event before it")
+    try:
+        home_key.verify(sealed.hash, sealed.sig)
+    except BadSignatureError:
+        raise ChainError(f"{where}: signature does not verify") from None
+    committed = ev.get("content_hash")
+    if committed is not None and (not isinstance(committed, bytes) or len(committed) != 32):
+        raise ChainError(f"{where}: malformed content_hash")
+    if content is not None:
+        if committed is None:
+            raise ChainError(f"{where}: content present but the event commits to none")
+        if content_hash(content) != committed:
+            raise ChainError(f"{where}: content does not match the signed content_hash")
+        try:
+            open_content(content)
+        except DecodeError as e:
+            raise ChainError(f"{where}: undecodable content ({e})") from None
+    return ev
+
+
 def verify_chain(
     home_key: VerifyKey,
     chat: str,
@@ -159,44 +211,15 @@ def verify_chain(
     """Check a whole log given as ``(seq, raw, hash, sig, content)`` in seq order; returns
     the count. ``content`` is the content record, or None if erased or never there.
 
-    Checks: seqs are 1, 2, 3, ... with no gap; each raw decodes, is of this format version,
-    names this chat and its seq; its hash is the hash of its raw bytes; it points at the
-    previous hash; the home node signed it; content that is present matches the event's
-    ``content_hash`` and decodes (content that was erased is fine: the event still commits
-    to it)."""
+    Seqs must be 1, 2, 3, ... with no gap, and each event must pass :func:`verify_next`
+    after the one before it (content that was erased is fine: the event still commits to
+    it)."""
     prev = GENESIS
     n = 0
     for seq, raw, h, sig, content in rows:
         n += 1
         if seq != n:
             raise ChainError(f"seq {n} missing (found {seq})")
-        if event_hash(raw) != h:
-            raise ChainError(f"seq {seq}: hash does not match the event bytes")
-        try:
-            ev = open_event(raw)
-        except DecodeError as e:
-            raise ChainError(f"seq {seq}: undecodable ({e})") from None
-        if ev.get("v") != FORMAT_VERSION:
-            raise ChainError(f"seq {seq}: unknown event format {ev.get('v')!r}")
-        if ev.get("chat") != chat or ev.get("seq") != seq:
-            raise ChainError(f"seq {seq}: event names chat/seq {ev.get('chat')}/{ev.get('seq')}")
-        if ev.get("prev") != prev:
-            raise ChainError(f"seq {seq}: prev hash does not chain to seq {seq - 1}")
-        try:
-            home_key.verify(h, sig)
-        except BadSignatureError:
-            raise ChainError(f"seq {seq}: signature does not verify") from None
-        committed = ev.get("content_hash")
-        if committed is not None and (not isinstance(committed, bytes) or len(committed) != 32):
-            raise ChainError(f"seq {seq}: malformed content_hash")
-        if content is not None:
-            if committed is None:
-                raise ChainError(f"seq {seq}: content present but the event commits to none")
-            if content_hash(content) != committed:
-                raise ChainError(f"seq {seq}: content does not match the signed content_hash")
-            try:
-                open_content(content)
-            except DecodeError as e:
-                raise ChainError(f"seq {seq}: undecodable content ({e})") from None
+        verify_next(prev, Sealed(raw, h, sig), home_key, content, chat=chat, seq=seq)
         prev = h
     return n

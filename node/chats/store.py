@@ -20,6 +20,7 @@ from typing import Any
 import cbor2
 from nacl.signing import SigningKey
 
+from ..media import store as media_store
 from ..protocol.errors import ErrorCode, RpcError
 from . import events
 from .events import GENESIS, MESSAGE
@@ -211,81 +212,7 @@ def chats_of_user(conn: sqlite3.Connection, user_id: int) -> set[str]:
     return {r[0] for r in rows}
 
 
-# --- the log ------------------------------------------------------------------------------
-def append(
-    conn: sqlite3.Connection,
-    home: Home,
-    fx: Effects,
-    chat: Chat,
-    kind: str,
-    sender_id: int | None,
-    body: dict[str, Any],
-    *,
-    random_id: int | None = None,
-    target: int | None = None,
-    content: dict[str, Any] | None = None,
-    index: int | None = None,
-) -> dict[str, Any]:
-    """Sequence, sign and store the next event of ``chat``; queue its push to members.
-
-    ``content`` is what the user wrote or attached: stored beside the event, committed to
-    by ``content_hash`` in the signed bytes, erasable. Its ``text`` goes to the search index
-    under this event's row, or under the row ``index`` (an edit indexes its message)."""
-    seq = chat.last_seq + 1
-    ts = time.time()
-    sender = address(conn, home, sender_id)
-    record, committed = events.seal_content(content) if content is not None else (None, None)
-    sealed = events.seal_event(
-        home.key,
-        chat=chat.id,
-        seq=seq,
-        kind=kind,
-        sender=sender,
-        ts=ts,
-        body=body,
-        random_id=random_id,
-        prev=chat.last_hash,
-        content_hash=committed,
-    )
-    cur = conn.execute(
-        "INSERT INTO events(chat_id, seq, kind, sender_id, ts, random_id, target_seq, raw, "
-        "hash, sig, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            chat.id,
-            seq,
-            kind,
-            sender_id,
-            ts,
-            random_id,
-            target,
-            sealed.raw,
-            sealed.hash,
-            sealed.sig,
-            record,
-        ),
-    )
-    text = (content or {}).get("text")
-    if text:
-        rowid = index if index is not None else cur.lastrowid
-        conn.execute("INSERT INTO events_fts(rowid, text) VALUES (?, ?)", (rowid, text))
-    conn.execute(
-        "UPDATE chats SET last_seq = ?, last_hash = ? WHERE id = ?", (seq, sealed.hash, chat.id)
-    )
-    chat.last_seq, chat.last_hash = seq, sealed.hash
-    ev = {
-        "chat": chat.id,
-        "seq": seq,
-        "kind": kind,
-        "sender": sender,
-        "ts": ts,
-        "body": {**body, **content} if content else body,
-        "edited": None,
-        "deleted": False,
-    }
-    fx.chat_events.append((chat.id, ev))
-    return ev
-
-
+# --- per-user updates ----------------------------------------------------------------------
 def add_update(
     conn: sqlite3.Connection, fx: Effects, user_id: int, kind: str, body: dict[str, Any]
 ) -> int:
@@ -321,10 +248,11 @@ _HIDDEN = (  # deleted "for me" by the user bound to ?
 )
 
 
-def event_out(row: Any) -> dict[str, Any]:
+def event_out(conn: sqlite3.Connection, row: Any) -> dict[str, Any]:
     """A stored event as clients see it: the signed body plus the content that is current
     (the latest edit's, else its own); deleted messages have an empty body. An event whose
-    content was erased (a superseded edit) shows its signed body alone."""
+    content was erased (a superseded edit) shows its signed body alone. Attachments get
+    this node's media ids (see media.store.with_local_ids)."""
     chat_id, seq, kind, ts, raw, content, edited_ts, deleted, edit_content = row
     ev = events.open_event(raw)
     body: dict[str, Any] = {}
@@ -333,6 +261,9 @@ def event_out(row: Any) -> dict[str, Any]:
         current = edit_content if edit_content is not None else content
         if current is not None:
             body.update(events.open_content(current))
+        if body.get("media"):
+            ref = body["target"] if kind == "edit" else seq
+            body["media"] = media_store.with_local_ids(conn, chat_id, ref, body["media"])
     return {
         "chat": chat_id,
         "seq": seq,
@@ -375,6 +306,12 @@ class Stored:
     def deleted(self) -> bool:
         return bool(self.row[7])
 
+    def content(self) -> dict[str, Any]:
+        """The message's current content body (its latest edit's, else its own); empty
+        once erased."""
+        current = self.row[8] if self.row[8] is not None else self.row[5]
+        return events.open_content(current) if current is not None else {}
+
 
 def get_event(conn: sqlite3.Connection, chat_id: str, seq: int) -> Stored | None:
     row = conn.execute(
@@ -390,39 +327,6 @@ def need_message(conn: sqlite3.Connection, chat_id: str, seq: int, min_seq: int 
     if ev is None or ev.kind != MESSAGE or ev.deleted or seq < min_seq:
         raise RpcError(ErrorCode.MESSAGE_NOT_FOUND, f"no message {seq} in {chat_id}")
     return ev
-
-
-# --- erasure: what an edit or a delete does to the content it replaces --------------------------
-# The same functions serve a replica applying a peer's edit/delete once federation lands: the
-# signed events say what to erase, every holder erases it.
-def _erase(conn: sqlite3.Connection, chat_id: str, seq: int) -> None:
-    conn.execute(
-        "UPDATE events SET content = NULL WHERE chat_id = ? AND seq = ? AND content IS NOT NULL",
-        (chat_id, seq),
-    )
-
-
-def apply_edit(
-    conn: sqlite3.Connection, fx: Effects, msg: Stored, edit_seq: int, edit_ts: float
-) -> None:
-    """The edit ``edit_seq`` (already appended, its content indexed under the message's row)
-    is now the message's content: erase the content it replaces, the previous edit's or the
-    original's. At most one event per message holds content: the current one."""
-    _erase(conn, msg.chat_id, msg.edit_seq if msg.edit_seq is not None else msg.seq)
-    conn.execute(
-        "UPDATE events SET edit_seq = ?, edited_ts = ? WHERE id = ?", (edit_seq, edit_ts, msg.id)
-    )
-    fx.erased = True
-
-
-def apply_delete(conn: sqlite3.Connection, fx: Effects, msg: Stored) -> None:
-    """Delete for everyone: the message's content and its current edit's are erased, and its
-    text leaves the search index; the signed events (who sent what when, the hashes) stay."""
-    conn.execute("UPDATE events SET content = NULL, deleted = 1 WHERE id = ?", (msg.id,))
-    if msg.edit_seq is not None:
-        _erase(conn, msg.chat_id, msg.edit_seq)
-    unindex(conn, msg.id)
-    fx.erased = True
 
 
 def unindex(conn: sqlite3.Connection, rowid: int) -> None:
@@ -455,7 +359,7 @@ def history(
         f"SELECT {_EV_COLS} FROM {_EV_FROM} WHERE {where} ORDER BY e.seq {order} LIMIT ?",
         (*args, limit),
     ).fetchall()
-    out = [event_out(r) for r in rows]
+    out = [event_out(conn, r) for r in rows]
     if order == "DESC":
         out.reverse()
     return out
@@ -472,7 +376,7 @@ def events_after(
     ).fetchall()
     out = []
     for r in rows:
-        ev = event_out(r[:9])
+        ev = event_out(conn, r[:9])
         if r[9]:
             ev["body"], ev["deleted"] = {}, True
         out.append(ev)
@@ -534,7 +438,7 @@ def dialog(conn: sqlite3.Connection, home: Home, chat_id: str, user_id: int) -> 
         "pinned": bool(flags[0]),
         "muted": bool(flags[1]),
         "archived": bool(flags[2]),
-        "last": event_out(last) if last else None,
+        "last": event_out(conn, last) if last else None,
     }
 
 
@@ -549,121 +453,17 @@ def dialogs(
     return out
 
 
-# --- membership ---------------------------------------------------------------------------
-def create_chat(
-    conn: sqlite3.Connection,
-    home: Home,
-    fx: Effects,
-    chat_id: str,
-    kind: str,
-    creator_id: int,
-    title: str,
-    about: str,
-    member_ids: list[int],
-) -> Chat:
-    """Create a chat with its first event and its members (one row each, not per message)."""
-    now = time.time()
+# --- chats ------------------------------------------------------------------------------
+def insert_chat(conn: sqlite3.Connection, chat_id: str, kind: str, home_id: str) -> Chat:
+    """The chat's row before its first event: what the home writes when it creates a chat,
+    and what a replica records when it starts following one (apply fills in the rest)."""
     conn.execute(
-        "INSERT INTO chats(id, kind, home, title, about, created, last_hash, members) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
-        (chat_id, kind, home.node_id, title, about, now, GENESIS),
+        "INSERT INTO chats(id, kind, home, created, last_hash, members) VALUES (?, ?, ?, ?, ?, 0)",
+        (chat_id, kind, home_id, time.time(), GENESIS),
     )
     chat = get_chat(conn, chat_id)
     assert chat is not None
-    others = [u for u in dict.fromkeys(member_ids) if u != creator_id]
-    body: dict[str, Any] = {"kind": kind, "title": title, "about": about}
-    if others:
-        body["members"] = [address(conn, home, u) for u in others]
-    append(conn, home, fx, chat, "create", creator_id, body)
-    creator_role = "member" if kind == "private" else "owner"
-    _add_members(conn, fx, chat, [(creator_id, creator_role), *((u, "member") for u in others)])
     return chat
-
-
-def _add_members(
-    conn: sqlite3.Connection, fx: Effects, chat: Chat, members: list[tuple[int, str]]
-) -> None:
-    """(Re-)activate memberships; history stays visible from seq 1 (like Telegram groups)."""
-    for uid, role in members:
-        conn.execute(
-            "INSERT INTO chat_members(chat_id, user_id, role, state, joined_seq, read_seq) "
-            "VALUES (?, ?, ?, 'member', 1, ?) ON CONFLICT(chat_id, user_id) DO UPDATE SET "
-            "state = 'member', role = excluded.role, read_seq = excluded.read_seq",
-            (chat.id, uid, role, chat.last_seq),
-        )
-        add_update(conn, fx, uid, "chat.joined", {"chat": chat.id})
-        fx.membership.append((chat.id, uid, True))
-    chat.members += len(members)
-    conn.execute("UPDATE chats SET members = ? WHERE id = ?", (chat.members, chat.id))
-
-
-def add_members(
-    conn: sqlite3.Connection,
-    home: Home,
-    fx: Effects,
-    chat: Chat,
-    actor_id: int,
-    ids: list[int],
-    kind: str = "add",
-) -> dict[str, Any] | None:
-    """Add users (or one user joining by invite); banned users must be unbanned first."""
-    new: list[int] = []
-    for uid in dict.fromkeys(ids):
-        m = get_member(conn, chat.id, uid)
-        if m is not None and m.state == "banned":
-            raise RpcError(ErrorCode.USER_BANNED_IN_CHAT, f"user #{uid} is banned here")
-        if m is not None and m.state == "member":
-            if kind == "join":
-                raise RpcError(ErrorCode.ALREADY_MEMBER)
-            continue
-        new.append(uid)
-    if not new:
-        return None
-    if chat.kind == "group" and chat.members + len(new) > home.max_group_members:
-        raise RpcError(ErrorCode.CHAT_TOO_BIG, f"a group holds {home.max_group_members} members")
-    if kind == "join":
-        ev = append(conn, home, fx, chat, "join", actor_id, {"user": address(conn, home, actor_id)})
-    else:
-        users = [address(conn, home, u) for u in new]
-        ev = append(conn, home, fx, chat, "add", actor_id, {"users": users})
-    _add_members(conn, fx, chat, [(u, "member") for u in new])
-    return ev
-
-
-def end_membership(
-    conn: sqlite3.Connection,
-    home: Home,
-    fx: Effects,
-    chat: Chat,
-    actor_id: int,
-    user_id: int,
-    state: str,
-) -> dict[str, Any]:
-    """Leave, remove or ban: the event is appended while the user is still a member, so
-    their devices see why they lost the chat."""
-    kind = {"left": "leave", "kicked": "remove", "banned": "ban"}[state]
-    m = get_member(conn, chat.id, user_id)
-    active = m is not None and m.state == "member"
-    if not active and state != "banned":
-        raise RpcError(ErrorCode.NOT_A_MEMBER, "that user is not a member")
-    ev = append(conn, home, fx, chat, kind, actor_id, {"user": address(conn, home, user_id)})
-    if m is None:
-        conn.execute(
-            "INSERT INTO chat_members(chat_id, user_id, role, state, joined_seq) "
-            "VALUES (?, ?, 'member', 'banned', 1)",
-            (chat.id, user_id),
-        )
-    else:
-        conn.execute(
-            "UPDATE chat_members SET state = ?, role = 'member' WHERE chat_id = ? AND user_id = ?",
-            (state, chat.id, user_id),
-        )
-    if active:
-        chat.members -= 1
-        conn.execute("UPDATE chats SET members = ? WHERE id = ?", (chat.members, chat.id))
-        add_update(conn, fx, user_id, "chat.left", {"chat": chat.id, "reason": state})
-        fx.membership.append((chat.id, user_id, False))
-    return ev
 
 
 # --- invites --------------------------------------------------------------------------------
@@ -720,4 +520,4 @@ def search(
         args.append(chat_id)
     sql += " ORDER BY e.id DESC LIMIT ?"
     args.append(limit)
-    return [event_out(r) for r in conn.execute(sql, args)]
+    return [event_out(conn, r) for r in conn.execute(sql, args)]

@@ -1,7 +1,9 @@
 """SQL for media. A *media* row is one finished, verified upload (name, mime, uploader) of a
 content-addressed blob: many rows may share one blob (the same bytes uploaded twice are
-stored once). ``media_refs`` records which chat messages carry which media; reading a media
-needs being its uploader or being able to read one of those messages.
+stored once). Messages name their attachments by content address (SHA-256, size, mime), not
+by a row id; ``media_refs`` binds each message to the local row that serves those bytes
+(derived state, written by the chat log's ``apply``); reading a media needs being its
+uploader or being able to read one of those messages.
 
 Every function runs inside one ``Database.write``/``read`` job.
 """
@@ -101,20 +103,76 @@ def need_readable(conn: sqlite3.Connection, user_id: int, media_id: str) -> dict
     return _out(row)
 
 
-def attach_to_message(
-    conn: sqlite3.Connection, user_id: int, chat_id: str, seq: int, items: list[dict[str, Any]]
+def describe(
+    conn: sqlite3.Connection, user_id: int, items: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """Inside the message-send job: check the sender may use each media, record the refs,
-    and return the metadata that travels (signed) inside the message event."""
+    """Inside the message-send job: check the sender may use each media and return what the
+    message's content records of it: its content address (``sha256`` hex, ``size``,
+    ``mime``) with its description (``name``, ``kind``, image ``width``/``height``). No
+    node-local id: any node holding the event can fetch the bytes by address and verify
+    them. The chat log's ``apply`` records the references (:func:`refer`)."""
     out = []
     for item in items:
         meta = need_readable(conn, user_id, item["media_id"])
-        conn.execute(
-            "INSERT OR IGNORE INTO media_refs(media_id, chat_id, seq) VALUES (?, ?, ?)",
-            (item["media_id"], chat_id, seq),
-        )
         meta.pop("created")
+        meta.pop("media_id")
         out.append({**meta, "kind": item["kind"]})
+    return out
+
+
+def _address(item: dict[str, Any]) -> tuple[bytes, int, str, str]:
+    return bytes.fromhex(item["sha256"]), int(item["size"]), item["mime"], item.get("name", "")
+
+
+def refer(
+    conn: sqlite3.Connection,
+    chat_id: str,
+    seq: int,
+    sender_id: int | None,
+    items: list[dict[str, Any]],
+) -> None:
+    """Derived state of a message carrying ``items`` (content addresses, see
+    :func:`describe`): each is bound to the local media row holding those bytes with the
+    same description (the sender's own upload first, else the oldest), so that the chat's
+    readers may download it. A node that does not hold the bytes yet records nothing: the
+    reference stays in the message's content, and is bound once the file is fetched."""
+    for item in items:
+        row = conn.execute(
+            "SELECT id FROM media WHERE sha256 = ? AND size = ? AND mime = ? AND name = ? "
+            "ORDER BY uploader_id IS ? DESC, created, id LIMIT 1",
+            (*_address(item), sender_id),
+        ).fetchone()
+        if row is not None:
+            conn.execute(
+                "INSERT OR IGNORE INTO media_refs(media_id, chat_id, seq) VALUES (?, ?, ?)",
+                (row[0], chat_id, seq),
+            )
+
+
+def local_ids(conn: sqlite3.Connection, chat_id: str, seq: int) -> dict[tuple[Any, ...], str]:
+    """This node's media ids (the handle for media.info/media.download) of the attachments
+    of message ``seq``, by content address and description."""
+    rows = conn.execute(
+        "SELECT m.id, m.sha256, m.size, m.mime, m.name FROM media_refs r "
+        "JOIN media m ON m.id = r.media_id WHERE r.chat_id = ? AND r.seq = ?",
+        (chat_id, seq),
+    )
+    return {(bytes(r[1]), r[2], r[3], r[4]): r[0] for r in rows}
+
+
+def with_local_ids(
+    conn: sqlite3.Connection, chat_id: str, seq: int, items: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Attachments as clients see them: each with ``media_id``, this node's handle for the
+    file, or None while this node does not hold it."""
+    ids = local_ids(conn, chat_id, seq)
+    out = []
+    for item in items:
+        try:
+            key: tuple[Any, ...] = _address(item)
+        except (KeyError, TypeError, ValueError):
+            key = ()
+        out.append({**item, "media_id": ids.get(key, item.get("media_id"))})
     return out
 
 

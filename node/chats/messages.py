@@ -1,0 +1,248 @@
+"""messages.*: send, edit, delete, pin, read marks, typing, search.
+
+Each change: check the caller may, build a draft, sequence it (log.py applies it)."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..media import store as media_store
+from ..protocol.errors import ErrorCode, RpcError
+from . import log, store
+from .events import EDIT, MESSAGE
+from .handlers import Handler, Handlers, Params, caller
+from .store import ADMIN_ROLES, Chat, Effects
+
+if TYPE_CHECKING:
+    from ..rpc import CallContext
+    from .service import Chats
+
+TYPING_ABSORB = 3.0  # seconds: repeated typing notices within this window are not re-sent
+TYPING_MEMORY = 10_000  # most (user, chat) typing stamps kept
+CONTENT_KEYS = ("text", "media", "fwd")  # what a message's erasable content holds
+
+
+def _by_address(item: dict[str, Any]) -> dict[str, Any]:
+    """An attachment as a message's content records it: content address and description
+    (contents written before media were addressed by content also held a local id)."""
+    return {k: v for k, v in item.items() if k != "media_id"}
+
+
+def _fts_query(text: str) -> str:
+    """User words to an FTS5 expression: every word must match, the last one as a prefix.
+    Quoting each token means no user input is ever parsed as FTS syntax."""
+    words = re.findall(r"\w+", text)
+    if not words:
+        raise RpcError(ErrorCode.SEARCH_QUERY_EMPTY)
+    quoted = [f'"{w}"' for w in words[:16]]
+    quoted[-1] += "*"
+    return " ".join(quoted)
+
+
+class Messages(Handlers):
+    def __init__(self, chats: Chats) -> None:
+        super().__init__(chats)
+        self._typing: dict[tuple[int, str], float] = {}
+
+    def _send_remote(self, chat: store.Chat, uid: int, p: Params) -> dict[str, Any]:
+        """A post to a chat homed on another node: federation will store it in the outbox
+        and answer ``{"seq": None, "pending": True}`` at once (see log.py); until then
+        such chats do not exist here."""
+        raise RpcError(
+            ErrorCode.CHAT_WRITE_FORBIDDEN, f"chat {chat.id} is homed on node {chat.home}"
+        )
+
+    def methods(self) -> dict[str, Handler]:
+        return {
+            "messages.send": self.send,
+            "messages.edit": self.edit,
+            "messages.delete": self.delete,
+            "messages.pin": self.pin,
+            "messages.unpin": self.unpin,
+            "messages.read": self.read,
+            "messages.setTyping": self.set_typing,
+            "messages.search": self.search,
+        }
+
+    async def send(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = caller(ctx)
+        rid: int = p["random_id"]
+
+        def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
+            chat, m = store.need_member(c, p["chat"], uid)
+            if chat.kind == "channel" and m.role not in ADMIN_ROLES:
+                raise RpcError(ErrorCode.CHAT_WRITE_FORBIDDEN)
+            if chat.home != self.home.node_id:
+                return self._send_remote(chat, uid, p)
+            dup = c.execute(
+                "SELECT seq, ts FROM events WHERE chat_id = ? AND sender_id = ? AND random_id = ?",
+                (chat.id, uid, rid),
+            ).fetchone()
+            if dup is not None:
+                return {"seq": dup[0], "ts": dup[1], "duplicate": True}
+            body: dict[str, Any] = {}  # signed as is: stays when the message is deleted
+            content: dict[str, Any] = {}  # committed to by hash: erased when it is deleted
+            media: list[dict[str, Any]] = list(p.get("media", []))
+            attached: list[dict[str, Any]] = []
+            text = p.get("text", "")
+            if "reply_to" in p:
+                if not m.joined_seq <= p["reply_to"] <= chat.last_seq:
+                    raise RpcError(ErrorCode.MESSAGE_NOT_FOUND, "reply_to is not in this chat")
+                body["reply_to"] = p["reply_to"]
+            if "forward_from" in p:
+                src = p["forward_from"]
+                _, src_m = store.need_member(c, src["chat"], uid)
+                msg = store.need_message(c, src["chat"], src["seq"], src_m.joined_seq)
+                orig = msg.content()
+                content["fwd"] = orig.get("fwd") or {
+                    "chat": src["chat"],
+                    "seq": src["seq"],
+                    "sender": store.event_out(c, msg.row)["sender"],
+                    "ts": msg.ts,
+                }
+                text = text or orig.get("text", "")
+                if not media:  # the original's attachments, by content address
+                    attached = [_by_address(x) for x in orig.get("media", [])]
+            if text:
+                content["text"] = text
+            if media:
+                attached = media_store.describe(c, uid, media)
+            if attached:
+                content["media"] = attached
+            if not text and not attached:
+                raise RpcError(ErrorCode.MESSAGE_EMPTY)
+            draft = log.Draft(MESSAGE, uid, body, content, rid)
+            done = log.sequence(c, self.home, chat, draft, fx)
+            return {"seq": done.seq, "ts": done.ts, "duplicate": False}
+
+        return await self.write(ctx, job)
+
+    async def edit(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = caller(ctx)
+
+        def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
+            chat, m = store.need_member(c, p["chat"], uid)
+            msg = store.need_message(c, chat.id, p["seq"], m.joined_seq)
+            if msg.sender_id != uid:
+                raise RpcError(ErrorCode.MESSAGE_NOT_EDITABLE)
+            if time.time() - msg.ts > self.home.edit_window:
+                raise RpcError(ErrorCode.EDIT_WINDOW_EXPIRED)
+            current = msg.content()
+            if not p["text"] and not current.get("media"):
+                raise RpcError(ErrorCode.MESSAGE_EMPTY)
+            # the edit's content is the message's whole new content (attachments and forward
+            # origin carried over), so the content it replaces can be erased entirely
+            content = {k: current[k] for k in CONTENT_KEYS if k in current}
+            content["text"] = p["text"]
+            draft = log.Draft(EDIT, uid, {"target": p["seq"]}, content)
+            return {"seq": log.sequence(c, self.home, chat, draft, fx).seq}
+
+        return await self.write(ctx, job)
+
+    async def delete(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = caller(ctx)
+
+        def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
+            chat, m = store.need_member(c, p["chat"], uid)
+            msg = store.need_message(c, chat.id, p["seq"], m.joined_seq)
+            if not p.get("for_everyone", True):
+                c.execute(
+                    "INSERT OR IGNORE INTO hidden_messages(user_id, chat_id, seq) VALUES (?, ?, ?)",
+                    (uid, chat.id, p["seq"]),
+                )
+                body = {"chat": chat.id, "seq": p["seq"]}
+                return {"seq": None, "pts": store.add_update(c, fx, uid, "message.hidden", body)}
+            is_admin = chat.kind != "private" and m.role in ADMIN_ROLES
+            if msg.sender_id != uid and not is_admin:
+                raise RpcError(ErrorCode.MESSAGE_DELETE_FORBIDDEN)
+            draft = log.Draft("delete", uid, {"target": p["seq"]})
+            return {"seq": log.sequence(c, self.home, chat, draft, fx).seq, "pts": None}
+
+        return await self.write(ctx, job)
+
+    def _pinner(self, c: sqlite3.Connection, chat_id: str, uid: int) -> tuple[Chat, store.Member]:
+        chat, m = store.need_member(c, chat_id, uid)
+        if chat.kind != "private" and m.role not in ADMIN_ROLES:
+            raise RpcError(ErrorCode.CHAT_ADMIN_REQUIRED)
+        return chat, m
+
+    async def pin(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = caller(ctx)
+
+        def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
+            chat, m = self._pinner(c, p["chat"], uid)
+            store.need_message(c, chat.id, p["seq"], m.joined_seq)
+            draft = log.Draft("pin", uid, {"target": p["seq"]})
+            return {"seq": log.sequence(c, self.home, chat, draft, fx).seq}
+
+        return await self.write(ctx, job)
+
+    async def unpin(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = caller(ctx)
+
+        def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
+            chat, _ = self._pinner(c, p["chat"], uid)
+            if chat.pinned_seq is None:
+                raise RpcError(ErrorCode.MESSAGE_NOT_FOUND, "nothing is pinned")
+            draft = log.Draft("unpin", uid, {"target": chat.pinned_seq})
+            return {"seq": log.sequence(c, self.home, chat, draft, fx).seq}
+
+        return await self.write(ctx, job)
+
+    async def read(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = caller(ctx)
+
+        def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
+            chat, m = store.need_member(c, p["chat"], uid)
+            seq = min(p.get("seq", chat.last_seq), chat.last_seq)
+            pts = None
+            if seq > m.read_seq:
+                c.execute(
+                    "UPDATE chat_members SET read_seq = ? WHERE chat_id = ? AND user_id = ?",
+                    (seq, chat.id, uid),
+                )
+                body = {"chat": chat.id, "read_seq": seq}
+                pts = store.add_update(c, fx, uid, "chat.read", body)
+            read_seq = max(seq, m.read_seq)
+            return {
+                "read_seq": read_seq,
+                "unread": store.unread(c, chat.id, uid, read_seq),
+                "pts": pts,
+            }
+
+        return await self.write(ctx, job)
+
+    async def set_typing(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = caller(ctx)
+        chat_id = p["chat"]
+        now = time.monotonic()
+        last = self._typing.get((uid, chat_id))
+        if last is not None and now - last < TYPING_ABSORB:
+            return {}
+        name = await self.node.db.read(
+            lambda c: (store.need_member(c, chat_id, uid), store.address(c, self.home, uid))[1]
+        )
+        if len(self._typing) >= TYPING_MEMORY:
+            self._typing = {k: t for k, t in self._typing.items() if now - t < TYPING_ABSORB}
+            if len(self._typing) >= TYPING_MEMORY:
+                self._typing.clear()
+        self._typing[(uid, chat_id)] = now
+        self.node.hub.push_to_chat(
+            chat_id, [{"type": "chat.typing", "chat": chat_id, "user": name}], exclude_user=uid
+        )
+        return {}
+
+    async def search(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = caller(ctx)
+        match = _fts_query(p["query"])
+        chat_id = p.get("chat")
+
+        def job(c: sqlite3.Connection) -> dict[str, Any]:
+            if chat_id is not None:
+                store.need_member(c, chat_id, uid)
+            return {"results": store.search(c, uid, match, chat_id, p.get("limit", 50))}
+
+        return await self.node.db.read(job)
