@@ -366,6 +366,9 @@ def _delete(a: _Applying) -> None:
     """Delete for everyone: the message's content and its current edit's are erased and its
     text leaves the search index; the signed events (who sent what when, hashes) stay."""
     msg = a.target()
+    media = msg.content().get("media")
+    if media:
+        media_store.unrefer(a.conn, a.chat.id, msg.seq, media)
     a.conn.execute("UPDATE events SET content = NULL, deleted = 1 WHERE id = ?", (msg.id,))
     if msg.edit_seq is not None:
         _erase(a.conn, a.chat.id, msg.edit_seq)

@@ -149,30 +149,38 @@ def refer(
             )
 
 
-def local_ids(conn: sqlite3.Connection, chat_id: str, seq: int) -> dict[tuple[Any, ...], str]:
-    """This node's media ids (the handle for media.info/media.download) of the attachments
-    of message ``seq``, by content address and description."""
-    rows = conn.execute(
-        "SELECT m.id, m.sha256, m.size, m.mime, m.name FROM media_refs r "
-        "JOIN media m ON m.id = r.media_id WHERE r.chat_id = ? AND r.seq = ?",
-        (chat_id, seq),
-    )
-    return {(bytes(r[1]), r[2], r[3], r[4]): r[0] for r in rows}
+def unrefer(conn: sqlite3.Connection, chat_id: str, seq: int, items: list[dict[str, Any]]) -> None:
+    """A message deleted for everyone carries its attachments no more."""
+    for sha in {_address(item)[0] for item in items}:
+        conn.execute(
+            "DELETE FROM media_refs WHERE media_id IN (SELECT id FROM media WHERE sha256 = ?) "
+            "AND chat_id = ? AND seq = ?",
+            (sha, chat_id, seq),
+        )
 
 
 def with_local_ids(
     conn: sqlite3.Connection, chat_id: str, seq: int, items: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Attachments as clients see them: each with ``media_id``, this node's handle for the
-    file, or None while this node does not hold it."""
-    ids = local_ids(conn, chat_id, seq)
+    file (the row that message ``seq`` is bound to), or None while this node does not hold
+    it. Looked up by content address (the media_sha index), then the ref's primary key."""
     out = []
     for item in items:
+        media_id = item.get("media_id")  # contents written before addresses held one
         try:
-            key: tuple[Any, ...] = _address(item)
+            sha, size, mime, name = _address(item)
         except (KeyError, TypeError, ValueError):
-            key = ()
-        out.append({**item, "media_id": ids.get(key, item.get("media_id"))})
+            sha = None
+        if sha is not None:
+            row = conn.execute(
+                "SELECT m.id FROM media m JOIN media_refs r ON r.media_id = m.id "
+                "AND r.chat_id = ? AND r.seq = ? WHERE m.sha256 = ? AND m.size = ? "
+                "AND m.mime = ? AND m.name = ? LIMIT 1",
+                (chat_id, seq, sha, size, mime, name),
+            ).fetchone()
+            media_id = row[0] if row else media_id
+        out.append({**item, "media_id": media_id})
     return out
 
 
