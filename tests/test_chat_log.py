@@ -9,6 +9,7 @@ one declared list of kinds are tested event by event.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from nacl.signing import SigningKey, VerifyKey
 from node.app import Node
 from node.chats import events, log, store
 from node.chats.events import GENESIS, ChainError, Sealed, verify_next
-from node.chats.store import Effects, Home, Member
+from node.chats.store import Effects, Member
 from node.client.media import upload_file
 from node.storage import Database
 from tests.helpers import admin, send, signed_in
@@ -147,14 +148,10 @@ async def test_replaying_the_raw_log_with_apply_rebuilds_the_same_chat(
     kind = original["chat"][0]
     home_key = VerifyKey(export["home_key"])
     src_path = node.db.path
-    replica_home = Home(
-        key=SigningKey.generate(),  # never used: a replica signs nothing
-        node_id="replica",
-        # until addresses are canonical (issue 11 section 1), they name the home by its
-        # human name, and a replica's directory must resolve the home's names
-        node_name=node.chats.home.node_name,
-        edit_window=0,
-        max_group_members=10,
+    # this node as the replica sees itself: another id and key (it never signs: it does
+    # not sequence this chat); addresses resolve through the directory it was given
+    replica_home = dataclasses.replace(
+        node.chats.home, key=SigningKey.generate(), node_id="replica"
     )
     async with Database.open(tmp_path / "replica.db") as replica:
 
