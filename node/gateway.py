@@ -1,9 +1,11 @@
 """The WebSocket gateway: one connection = one session (DESIGN §2).
 
-Per session: handshake under a timeout, then a reader that opens, decodes and checks each
-frame and starts one task per request (bounded by ``max_inflight``), a writer that seals and
-sends from a bounded queue (so a sealed frame's counter order equals its send order), and a
-heartbeat that closes sessions whose peer stopped answering.  A broken frame costs its own
+Per session: handshake under a timeout, then a reader that hands each message to the
+session's sans-I/O :class:`~node.protocol.connection.Connection` (which opens, decodes and
+checks it) and starts one task per request (bounded by ``max_inflight``), a writer that joins
+queued pushes into one frame, and a heartbeat that closes sessions whose peer stopped
+answering. The protocol is the connection's; this module moves bytes, runs calls and closes
+WebSockets with the reason the connection gives.  A broken frame costs its own
 session at most; other sessions never notice: node/wslimits.py bounds the frames a connection
 may send (per message, and in all before its handshake) and makes every reader yield.
 """
@@ -21,10 +23,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from . import log, wslimits
 from .protocol import frames
-from .protocol.codec import DecodeError, decode, encode
+from .protocol.connection import BadFrame, Connection, ProtocolError, Request, State
 from .protocol.errors import CLOSE_CODES, ErrorCode, RpcError
-from .protocol.handshake import Responder, SessionKeys, check_initiator_proof
-from .protocol.seal import Opener, Sealer, SealError
 from .rpc import CallContext
 
 if TYPE_CHECKING:
@@ -42,21 +42,15 @@ PUSH_JOIN_ITEMS = 256
 class Session:
     """A live, handshaken connection. Services push to it with :meth:`push`."""
 
-    def __init__(
-        self,
-        gateway: Gateway,
-        ws: WebSocketConnection,
-        keys: SessionKeys,
-        role: str,
-        opener: Opener,
-    ):
+    def __init__(self, gateway: Gateway, ws: WebSocketConnection, conn: Connection):
         cfg = gateway.node.config
         self.id = next(_ids)
         self.gateway = gateway
         self.ws = ws
-        self.role = role
-        self.transcript_hash = keys.transcript_hash
-        self.peer_identity = keys.peer_identity
+        self.conn = conn
+        self.role = conn.peer_role or "client"
+        self.transcript_hash = conn.transcript_hash
+        self.peer_identity = conn.peer_identity
         self.remote = _remote(ws)
         self.ip = self.remote.rsplit(":", 1)[0]  # the rate-limit key, asked for on every call
         self.opened = time.time()
@@ -65,8 +59,6 @@ class Session:
         self.device_name = ""
         self.behind = False
         self._behind_told = False
-        self._opener = opener
-        self._sealer = Sealer(keys.tx)
         queue: int = cfg.get("limits", "session_queue")
         self._out_send, self._out_recv = trio.open_memory_channel[frames.Updates](queue)
         self._inflight = 0
@@ -119,58 +111,54 @@ class Session:
             await _close(self.ws, self._close_reason)
 
     async def _reader(self, nursery: trio.Nursery) -> ErrorCode | None:
+        conn = self.conn
         while True:
             try:
                 msg = await self.ws.get_message()
             except ConnectionClosed:
+                conn.fail()
                 return wslimits.violation(self.ws)
             self._last_heard = trio.current_time()
             if isinstance(msg, str):
+                conn.fail()
                 return ErrorCode.TEXT_FRAME
             try:
-                plain = self._opener.open(msg)
-            except SealError:
-                return ErrorCode.BAD_SEAL
-            try:
-                obj = decode(plain)
-            except DecodeError as e:
-                await self._reply(frames.error(None, RpcError(ErrorCode.BAD_FRAME, str(e))))
-                continue
-            try:
-                rid, method, params = frames.parse_request(obj)
-            except RpcError as e:
-                await self._reply(frames.error(frames.request_id_of(obj), e))
-                continue
-            if self._inflight >= self._max_inflight:
-                err = RpcError(ErrorCode.TOO_MANY_REQUESTS, retry_after=1)
-                await self._reply(frames.error(rid, err))
-                continue
-            self._inflight += 1
-            nursery.start_soon(self._call, rid, method, params)
+                ev = conn.receive(msg)
+            except ProtocolError as e:
+                return e.reason
+            if type(ev) is Request:
+                if self._inflight >= self._max_inflight:
+                    err = RpcError(ErrorCode.TOO_MANY_REQUESTS, retry_after=1)
+                    await self._send(conn.error(ev.id, err))
+                    continue
+                self._inflight += 1
+                nursery.start_soon(self._call, ev.id, ev.method, ev.params)
+            elif type(ev) is BadFrame:
+                await self._send(conn.error(ev.id, ev.error))
+            # Answers and pushes come only from a node peer, and the gateway asks nodes
+            # nothing yet: federation's link driver takes them when it exists.
 
     async def _call(self, rid: int, method: str, params: dict[str, Any]) -> None:
         ctx = CallContext(self.gateway.node, "ws", self)
         try:
             try:
                 value = await self.gateway.node.router.dispatch(ctx, method, params)
-                reply = frames.result(rid, value)
             except RpcError as e:
-                reply = frames.error(rid, e)
-            await self._reply(reply)
+                await self._send(self.conn.error(rid, e))
+            else:
+                await self._send(self.conn.result(rid, value))
         finally:
             self._inflight -= 1
 
-    async def _reply(self, obj: dict[str, Any]) -> None:
-        """Answers go straight to the socket: no queue hop on the hot path."""
-        await self._send_sealed(encode(obj))
-
-    async def _send_sealed(self, plain: bytes) -> None:
-        """Seal and send with no checkpoint in between: trio-websocket frames the message and
-        joins its StrictFIFOLock synchronously, so frames reach the wire in seal-counter order
-        even when many tasks answer at once (a lock of ours measured 7% of node CPU). Only a
-        cancelled send can leave a gap, and cancellation means the session is closing."""
+    async def _send(self, sealed: bytes) -> None:
+        """Send a frame the caller has just sealed, as the argument of this call: answers go
+        straight to the socket (no queue hop on the hot path), and there is no checkpoint
+        between sealing and trio-websocket framing the message and joining its
+        StrictFIFOLock, so frames reach the wire in seal-counter order even when many tasks
+        answer at once (a lock of ours measured 7% of node CPU). Only a cancelled send can
+        leave a gap, and cancellation means the session is closing."""
         try:
-            await self.ws.send_message(self._sealer.seal(plain))
+            await self.ws.send_message(sealed)
         except ConnectionClosed:
             self._cancel.cancel()
 
@@ -185,11 +173,11 @@ class Session:
                     break
                 batch.append(more)
                 size += len(more[1])
-            await self._send_sealed(frames.push_frame(batch))
+            await self._send(self.conn.push(batch))
             if self.behind and not self._behind_told:
                 self._behind_told = True
                 notice = frames.encode_updates([{"type": "session.behind"}])
-                await self._send_sealed(frames.push_frame([notice]))
+                await self._send(self.conn.push([notice]))
 
     async def ping_once(self, timeout: float) -> None:
         """One heartbeat: a WebSocket ping; the pong proves the peer alive."""
@@ -207,7 +195,6 @@ class Gateway:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.sessions: dict[int, Session] = {}
-        self._responder = Responder(node.identity)
         self._pending = 0  # connections still in their handshake
         self.shutting_down = False
 
@@ -245,7 +232,7 @@ class Gateway:
             self._pending -= 1
         if done is None:
             return
-        session = Session(self, ws, *done)
+        session = Session(self, ws, done)
         self.sessions[session.id] = session
         log.event(
             _log,
@@ -268,43 +255,36 @@ class Gateway:
                 reason=session._close_reason or "peer",
             )
 
-    async def _handshake(self, ws: WebSocketConnection) -> tuple[SessionKeys, str, Opener] | None:
+    async def _handshake(self, ws: WebSocketConnection) -> Connection | None:
+        """Hello, welcome and, from a node peer, its proof (Connection's AWAIT_PROOF)."""
         timeout: float = self.node.config.get("timeouts", "handshake")
         reason = ErrorCode.HANDSHAKE_TIMEOUT
+        conn = Connection.server(self.node.identity)
         with trio.move_on_after(timeout):
             try:
-                raw = await ws.get_message()
-                if isinstance(raw, str):
-                    reason = ErrorCode.TEXT_FRAME
-                    raise RpcError(reason)
-                welcome, keys, role = self._responder.receive_hello(raw)
-                await ws.send_message(welcome)
-                opener = Opener(keys.rx)
-                # the initiating node proves its identity in its first sealed frame
-                if role == "node" and not check_initiator_proof(
-                    keys, opener.open(await _bytes(ws))
-                ):
-                    raise RpcError(ErrorCode.HANDSHAKE_FAILED, "node proof invalid")
+                await ws.send_message(conn.receive_hello(await _bytes(ws)))
+                if conn.state is State.AWAIT_PROOF:  # a node peer proves its key first
+                    conn.receive(await _bytes(ws))
                 wslimits.handshake_done(ws)
-                return keys, role, opener
+                return conn
             except ConnectionClosed:
                 flood = wslimits.violation(ws)
                 if flood is None:
                     return None
                 reason = flood
-            except RpcError as e:
-                reason = ErrorCode(e.code)
-            except SealError:
-                reason = ErrorCode.HANDSHAKE_FAILED
+            except ProtocolError as e:
+                reason = e.reason
+        conn.fail()
         log.event(_log, "handshake.failed", logging.DEBUG, remote=_remote(ws), reason=reason)
         await _close(ws, reason)
         return None
 
 
 async def _bytes(ws: WebSocketConnection) -> bytes:
+    """The next message; a text message is the protocol error TEXT_FRAME."""
     msg = await ws.get_message()
     if not isinstance(msg, bytes):
-        raise RpcError(ErrorCode.TEXT_FRAME)
+        raise ProtocolError(ErrorCode.TEXT_FRAME, "text message")
     return msg
 
 

@@ -1,12 +1,13 @@
 """A minimal signed-in receiver for the scale benchmarks (fan-out, idle connections).
 
 It speaks the real protocol up to sign-in (WebSocket upgrade, hello/welcome, a sealed
-``auth.authorize`` with the device's proof) and then only reads: each push frame is opened
-and its updates counted (a node joins queued updates into one frame), their arrival time is
-recorded, ping frames are answered. A full SDK client also decodes every update and hands it
-through channels to the application; a thousand of them in one process measure the client,
-not the node. With these, a fan-out figure shows how fast the node gets the updates onto
-every member's socket.
+``auth.authorize`` with the device's proof) through the same sans-I/O
+:class:`~node.protocol.connection.Connection` as the SDK and the gateway, and then only
+reads: each push frame is opened and its updates counted (a node joins queued updates into
+one frame), their arrival time is recorded, ping frames are answered. A full SDK client also
+hands every update through channels to the application; a thousand of them in one process
+measure the client, not the node. With these, a fan-out figure shows how fast the node gets
+the updates onto every member's socket.
 """
 
 from __future__ import annotations
@@ -14,17 +15,14 @@ from __future__ import annotations
 import os
 import struct
 import time
-from typing import Any
 
 import trio
 from nacl.signing import SigningKey
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request
 
-from node.protocol import frames
-from node.protocol.codec import decode, encode
-from node.protocol.handshake import Initiator, device_proof
-from node.protocol.seal import Opener, Sealer
+from node.protocol.connection import Connection, Reply, Updates
+from node.protocol.handshake import device_proof
 
 OP_BINARY, OP_PING, OP_PONG = 0x2, 0x9, 0xA
 
@@ -48,7 +46,7 @@ class LightReceiver:
         self.stream = stream
         self.arrivals: list[int] = []  # time.time_ns() each update arrived, in order
         self._buf = bytearray()
-        self._opener: Opener | None = None
+        self.conn = Connection.client()
 
     @classmethod
     async def connect(cls, url: str, device_key: SigningKey) -> LightReceiver:
@@ -71,20 +69,18 @@ class LightReceiver:
                     pending.append(bytes(ev.data))
         # from here on frames are handled by hand; wsproto has consumed nothing past the
         # 101 response because the node speaks only after our hello
-        init = Initiator()
-        await self.stream.send_all(_masked_frame(OP_BINARY, init.hello))
-        keys = init.receive_welcome(await self._next_data())
-        sealer, opener = Sealer(keys.tx), Opener(keys.rx)
+        conn = self.conn
+        await self.stream.send_all(_masked_frame(OP_BINARY, conn.hello()))
+        conn.receive_welcome(await self._next_data())
         proof = {
             "device_key": bytes(device_key.verify_key),
-            "sig": device_proof(device_key, keys.transcript_hash),
+            "sig": device_proof(device_key, conn.transcript_hash),
         }
-        req = encode(frames.request(1, "auth.authorize", proof))
-        await self.stream.send_all(_masked_frame(OP_BINARY, sealer.seal(req)))
-        reply: Any = decode(opener.open(await self._next_data()))
-        if "r" not in reply:
-            raise ConnectionError(f"authorize failed: {reply.get('e')}")
-        self._opener = opener
+        _, req = conn.request("auth.authorize", proof)
+        await self.stream.send_all(_masked_frame(OP_BINARY, req))
+        reply = conn.receive(await self._next_data())
+        if not isinstance(reply, Reply):
+            raise ConnectionError(f"authorize failed: {reply}")
         return self
 
     async def _next_data(self) -> bytes:
@@ -129,9 +125,9 @@ class LightReceiver:
             for opcode, payload in await self._frames():
                 if opcode == OP_BINARY:
                     now = time.time_ns()
-                    assert self._opener is not None
-                    frame: Any = decode(self._opener.open(payload), max_depth=32)
-                    self.arrivals.extend([now] * len(frame.get("u", ())))
+                    ev = self.conn.receive(payload)
+                    if isinstance(ev, Updates):
+                        self.arrivals.extend([now] * len(ev.items))
                 elif opcode == OP_PING:
                     await self.stream.send_all(_masked_frame(OP_PONG, payload))
 

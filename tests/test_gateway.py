@@ -6,16 +6,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+from nacl.signing import SigningKey
 
 from node.app import Node
 from node.client import Client, ErrorCode, RpcError
 from node.protocol.codec import encode
+from node.protocol.connection import Connection, Reply
 from node.protocol.handshake import Initiator
 from node.protocol.seal import Sealer
+from scripts.light_receiver import LightReceiver
 from tests.conftest import make_config
+from tests.helpers import add_user, fresh_code, send, signed_in
 from tests.rawws import RawWS
 
 BOUND = 5.0  # seconds any bad input may take to be answered
@@ -191,7 +196,12 @@ async def test_unknown_method_and_bad_params(small_node: Node) -> None:
         with pytest.raises(RpcError) as e:
             await c.call("nope.nothing")
         assert e.value.code == "METHOD_UNKNOWN"
-        for params in [{"ping_id": "seven"}, {"ping_id": 1, "extra": True}, {"ping_id": 2.5}]:
+        bad: list[dict[str, Any]] = [
+            {"ping_id": "seven"},
+            {"ping_id": 1, "extra": True},
+            {"ping_id": 2.5},
+        ]
+        for params in bad:
             with pytest.raises(RpcError) as e:
                 await c.call("system.ping", params)
             assert e.value.code == "PARAMS_INVALID"
@@ -307,3 +317,63 @@ async def test_cancelled_calls_leave_the_session_usable(node: Node) -> None:
                         nursery.start_soon(c.call, "system.ping", {"ping_id": i})
         await assert_alive(c)
         assert not c.closed
+
+
+async def test_node_peer_proves_its_key(small_node: Node) -> None:
+    """The node-to-node path (federation's links): the initiator signs the transcript in its
+    first sealed frame; the gateway takes it as a peer with that identity, and refuses a
+    proof that is not its key's or not a binary message."""
+    async with Client.connect(small_node.url) as witness:
+        peer_key = SigningKey.generate()
+        raw, conn = await RawWS.connect(small_node.url), Connection.client(peer_key)
+        await raw.send(conn.hello())
+        welcome = await raw.recv()
+        assert isinstance(welcome, bytes)
+        proof = conn.receive_welcome(welcome)
+        assert proof is not None and conn.peer_identity == bytes(small_node.identity.verify_key)
+        await raw.send(proof)
+        rid, data = conn.request("system.ping", {"ping_id": 9})
+        await raw.send(data)
+        answer = await raw.recv()
+        assert isinstance(answer, bytes)
+        reply = conn.receive(answer)
+        assert isinstance(reply, Reply) and reply.id == rid and reply.value["ping_id"] == 9
+        peers = [s for s in small_node.gateway.sessions.values() if s.role == "node"]
+        assert [s.peer_identity for s in peers] == [bytes(peer_key.verify_key)]
+        # a proof made with another key than the one in the hello
+        raw, conn = await RawWS.connect(small_node.url), Connection.client(peer_key)
+        await raw.send(conn.hello())
+        welcome = await raw.recv()
+        assert isinstance(welcome, bytes)
+        conn.receive_welcome(welcome)
+        await raw.send(conn.seal(bytes(SigningKey.generate().sign(b"x").signature)))
+        with trio.fail_after(BOUND):
+            assert await raw.wait_closed() == (4001, "HANDSHAKE_FAILED")
+        # a text message where the proof belongs
+        raw, conn = await RawWS.connect(small_node.url), Connection.client(peer_key)
+        await raw.send(conn.hello())
+        await raw.recv()
+        await raw.send("proof as text")
+        with trio.fail_after(BOUND):
+            assert await raw.wait_closed() == (1003, "TEXT_FRAME")
+        await assert_alive(witness)
+
+
+async def test_light_receiver_signs_in_and_counts_pushes(node: Node) -> None:
+    """The benchmark's receiver drives the same Connection: it signs in and sees pushes."""
+    await add_user(node, "bob")
+    key = SigningKey.generate()
+    async with Client.connect(node.url) as c:
+        await c.sign_in("bob", await fresh_code(node, "bob"), key, "light")
+    async with signed_in(node, "alice") as alice:
+        group = await alice.call("chats.createGroup", {"title": "t", "members": ["bob"]})
+        receiver = await LightReceiver.connect(node.url, key)
+        with trio.fail_after(BOUND):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receiver.listen)
+                for i in range(3):
+                    await send(alice, group["chat"]["id"], f"m{i}")
+                while len(receiver.arrivals) < 3:
+                    await trio.sleep(0.01)
+                nursery.cancel_scope.cancel()
+        await receiver.aclose()

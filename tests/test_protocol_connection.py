@@ -156,3 +156,38 @@ def test_out_of_order_calls_are_refused() -> None:
         server.hello()
     with pytest.raises(ProtocolError):
         server.receive(b"x")
+
+
+def test_an_answer_racing_a_fatal_frame_still_seals() -> None:
+    """CLOSED ends receiving only: a reply computed while the peer broke the session is
+    sealed as usual (the driver is closing the transport), never a crash in the driver."""
+    client, server = open_pair()
+    rid, data = client.request("a.b", {})
+    assert server.receive(data) == Request(rid, "a.b", {})
+    with pytest.raises(ProtocolError):
+        server.receive(b"x" * 40)  # does not authenticate
+    assert server.state is State.CLOSED
+    assert client.receive(server.result(rid, 1)) == Reply(rid, 1)
+
+
+def test_node_links_answer_bad_frames_both_ways() -> None:
+    """On a node link both ends take requests, so an undecodable frame is answered (id
+    None) on either end instead of ending the link."""
+    a, b = open_pair(SigningKey.generate())
+    for receiver, sender in ((a, b), (b, a)):
+        ev = receiver.receive(sender.seal(b"\xff\xff"))
+        assert isinstance(ev, BadFrame) and ev.id is None and ev.error.code == "BAD_FRAME"
+        answer = sender.receive(receiver.error(ev.id, ev.error))
+        assert isinstance(answer, ErrorReply) and answer.id is None
+        assert answer.error.code == "BAD_FRAME"
+
+
+def test_deep_answers_are_accepted_deep_requests_are_not() -> None:
+    """Answers and pushes may nest deeper (history pages) than requests."""
+    client, server = open_pair()
+    deep: object = 1
+    for _ in range(20):
+        deep = [deep]
+    assert client.receive(server.result(1, deep)) == Reply(1, deep)
+    ev = server.receive(client.seal(encode({"id": 1, "m": "a.b", "p": {"x": deep}})))
+    assert isinstance(ev, BadFrame) and ev.error.code == "BAD_FRAME"

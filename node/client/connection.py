@@ -11,7 +11,6 @@ marks the client ``behind`` so it knows to re-sync).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -21,12 +20,10 @@ import trio
 from nacl.signing import SigningKey
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
 
-from ..protocol import frames
-from ..protocol.codec import DecodeError, decode, encode
+from ..protocol.connection import Connection, ErrorReply, ProtocolError, Reply, Updates
 from ..protocol.errors import ErrorCode, RpcError
-from ..protocol.handshake import Initiator, SessionKeys, device_proof
+from ..protocol.handshake import device_proof
 from ..protocol.identity import fingerprint, normalize_fingerprint
-from ..protocol.seal import Opener, Sealer, SealError
 from .errors import why_unreachable
 from .profile import Profile
 from .urls import check_url, node_address
@@ -40,22 +37,23 @@ class _Pending:
 
     def __init__(self) -> None:
         self.event = trio.Event()
-        self.reply: dict[str, Any] | None = None
+        self.reply: Reply | ErrorReply | None = None
 
 
 class Client:
-    def __init__(self, ws: WebSocketConnection, keys: SessionKeys, url: str) -> None:
+    """A device's session; the protocol is its sans-I/O :class:`Connection`, this class
+    moves its bytes over a WebSocket, matches answers to calls and buffers pushes."""
+
+    def __init__(self, ws: WebSocketConnection, conn: Connection, url: str) -> None:
         self.ws = ws
         self.url = url
-        self.node_key: bytes = keys.peer_identity or b""
+        self.node_key: bytes = conn.peer_identity or b""
         self.node_id = fingerprint(self.node_key)
-        self.transcript_hash = keys.transcript_hash
+        self.transcript_hash = conn.transcript_hash
         self.behind = False
         self.closed_reason: str | None = None
         self.close_code: str | None = None  # the node's reason code (e.g. SESSION_REVOKED)
-        self._sealer = Sealer(keys.tx)
-        self._opener = Opener(keys.rx)
-        self._ids = itertools.count(1)
+        self._conn = conn
         self._pending: dict[int, _Pending] = {}
         self._upd_send, self._upd_recv = trio.open_memory_channel[dict[str, Any]](UPDATE_BUFFER)
         self._closed = trio.Event()
@@ -116,11 +114,11 @@ class Client:
         """Call a method; returns its result or raises :class:`RpcError` with its code."""
         if self._closed.is_set():
             raise RpcError(ErrorCode.CONNECTION_LOST, self.closed_reason or "closed")
-        rid = next(self._ids)
+        rid, sealed = self._conn.request(method, params or {})
         pending = _Pending()
         self._pending[rid] = pending
         try:
-            await self._send(frames.request(rid, method, params or {}))
+            await self._send_sealed(sealed)
             with trio.move_on_after(timeout):
                 await pending.event.wait()
         finally:
@@ -130,12 +128,9 @@ class Client:
             if self._closed.is_set():
                 raise RpcError(ErrorCode.CONNECTION_LOST, self.closed_reason or "closed")
             raise RpcError(ErrorCode.TIMEOUT, f"{method}: no reply in {timeout}s")
-        if "e" in reply:
-            e = reply["e"] if isinstance(reply["e"], dict) else {}
-            raise RpcError(
-                str(e.get("code", "INTERNAL")), str(e.get("message", "")), e.get("retry_after")
-            )
-        return reply.get("r")
+        if isinstance(reply, ErrorReply):
+            raise reply.error
+        return reply.value
 
     async def updates(self) -> AsyncIterator[dict[str, Any]]:
         """Pushed updates in arrival order, until the connection closes."""
@@ -200,7 +195,7 @@ class Client:
 
     async def send_raw(self, plaintext: bytes) -> None:
         """Seal and send arbitrary bytes (tests of the node's handling of bad frames)."""
-        await self._send_sealed(plaintext)
+        await self._send_sealed(self._conn.seal(plaintext))
 
     @property
     def closed(self) -> bool:
@@ -220,10 +215,10 @@ class Client:
         profile: Profile | None,
         timeout: float,
     ) -> Client:
-        init = Initiator()
+        conn = Connection.client()
         try:
             with trio.fail_after(timeout):
-                await ws.send_message(init.hello)
+                await ws.send_message(conn.hello())
                 raw = await ws.get_message()
         except trio.TooSlowError:
             raise RpcError(
@@ -241,10 +236,10 @@ class Client:
                 ErrorCode.HANDSHAKE_FAILED, f"{url} sent a text frame: not a Fedgram node?"
             )
         try:
-            keys = init.receive_welcome(raw)
-        except RpcError as e:
-            raise RpcError(e.code, f"{url}: {e.message} (is it a Fedgram node?)") from None
-        got = fingerprint(keys.peer_identity or b"")
+            conn.receive_welcome(raw)
+        except ProtocolError as e:
+            raise RpcError(e.reason, f"{url}: {e.message} (is it a Fedgram node?)") from None
+        got = fingerprint(conn.peer_identity or b"")
         address = node_address(url)
         if pin:
             expected: str | None = normalize_fingerprint(pin)
@@ -264,17 +259,15 @@ class Client:
                 )
         if profile is not None and expected is None:
             profile.pin(address, got)
-        return cls(ws, keys, url)
+        return cls(ws, conn, url)
 
-    async def _send(self, obj: dict[str, Any]) -> None:
-        await self._send_sealed(encode(obj))
-
-    async def _send_sealed(self, plaintext: bytes) -> None:
-        """Seal and send, shielded from cancellation: a frame sealed but not (fully) written
-        would leave a gap in the seal counter, or half a frame on the wire, and the node
-        would close the session (BAD_SEAL) or wait for the rest. A caller cancelled
-        meanwhile (a timeout, a sibling's failure) is cancelled right after; the deadline
-        keeps a dead peer from holding it forever.
+    async def _send_sealed(self, sealed: bytes) -> None:
+        """Send a frame the caller sealed with no checkpoint since, shielded from
+        cancellation: a frame sealed but not (fully) written would leave a gap in the seal
+        counter, or half a frame on the wire, and the node would close the session
+        (BAD_SEAL) or wait for the rest. A caller cancelled meanwhile (a timeout, a
+        sibling's failure) is cancelled right after; the deadline keeps a dead peer from
+        holding it forever.
 
         No lock of ours: trio-websocket frames the message and joins its FIFO stream lock
         without a checkpoint after our seal (and under the shield none can fire), so frames
@@ -282,7 +275,7 @@ class Client:
         deadline = trio.current_time() + DEFAULT_TIMEOUT
         try:
             with trio.CancelScope(shield=True, deadline=deadline) as cs:
-                await self.ws.send_message(self._sealer.seal(plaintext))
+                await self.ws.send_message(sealed)
         except ConnectionClosed as e:
             raise RpcError(ErrorCode.CONNECTION_LOST, _reason(e)) from None
         if cs.cancelled_caught:
@@ -291,6 +284,7 @@ class Client:
         await trio.lowlevel.checkpoint_if_cancelled()
 
     async def _reader(self) -> None:
+        conn = self._conn
         try:
             while True:
                 try:
@@ -303,27 +297,26 @@ class Client:
                     self.closed_reason = "node sent a text frame"
                     return
                 try:
-                    obj = decode(self._opener.open(msg), max_depth=32)
-                except (SealError, DecodeError) as e:
+                    ev = conn.receive(msg)
+                except ProtocolError as e:
+                    # the node broke the protocol: the session cannot go on
                     self.closed_reason = f"bad frame from node: {e}"
                     return
-                if not isinstance(obj, dict):
-                    continue
-                if "u" in obj:
-                    for u in obj["u"] if isinstance(obj["u"], list) else ():
+                if isinstance(ev, Updates):
+                    for u in ev.items:
                         try:
                             self._upd_send.send_nowait(u)
                         except trio.WouldBlock:
                             self.behind = True
-                    continue
-                rid = obj.get("id")
-                pending = self._pending.get(rid) if isinstance(rid, int) else None
-                if pending is not None:
-                    pending.reply = obj
-                    pending.event.set()
-                elif rid is None and "e" in obj:
-                    self.last_unmatched_error = obj["e"]
+                elif isinstance(ev, Reply | ErrorReply):
+                    pending = self._pending.get(ev.id) if ev.id is not None else None
+                    if pending is not None:
+                        pending.reply = ev
+                        pending.event.set()
+                    elif ev.id is None and isinstance(ev, ErrorReply):
+                        self.last_unmatched_error = ev.error.to_wire()
         finally:
+            conn.fail()
             self._closed.set()
             self._upd_send.close()
             for p in list(self._pending.values()):
