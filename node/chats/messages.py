@@ -136,6 +136,8 @@ class Messages(Handlers):
             # the edit's content is the message's whole new content (attachments and forward
             # origin carried over), so the content it replaces can be erased entirely
             content = {k: current[k] for k in CONTENT_KEYS if k in current}
+            if "media" in content:
+                content["media"] = [_by_address(x) for x in content["media"]]
             content["text"] = p["text"]
             draft = log.Draft(EDIT, uid, {"target": p["seq"]}, content)
             return {"seq": log.sequence(c, self.home, chat, draft, fx).seq}
