@@ -29,6 +29,40 @@ alone, and the content, when present, against ``content_hash``. An ``edit`` even
 is the message's whole new content and tells every holder to erase the content it replaces
 (the original's, or the previous edit's); a ``delete`` event tells every holder to erase the
 target message's content and that of all its edits.
+
+**The format is frozen** (version 2): this is what federation ships, so a change is a new
+``FORMAT_VERSION``. Addresses are users' canonical addresses; ``sender`` is None for an
+event of the node itself. ``body`` (signed, stays) and ``content`` (erasable) per kind, the
+one declared list :data:`KINDS` (:func:`verify_next`, ``log.sequence`` and ``log.apply``
+refuse any other):
+
+=========  ====================================================  ==========================
+kind       body                                                  content
+=========  ====================================================  ==========================
+create     kind (private|group|channel), title, about,           --
+           members? [address] (the creator is the sender)
+message    reply_to? seq; ``rid`` is the sender's random_id      text?, fwd? {chat, seq,
+                                                                 sender, ts}, media? [item]
+edit       target seq                                            the message's whole new
+                                                                 content
+delete     target seq                                            --
+pin        target seq                                            --
+unpin      target seq                                            --
+title      title                                                 --
+about      about                                                 --
+join       user (the sender, by invite)                          --
+add        users [address]                                       --
+leave      user                                                  --
+remove     user                                                  --
+ban        user (member or not)                                  --
+unban      user                                                  --
+role       user, role (owner|admin|member); a new owner's        --
+           sender becomes admin; sender None: the node's heir
+=========  ====================================================  ==========================
+
+A media ``item`` names the bytes by content address, never by a node's row id:
+``{sha256 (hex), size, mime, name, kind, width?, height?}``; any node can fetch the file
+from one that holds it and check it against ``sha256`` and ``size``.
 """
 
 from __future__ import annotations
