@@ -85,7 +85,8 @@ def init(
         config.validate(base, str(config_file))
         over = config.merge(base, _overrides(name, listen, log_level))
         cfg = config.init_data_dir(data_dir, over)
-        from node.protocol.identity import fingerprint, load_or_create_key
+        from node.keyfile import load_or_create_key
+        from node.protocol.identity import fingerprint
 
         key = load_or_create_key(cfg.key_path)
     except (ConfigError, ValueError) as e:

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 import trio
 
 from . import log
+from .adminframe import FrameTooBig, read_frame, write_frame
 from .config import ConfigError
 from .protocol import frames
 from .protocol.codec import DecodeError, decode, encode
 from .protocol.errors import ErrorCode, RpcError
-from .protocol.lenframe import FrameTooBig, read_frame, write_frame
 from .rpc import CallContext
 
 if TYPE_CHECKING:

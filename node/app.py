@@ -23,9 +23,10 @@ from .auth.service import Accounts
 from .chats.service import Chats
 from .config import Config, ConfigError, check_writable
 from .gateway import Gateway
+from .keyfile import load_or_create_key
 from .lock import DataDirLock
 from .media.service import Media
-from .protocol.identity import fingerprint, load_or_create_key
+from .protocol.identity import fingerprint
 from .ratelimit import RateLimiter, Rule
 from .rpc import Router
 from .storage import Database

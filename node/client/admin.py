@@ -10,10 +10,10 @@ from typing import Any
 
 import trio
 
+from ..adminframe import FrameTooBig, read_frame, write_frame
 from ..protocol import frames
 from ..protocol.codec import DecodeError, decode, encode
 from ..protocol.errors import ErrorCode, RpcError
-from ..protocol.lenframe import FrameTooBig, read_frame, write_frame
 
 ADMIN_SOCKET = "admin.sock"
 MAX_REPLY = 64 << 20

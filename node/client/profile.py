@@ -19,7 +19,7 @@ from typing import Any
 import platformdirs
 from nacl.signing import SigningKey
 
-from ..protocol.identity import load_or_create_key
+from ..keyfile import load_or_create_key
 from .errors import ProfileError
 
 KNOWN_NODES = "known_nodes.json"

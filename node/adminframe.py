@@ -1,8 +1,10 @@
-"""Length-prefixed frames over a byte stream (the admin Unix socket).
+"""Length-prefixed frames over a trio byte stream (the admin Unix socket).
 
 The admin channel speaks the same CBOR request/result/error envelopes as the WebSocket
 gateway; only the framing differs (4-byte big-endian length), since a local socket guarded
-by file permissions needs neither WebSocket nor sealing.
+by file permissions needs neither WebSocket nor sealing. It awaits streams, so it lives
+outside ``node/protocol`` (sans-I/O); the node's admin server and the CLI's admin client
+both use it.
 """
 
 from __future__ import annotations
