@@ -13,6 +13,7 @@ import logging
 import os
 import shlex
 import subprocess
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -24,6 +25,9 @@ from ..protocol.errors import ErrorCode, RpcError
 
 _log = log.get("auth.delivery")
 
+# one way of delivering: (name, code, expires_in) -> None, raising on failure
+Method = Callable[[str, str, int], Awaitable[None]]
+
 
 class CodeDelivery:
     def __init__(self, config: Config) -> None:
@@ -34,11 +38,20 @@ class CodeDelivery:
         self.webhook: str = acc["code_webhook"]
         self.timeout: float = acc["code_delivery_timeout"]
         self.node_name = config.name
+        methods: dict[str, Method] = {
+            "log": self._log,
+            "file": self._file,
+            "command": self._command,
+            "webhook": self._webhook,
+        }
+        if self.kind not in methods:  # the config refuses other values; never guess a method
+            raise ValueError(f"[accounts] code_delivery {self.kind!r} is not one of {[*methods]}")
+        self._method = methods[self.kind]
 
     async def deliver(self, name: str, code: str, expires_in: int) -> None:
         try:
             with trio.fail_after(self.timeout):
-                await getattr(self, f"_{self.kind}")(name, code, expires_in)
+                await self._method(name, code, expires_in)
         except RpcError:
             raise
         except trio.TooSlowError:
