@@ -55,6 +55,9 @@ class State(enum.Enum):
     CLOSED = "closed"
 
 
+_OPEN = State.OPEN  # a module global: reading State.OPEN goes through the enum metaclass
+
+
 class ProtocolError(Exception):
     """Fatal: the session cannot go on; ``reason`` is the close reason to send."""
 
@@ -222,7 +225,7 @@ class Connection:
         """One message from the peer. Returns its event (None: the node proof, consumed).
 
         Raises ProtocolError for anything that ends the session."""
-        if self.state is not State.OPEN:
+        if self.state is not _OPEN:
             if self.state is State.AWAIT_PROOF:
                 self._receive_proof(data)
                 return None
