@@ -47,7 +47,8 @@ def _print_users(users: list[dict[str, Any]]) -> None:
     for u in users:
         flags = [f for f, on in (("admin", u["is_admin"]), ("banned", u["banned"])) if on]
         extra = f" [{', '.join(flags)}]" if flags else ""
-        typer.echo(f"{u['name']:<32} {u['display_name'] or '-':<24} devices={u['devices']}{extra}")
+        who = u.get("address") or u["name"]  # name@node, the node by its local name
+        typer.echo(f"{who:<40} {u['display_name'] or '-':<24} devices={u['devices']}{extra}")
 
 
 def print_devices(devices: list[dict[str, Any]], as_json: bool) -> None:

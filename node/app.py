@@ -26,6 +26,7 @@ from .gateway import Gateway
 from .keyfile import load_or_create_key
 from .lock import DataDirLock
 from .media.service import Media
+from .nodes import NodeBook, ensure_self
 from .protocol.identity import fingerprint
 from .ratelimit import RateLimiter, Rule
 from .rpc import Router
@@ -38,12 +39,15 @@ WS_RECEIVE_BUFFER = 64 * 1024
 
 
 class Node:
-    def __init__(self, config: Config, identity: SigningKey, db: Database) -> None:
+    def __init__(self, config: Config, identity: SigningKey, db: Database, nodes: NodeBook) -> None:
         self.config = config
         self.identity = identity
         self.node_id = fingerprint(bytes(identity.verify_key))
         self.db = db
+        # the nodes table as addresses are formatted and resolved (node/nodes.py)
+        self.nodes = nodes
         self.hub = Hub()
+        self.hub.present = nodes.present  # pushes leave the node with display addresses
         self.ratelimit = RateLimiter(
             {k: Rule.parse(v) for k, v in config.values["ratelimit"].items()}
         )
@@ -66,6 +70,13 @@ class Node:
         self.started_at = time.time()
         self.host, self.port = config.listen
 
+    @staticmethod
+    async def _self_row(config: Config, identity: SigningKey, db: Database) -> NodeBook:
+        """This node's row of the nodes table says its key and its configured name (a
+        rename in the config changes the petname and nothing signed)."""
+        key = bytes(identity.verify_key)
+        return await db.write(lambda c: ensure_self(c, fingerprint(key), key, config.name))
+
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -85,7 +96,7 @@ class Node:
         try:
             identity = load_or_create_key(config.key_path)
             async with Database.open(config.db_path) as db:
-                yield cls(config, identity, db)
+                yield cls(config, identity, db, await cls._self_row(config, identity, db))
         finally:
             lock.release()
 
@@ -112,7 +123,7 @@ class Node:
                 readers=config.get("storage", "readers"),
                 batch_max=config.get("storage", "batch_max"),
             ) as db:
-                node = cls(config, identity, db)
+                node = cls(config, identity, db, await cls._self_row(config, identity, db))
                 node.port = listeners[0].socket.getsockname()[1]
                 server = WebSocketServer(
                     node.gateway.handle,

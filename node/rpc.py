@@ -62,12 +62,14 @@ class Router:
         if ctx.session is not None:
             ctx.node.ratelimit.check(method.rate_group, _limit_keys(ctx.session, params))
         try:
-            return await self.handlers[name](ctx, params)
+            result = await self.handlers[name](ctx, params)
         except RpcError:
             raise
         except Exception:
             _log.exception("handler failed", extra={"kv": {"method": name}})
             raise RpcError(ErrorCode.INTERNAL) from None
+        # addresses are canonical inside the node; callers read them as name@petname
+        return ctx.node.nodes.present(result)
 
 
 def _limit_keys(session: Session, params: dict[str, Any]) -> dict[str, str | None]:

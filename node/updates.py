@@ -141,6 +141,8 @@ class Hub:
         self._loading: dict[int, tuple[trio.Event, list[tuple[str, bool]]]] = {}
         self.chat_loader: ChatLoader | None = None
         self.publications = Publications()
+        # how updates look to clients (the node sets it: addresses in display form)
+        self.present: Callable[[Any], Any] = lambda updates: updates
 
     # --- sessions -------------------------------------------------------------------------
     async def attach(self, session: Session) -> None:
@@ -217,7 +219,7 @@ class Hub:
         targets = [s for s in self.sessions_of(user_id) if s is not exclude]
         if not targets:
             return 0
-        items = frames.encode_updates(updates)
+        items = frames.encode_updates(self.present(updates))
         return sum(1 for s in targets if s.push(items))
 
     def push_to_chat(
@@ -231,7 +233,7 @@ class Hub:
         online = self._online_in.get(chat_id)
         if not online:
             return 0
-        items = frames.encode_updates(updates)
+        items = frames.encode_updates(self.present(updates))
         n = 0
         for uid in online:
             if uid == exclude_user:

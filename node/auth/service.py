@@ -108,7 +108,8 @@ class Accounts:
         return hmac.new(self._code_key, secret.encode(), "sha256").digest()
 
     def _address(self, name: str) -> str:
-        return f"{name}@{self.node.config.name}"
+        # canonical here, as everywhere inside the node; results show it as name@petname
+        return self.node.nodes.canonical_of(name)
 
     def _authorization(self, user: store.User, device_id: int) -> dict[str, Any]:
         return {
@@ -151,6 +152,7 @@ class Accounts:
         return {
             "user_id": u.id,
             "name": u.name,
+            "address": self._address(u.name),
             "display_name": u.display_name,
             "is_admin": u.is_admin,
             "banned": u.banned,

@@ -8,51 +8,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from ..nodes import SELF_ROW
 from ..protocol.errors import ErrorCode, RpcError
 
-SCHEMA = """
--- AUTOINCREMENT: an id is never handed out twice, even after its user or device is removed.
--- Messages, rate-limit keys and chat invites keep a removed user's bare id; a new account
--- must never inherit them.
-CREATE TABLE users(
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL UNIQUE,
-    display_name TEXT NOT NULL DEFAULT '',
-    is_admin INTEGER NOT NULL DEFAULT 0,
-    banned INTEGER NOT NULL DEFAULT 0,
-    password_hash BLOB,
-    created REAL NOT NULL
-);
-CREATE TABLE devices(
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-    public_key BLOB NOT NULL UNIQUE,
-    name TEXT NOT NULL,
-    created REAL NOT NULL,
-    last_seen REAL NOT NULL,
-    revoked REAL
-);
-CREATE INDEX devices_user ON devices(user_id);
--- One live login code per NAME asked for, whether or not the name is a user: on nodes that
--- hide who exists, a name that is no (usable) user gets a decoy row (user_id NULL) that
--- answers guesses exactly like a real code, and is never delivered. Expired rows are purged
--- whenever a code is set.
-CREATE TABLE login_codes(
-    name TEXT PRIMARY KEY,
-    user_id INTEGER REFERENCES users(id) ON DELETE CASCADE,
-    code_hash BLOB NOT NULL,
-    expires REAL NOT NULL,
-    attempts_left INTEGER NOT NULL
-);
-CREATE INDEX login_codes_user ON login_codes(user_id);
-CREATE INDEX login_codes_expires ON login_codes(expires);
-CREATE TABLE invites(
-    token_hash BLOB PRIMARY KEY,
-    uses_left INTEGER NOT NULL,
-    expires REAL,
-    created REAL NOT NULL
-);
-"""
+# The tables are made by migrations (node/storage/schema_v1.py, migration 5 in
+# node/storage/migrations.py). ``users`` holds the users of every node this one knows
+# (UNIQUE(name, node)); accounts are the rows on this node (``node = SELF_ROW``): only they
+# have devices, login codes and passwords, so every lookup by name here is local.
 
 
 @dataclass(frozen=True)
@@ -74,7 +36,10 @@ def _user(row: Any) -> User:
 
 
 def user_by_name(conn: sqlite3.Connection, name: str) -> User | None:
-    row = conn.execute(f"SELECT {_USER_COLS} FROM users WHERE name = ?", (name,)).fetchone()
+    """The account called ``name`` on this node."""
+    row = conn.execute(
+        f"SELECT {_USER_COLS} FROM users WHERE name = ? AND node = {SELF_ROW}", (name,)
+    ).fetchone()
     return _user(row) if row else None
 
 
@@ -93,7 +58,8 @@ def need_user(conn: sqlite3.Connection, name: str) -> User:
 def create_user(conn: sqlite3.Connection, name: str, display_name: str, is_admin: bool) -> User:
     try:
         cur = conn.execute(
-            "INSERT INTO users(name, display_name, is_admin, created) VALUES (?, ?, ?, ?)",
+            "INSERT INTO users(node, name, display_name, is_admin, created) "
+            f"VALUES ({SELF_ROW}, ?, ?, ?, ?)",
             (name, display_name, int(is_admin), time.time()),
         )
     except sqlite3.IntegrityError:
@@ -107,7 +73,7 @@ def list_users(conn: sqlite3.Connection) -> list[tuple[User, int]]:
     rows = conn.execute(
         f"SELECT {', '.join('u.' + c.strip() for c in _USER_COLS.split(','))}, "
         "(SELECT COUNT(*) FROM devices d WHERE d.user_id = u.id AND d.revoked IS NULL) "
-        "FROM users u ORDER BY u.name"
+        f"FROM users u WHERE u.node = {SELF_ROW} ORDER BY u.name"
     ).fetchall()
     return [(_user(r), int(r[7])) for r in rows]
 

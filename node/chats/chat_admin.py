@@ -5,6 +5,10 @@ from __future__ import annotations
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
+from nacl.signing import VerifyKey
+
+from .. import nodes
+from ..address import canonical
 from ..protocol.errors import ErrorCode, RpcError
 from . import store
 from .events import ChainError, verify_chain
@@ -51,15 +55,24 @@ class ChatAdmin(Handlers):
             raise RpcError(ErrorCode.CHAT_NOT_FOUND, f"no chat {chat_id}")
         return chat
 
+    @staticmethod
+    def _home_key(c: sqlite3.Connection, chat: Chat) -> bytes:
+        """The key of the chat's home node (the signer of its log), from the nodes table: this
+        node's own for chats made here, a peer's for a replica."""
+        key = nodes.public_key(c, chat.home)
+        if key is None:  # a chat only arrives from a node this one knows
+            raise RpcError(ErrorCode.INTERNAL, f"chat {chat.id}: home node {chat.home} unknown")
+        return key
+
     async def admin_show(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         def job(c: sqlite3.Connection) -> dict[str, Any]:
             chat = self._need_chat(c, p["chat"])
-            node = self.home.node_name
             members = [
-                {"user": f"{r[0]}@{node}", "role": r[1], "state": r[2]}
+                {"user": canonical(r[0], r[3]), "role": r[1], "state": r[2]}
                 for r in c.execute(
-                    "SELECT u.name, m.role, m.state FROM chat_members m JOIN users u "
-                    "ON u.id = m.user_id WHERE m.chat_id = ? ORDER BY m.state, u.name LIMIT 100",
+                    "SELECT u.name, m.role, m.state, n.fingerprint FROM chat_members m "
+                    "JOIN users u ON u.id = m.user_id JOIN nodes n ON n.id = u.node "
+                    "WHERE m.chat_id = ? ORDER BY m.state, u.name LIMIT 100",
                     (chat.id,),
                 )
             ]
@@ -96,16 +109,15 @@ class ChatAdmin(Handlers):
                     {"seq": r[0], "raw": r[1], "hash": r[2], "sig": r[3], "content": r[4]}
                     for r in rows
                 ],
-                "home_key": bytes(self.node.identity.verify_key),
+                "home_key": self._home_key(c, chat),
             }
 
         return await self.node.db.read(job)
 
     async def admin_verify(self, ctx: CallContext, p: Params) -> dict[str, Any]:
-        key = self.node.identity.verify_key
-
         def job(c: sqlite3.Connection) -> dict[str, Any]:
             chat = self._need_chat(c, p["chat"])
+            key = VerifyKey(self._home_key(c, chat))
             rows = c.execute(
                 "SELECT seq, raw, hash, sig, content FROM events WHERE chat_id = ? ORDER BY seq",
                 (chat.id,),

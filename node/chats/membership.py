@@ -7,6 +7,7 @@ from __future__ import annotations
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
+from ..address import canonical
 from ..protocol.errors import ErrorCode, RpcError
 from . import log, store
 from .handlers import Handler, Handlers, Params, caller
@@ -176,8 +177,9 @@ class Membership(Handlers):
         def job(c: sqlite3.Connection) -> dict[str, Any]:
             store.need_member(c, p["chat"], uid)
             rows = c.execute(
-                "SELECT u.name, u.display_name, m.role, m.state FROM chat_members m "
-                "JOIN users u ON u.id = m.user_id WHERE m.chat_id = ? AND m.state = ? "
+                "SELECT u.name, u.display_name, m.role, m.state, n.fingerprint FROM chat_members m "
+                "JOIN users u ON u.id = m.user_id JOIN nodes n ON n.id = u.node "
+                "WHERE m.chat_id = ? AND m.state = ? "
                 "ORDER BY CASE m.role WHEN 'owner' THEN 0 WHEN 'admin' THEN 1 ELSE 2 END, "
                 "u.name LIMIT ? OFFSET ?",
                 (p["chat"], state, p.get("limit", 200), p.get("offset", 0)),
@@ -186,10 +188,14 @@ class Membership(Handlers):
                 "SELECT COUNT(*) FROM chat_members WHERE chat_id = ? AND state = ?",
                 (p["chat"], state),
             ).fetchone()[0]
-            node = self.home.node_name
             return {
                 "members": [
-                    {"user": f"{r[0]}@{node}", "display_name": r[1], "role": r[2], "state": r[3]}
+                    {
+                        "user": canonical(r[0], r[4]),
+                        "display_name": r[1],
+                        "role": r[2],
+                        "state": r[3],
+                    }
                     for r in rows
                 ],
                 "count": count,

@@ -47,7 +47,6 @@ class Chats:
         self.home = Home(
             key=node.identity,
             node_id=node.node_id,
-            node_name=cfg.name,
             edit_window=float(cfg.get("chats", "edit_window")),
             max_group_members=int(cfg.get("chats", "max_group_members")),
         )

@@ -20,7 +20,9 @@ from typing import Any
 import cbor2
 from nacl.signing import SigningKey
 
+from ..address import Address, AddressError, canonical
 from ..media import store as media_store
+from ..nodes import SELF_ROW
 from ..protocol.errors import ErrorCode, RpcError
 from . import events
 from .events import GENESIS, MESSAGE
@@ -35,7 +37,6 @@ class Home:
 
     key: SigningKey
     node_id: str
-    node_name: str
     edit_window: float
     max_group_members: int
 
@@ -107,8 +108,11 @@ def private_chat_id(a: Account, b: Account, attempt: int = 0) -> str:
     ``alice@n1`` removed and added again is a new person with a new ``created``, so their
     chat with bob gets a new id and the old chat, with the first alice's messages, stays
     bob's alone. Both sides know the stamp: on this node it is ``users.created``; a remote
-    account's stamp travels with its address in the user directory that federation keeps
-    (the next issue makes addresses canonical, ``name@<node key fingerprint>``: pass those).
+    account's stamp travels with its address in the user directory that federation keeps.
+    The addresses are canonical (``name@<node id>``, node/address.py), never the petnames
+    people type, which differ from node to node. Private chats made before addresses were
+    canonical keep the ids they were given (``private_chats`` finds them; ids are never
+    re-derived).
 
     Why not a counter of earlier chats between the two addresses: it is only deterministic
     while both nodes hold the same set of old chats, and a node that stops replicating a chat
@@ -129,9 +133,13 @@ def private_chat_id(a: Account, b: Account, attempt: int = 0) -> str:
 
 
 def account(conn: sqlite3.Connection, home: Home, user_id: int) -> Account:
-    row = conn.execute("SELECT name, created FROM users WHERE id = ?", (user_id,)).fetchone()
+    row = conn.execute(
+        "SELECT u.name, n.fingerprint, u.created FROM users u JOIN nodes n ON n.id = u.node "
+        "WHERE u.id = ?",
+        (user_id,),
+    ).fetchone()
     assert row is not None, f"user #{user_id} vanished inside the job"
-    return Account(f"{row[0]}@{home.node_name}", float(row[1]))
+    return Account(canonical(row[0], row[1]), float(row[2]))
 
 
 def new_private_chat_id(conn: sqlite3.Connection, home: Home, a: int, b: int) -> str:
@@ -145,25 +153,43 @@ def new_private_chat_id(conn: sqlite3.Connection, home: Home, a: int, b: int) ->
 
 
 def address(conn: sqlite3.Connection, home: Home, user_id: int | None) -> str | None:
+    """A user's canonical address (``name@<node id>``), as signed events carry it."""
     if user_id is None:
         return None
-    row = conn.execute("SELECT name FROM users WHERE id = ?", (user_id,)).fetchone()
-    return f"{row[0]}@{home.node_name}" if row else None
+    row = conn.execute(
+        "SELECT u.name, n.fingerprint FROM users u JOIN nodes n ON n.id = u.node WHERE u.id = ?",
+        (user_id,),
+    ).fetchone()
+    return canonical(row[0], row[1]) if row else None
 
 
 def user_ids(conn: sqlite3.Connection, home: Home, names: list[str]) -> dict[str, int]:
-    """Resolve ``name`` or ``name@this-node`` to local user ids; unknown names fail as one."""
+    """Resolve what people type (``name``, ``name@petname``, ``name@<node id>``) to user ids
+    of this node, keyed by canonical address; unknown names fail as one."""
     out: dict[str, int] = {}
     missing: list[str] = []
     for raw in names:
-        name, _, node = raw.lower().partition("@")
-        if node and node != home.node_name.lower():
+        try:
+            a = Address.parse(raw)
+        except AddressError:
+            missing.append(raw)
+            continue
+        node = conn.execute(
+            "SELECT fingerprint, state FROM nodes WHERE "
+            + ("state = 'self'" if not a.node else "fingerprint = ? OR name = ? COLLATE NOCASE"),
+            () if not a.node else (a.node, a.node),
+        ).fetchone()
+        if node is None:
+            raise RpcError(ErrorCode.USER_NOT_FOUND, f"{raw}: no node {a.node!r} is known here")
+        if node[1] != "self":
             raise RpcError(ErrorCode.USER_NOT_FOUND, f"{raw}: users of other nodes need federation")
-        row = conn.execute("SELECT id, banned FROM users WHERE name = ?", (name,)).fetchone()
+        row = conn.execute(
+            f"SELECT id, banned FROM users WHERE name = ? AND node = {SELF_ROW}", (a.name,)
+        ).fetchone()
         if row is None or row[1]:
             missing.append(raw)
         else:
-            out[name] = int(row[0])
+            out[canonical(a.name, node[0])] = int(row[0])
     if missing:
         raise RpcError(ErrorCode.USER_NOT_FOUND, f"no such user: {', '.join(missing[:10])}")
     return out
@@ -395,13 +421,15 @@ def unread(conn: sqlite3.Connection, chat_id: str, user_id: int, read_seq: int) 
 
 
 def private_peer(conn: sqlite3.Connection, home: Home, chat_id: str, user_id: int) -> Any:
+    """The other user of a private chat: their address as the caller reads it (name@petname,
+    for the dialog's ``peer`` and untitled title) and their display name."""
     row = conn.execute(
-        "SELECT u.name, u.display_name FROM private_chats p JOIN users u "
+        "SELECT u.name, n.fingerprint, n.name, u.display_name FROM private_chats p JOIN users u "
         "ON u.id = CASE WHEN p.user_lo = ? THEN p.user_hi ELSE p.user_lo END "
-        "WHERE p.chat_id = ?",
+        "JOIN nodes n ON n.id = u.node WHERE p.chat_id = ?",
         (user_id, chat_id),
     ).fetchone()
-    return (f"{row[0]}@{home.node_name}", row[1]) if row else (None, "")
+    return (Address(row[0], row[1]).display(row[2]), row[3]) if row else (None, "")
 
 
 def dialog(conn: sqlite3.Connection, home: Home, chat_id: str, user_id: int) -> dict[str, Any]:

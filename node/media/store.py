@@ -18,42 +18,8 @@ from typing import Any
 
 from ..protocol.errors import ErrorCode, RpcError
 
-SCHEMA = """
-CREATE TABLE media(
-    id TEXT PRIMARY KEY,
-    sha256 BLOB NOT NULL,
-    size INTEGER NOT NULL,
-    mime TEXT NOT NULL,
-    name TEXT NOT NULL,
-    width INTEGER,
-    height INTEGER,
-    uploader_id INTEGER REFERENCES users(id) ON DELETE SET NULL,
-    created REAL NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX media_sha ON media(sha256);
-CREATE INDEX media_uploader ON media(uploader_id);
-CREATE TABLE media_refs(
-    media_id TEXT NOT NULL REFERENCES media(id) ON DELETE CASCADE,
-    chat_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    PRIMARY KEY (media_id, chat_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE media_uploads(
-    user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
-    upload_id TEXT NOT NULL,
-    created REAL NOT NULL,
-    PRIMARY KEY (user_id, upload_id)
-) WITHOUT ROWID;
-CREATE TABLE media_parts(
-    user_id INTEGER NOT NULL,
-    upload_id TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    PRIMARY KEY (user_id, upload_id, idx),
-    FOREIGN KEY (user_id, upload_id) REFERENCES media_uploads(user_id, upload_id)
-        ON DELETE CASCADE
-) WITHOUT ROWID;
-"""
+# The tables are made by migration 4, frozen in node/storage/schema_v1.py (MEDIA); a change
+# to them is a new migration in node/storage/migrations.py.
 
 _COLS = "id, sha256, size, mime, name, width, height, uploader_id, created"
 

@@ -70,7 +70,7 @@ Authorization = Struct(
     {
         "user_id": Field(Int()),
         "name": Field(Str(), "canonical (lower-case) user name"),
-        "address": Field(Str(), "name@node"),
+        "address": Field(Str(), "name@node (display form, see Addresses)"),
         "display_name": Field(Str()),
         "device_id": Field(Int(), "this device"),
         "node_id": Field(Str()),
@@ -107,6 +107,7 @@ UserRow = Struct(
     {
         "user_id": Field(Int()),
         "name": Field(Str()),
+        "address": Field(Str(), "name@node (display form)"),
         "display_name": Field(Str()),
         "is_admin": Field(Bool()),
         "banned": Field(Bool()),

@@ -47,7 +47,9 @@ Event = Struct(
             "create, message, edit, delete, pin, unpin, title, about, join, leave, add, "
             "remove, ban, unban, role",
         ),
-        "sender": Field(Nullable(Str()), "name@node of who caused it"),
+        "sender": Field(
+            Nullable(Str()), "name@node of who caused it (display form; signed: name@<node id>)"
+        ),
         "ts": Field(Float(), "home node clock, Unix seconds"),
         "body": Field(
             AnyValue("map"),
@@ -132,7 +134,7 @@ CHAT_METHODS: list[Method] = [
     Method(
         "chats.startPrivate",
         "The private chat with a user, created on first use; exactly one exists per pair.",
-        {"user": Field(USER_REF, "name, @name or name@node")},
+        {"user": Field(USER_REF, "name, @name, name@node or name@<node id>")},
         Struct(
             {"chat": Field(Dialog), "created": Field(Bool())},
             name="PrivateChat",

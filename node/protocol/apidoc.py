@@ -57,6 +57,15 @@ def render() -> str:
         "node answers `{id, r}` or `{id, e: {code, message, retry_after?}}` and pushes "
         "`{u: [update, ...]}`.",
         "",
+        "**Addresses.** A user is `name@node`. Results and updates show the *display form*, "
+        "`alice@n2`: the node by the name this node knows it by (its own configured name, or "
+        "its local name for a peer). Signed events (the `raw` of `admin.chatExport`) and chat "
+        "ids use the *canonical form* `alice@<node id>`, the node id being the fingerprint of "
+        "its key (`node_id`), which means the same user on every node. Parameters that name a "
+        "user accept `name`, `@name`, `name@node` or `name@<node id>`. Events signed before "
+        "version 5 of the database carry `name@<the node's name then>`; they are shown like "
+        "the others.",
+        "",
         "Every method may also answer: "
         + ", ".join(f"`{c}`" for c in COMMON_ERRORS)
         + "; methods for a signed-in device answer `AUTH_REQUIRED` before sign-in.",

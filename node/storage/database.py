@@ -415,6 +415,8 @@ def _migrate(conn: sqlite3.Connection, migrations: list[Migration], path: Path) 
             f"(up to {latest}); refusing to open it. Upgrade Fedgram or restore a backup."
         )
     for m in migrations[current:]:
+        if m.rebuilds:  # a no-op inside a transaction: switched before BEGIN
+            conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute("BEGIN IMMEDIATE")
         try:
             if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= m.version:
@@ -422,6 +424,8 @@ def _migrate(conn: sqlite3.Connection, migrations: list[Migration], path: Path) 
                 continue
             for stmt in m.statements():
                 conn.execute(stmt)
+            if m.rebuilds and conn.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                raise sqlite3.IntegrityError("foreign key violations after the rebuild")
             conn.execute(f"PRAGMA user_version = {m.version:d}")
             conn.execute("COMMIT")
         except BaseException as e:
@@ -431,6 +435,9 @@ def _migrate(conn: sqlite3.Connection, migrations: list[Migration], path: Path) 
                     f"{path}: migration {m.version} ({m.name}) failed and was rolled back: {e}"
                 ) from e
             raise
+        finally:
+            if m.rebuilds:
+                conn.execute("PRAGMA foreign_keys = ON")
 
 
 def _read_txn(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -12,7 +12,9 @@ Rules for adding a migration (later features append to ``MIGRATIONS``):
   ``conn.execute`` inside the migration's transaction. ``executescript`` is not used because
   it commits whatever transaction is open, which would break the all-or-nothing guarantee;
 * ``PRAGMA foreign_keys`` and ``PRAGMA journal_mode`` are no-ops inside a transaction, so a
-  migration cannot switch them; table rebuilds must keep foreign keys valid as they go;
+  migration cannot switch them; a table rebuild (create new, copy, drop old, rename) sets
+  ``rebuilds=True``: the runner turns foreign keys off around it and refuses to commit if
+  ``PRAGMA foreign_key_check`` finds a violation;
 * avoid ``DEFERRABLE INITIALLY DEFERRED`` foreign keys: a deferred violation is only
   detected at COMMIT, where it fails every job of a group-committed batch, not just the
   job that caused it.
@@ -23,9 +25,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from ..auth.store import SCHEMA as ACCOUNTS_SCHEMA
-from ..chats.schema_sql import SCHEMA as CHATS_SCHEMA
-from ..media.store import SCHEMA as MEDIA_SCHEMA
+from . import schema_v1
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,10 @@ class Migration:
     version: int
     name: str
     sql: str
+    # Run with PRAGMA foreign_keys OFF (checked with foreign_key_check before COMMIT): what a
+    # table rebuild needs, since dropping a parent table with foreign keys on would run its
+    # children's ON DELETE actions and delete them.
+    rebuilds: bool = False
 
     def __post_init__(self) -> None:
         # Fail at import time, not on a user's machine during an upgrade.
@@ -108,12 +112,59 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
-    # Accounts, devices, login codes, invites. The SQL is owned by node/auth/store.py while
-    # it is unreleased; once a release ships, paste the text here so it can never change.
-    Migration(2, "accounts", ACCOUNTS_SCHEMA),
-    # Chat logs, membership, per-user sync state (node/chats/schema_sql.py, same rule).
-    Migration(3, "chats", CHATS_SCHEMA),
-    # Media rows, message attachments, uploads in progress (node/media/store.py, same rule).
-    Migration(4, "media", MEDIA_SCHEMA),
+    # Accounts, devices, login codes, invites; chat logs, membership, per-user sync state;
+    # media rows, message attachments, uploads in progress. Frozen text (schema_v1.py).
+    Migration(2, "accounts", schema_v1.ACCOUNTS),
+    Migration(3, "chats", schema_v1.CHATS),
+    Migration(4, "media", schema_v1.MEDIA),
+    # Nodes by identity, and users on a node (issue 11): see node/nodes.py and address.py.
+    # The node's key is not known to migrations, so the self row is made here without its
+    # fingerprint, key and name, which node start-up fills in (nodes.ensure_self). users is
+    # rebuilt to trade UNIQUE(name) for UNIQUE(name, node); its AUTOINCREMENT counter is
+    # carried over so a removed user's id is still never handed out again. Events are not
+    # touched: they stay signed as they were (legacy addresses name this node).
+    Migration(
+        5,
+        "nodes",
+        """
+        CREATE TABLE nodes(
+            id INTEGER PRIMARY KEY,
+            fingerprint TEXT UNIQUE,
+            public_key BLOB UNIQUE,
+            name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+            state TEXT NOT NULL CHECK (state IN ('self', 'peer', 'pending', 'blocked')),
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            CHECK (state = 'self' OR (fingerprint IS NOT NULL AND public_key IS NOT NULL))
+        );
+        CREATE UNIQUE INDEX nodes_self ON nodes(state) WHERE state = 'self';
+        INSERT INTO nodes(id, name, state, first_seen, last_seen) VALUES (
+            1, '', 'self',
+            (julianday('now') - 2440587.5) * 86400.0, (julianday('now') - 2440587.5) * 86400.0
+        );
+        CREATE TABLE users_v5(
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            node INTEGER NOT NULL REFERENCES nodes(id),
+            name TEXT NOT NULL,
+            display_name TEXT NOT NULL DEFAULT '',
+            is_admin INTEGER NOT NULL DEFAULT 0,
+            banned INTEGER NOT NULL DEFAULT 0,
+            password_hash BLOB,
+            created REAL NOT NULL,
+            UNIQUE (name, node)
+        );
+        INSERT INTO users_v5(id, node, name, display_name, is_admin, banned, password_hash,
+                             created)
+            SELECT id, 1, name, display_name, is_admin, banned, password_hash, created
+            FROM users;
+        DELETE FROM sqlite_sequence WHERE name = 'users_v5';
+        INSERT INTO sqlite_sequence(name, seq)
+            SELECT 'users_v5', seq FROM sqlite_sequence WHERE name = 'users';
+        DROP TABLE users;
+        ALTER TABLE users_v5 RENAME TO users;
+        CREATE INDEX users_node ON users(node);
+        """,
+        rebuilds=True,
+    ),
 ]
 check_sequence(MIGRATIONS)
