@@ -1,17 +1,19 @@
 """Opening a database made before addresses were canonical (schema version 4).
 
-``tests/data/v4_node`` is a node's data folder written by the code of commit 3da72f0 through
-its API (``tests/data/make_v4_node.py`` says how to remake it): users alice, bob, carol (and
-a removed one), devices, a private chat with an edit and a delete, a group with an add, a
-post and a leave, all signed with senders like ``alice@fedgram``. The node of today must
-open it, migrate it to version 5 and keep everything: sign-ins with the old devices,
+``tests/data/v4_node`` holds, as text, a node's data folder written by the code of commit
+3da72f0 through its API (its key, and its database's rows as SQL; the schema comes from the
+frozen migrations 1-4; ``tests/data/make_v4_node.py`` says how to remake it): users alice,
+bob, carol (and a removed one), devices, a private chat with an edit and a delete, a group
+with an add, a post and a leave, all signed with senders like ``alice@fedgram``. The node of
+today must open it, migrate it to version 5 and keep everything: sign-ins with the old devices,
 history, the private chat, and every signature, with nothing re-signed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import shutil
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -29,10 +31,21 @@ V4 = Path(__file__).parent / "data" / "v4_node"
 
 
 def _old_folder(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
+    """The old node's data folder: its key, and its database rebuilt from the frozen
+    migrations 1-4 (the schema it had) plus its rows (the fixture holds source only)."""
     d = tmp_path / "old"
-    shutil.copytree(V4, d)
-    (d / "node.key").chmod(0o600)
-    facts = json.loads((d / "devices.json").read_text())
+    d.mkdir()
+    facts = json.loads((V4 / "devices.json").read_text())
+    fd = os.open(d / "node.key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(bytes.fromhex(facts["node_key"]))
+    with contextlib.closing(sqlite3.connect(d / "fedgram.db")) as c:
+        for m in MIGRATIONS[:4]:
+            for statement in m.statements():
+                c.execute(statement)
+        c.executescript((V4 / "fedgram.sql").read_text())
+        c.execute("PRAGMA user_version = 4")
+        c.commit()
     return d, facts
 
 

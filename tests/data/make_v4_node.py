@@ -8,8 +8,10 @@ today would write version 5):
     git worktree add --detach /tmp/fedgram-v4 3da72f0
     PYTHONPATH=/tmp/fedgram-v4 python3 tests/data/make_v4_node.py OUT_DIR
 
-It writes OUT_DIR/{node.key, fedgram.db} and OUT_DIR/devices.json (the device
-keys and the facts the test checks). The node is called `fedgram`, the default name every
+It runs a node in OUT_DIR, then keeps only source: OUT_DIR/fedgram.sql (the database's rows
+as INSERT statements; the schema is the frozen migrations 1-4) and OUT_DIR/devices.json (the
+node key, the device keys and the facts the test checks); the binary files are removed.
+The node is called `fedgram`, the default name every
 node had, so its events carry `alice@fedgram`.
 """
 
@@ -49,6 +51,41 @@ async def _send(c: Client, chat: str, text: str) -> int:
     return int((await c.call("messages.send", p))["seq"])
 
 
+def _literal(v: Any) -> str:
+    if v is None:
+        return "NULL"
+    if isinstance(v, bytes):
+        return "X'" + v.hex() + "'"
+    if isinstance(v, int | float):
+        return repr(v)
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def _rows_as_sql(db: sqlite3.Connection) -> str:
+    """Every row as an INSERT (search-index shadow tables as the index's own rows)."""
+    lines = [
+        "-- The rows of a schema-4 node's database (tests/data/make_v4_node.py writes this file).",
+        "-- The schema is not here: tests build it from the frozen migrations 1-4.",
+    ]
+    tables = [
+        r[0]
+        for r in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE "
+            "'events_fts%' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+        )
+    ]
+    for t in tables:
+        cols = ", ".join(r[1] for r in db.execute(f'PRAGMA table_info("{t}")'))
+        for row in db.execute(f'SELECT * FROM "{t}" ORDER BY 1'):
+            lines.append(f"INSERT INTO {t}({cols}) VALUES ({', '.join(map(_literal, row))});")
+    for rowid, text in db.execute("SELECT rowid, text FROM events_fts ORDER BY rowid"):
+        lines.append(f"INSERT INTO events_fts(rowid, text) VALUES ({rowid}, {_literal(text)});")
+    for name, seq in db.execute("SELECT name, seq FROM sqlite_sequence ORDER BY name"):
+        lines.append(f"DELETE FROM sqlite_sequence WHERE name = {_literal(name)};")
+        lines.append(f"INSERT INTO sqlite_sequence(name, seq) VALUES ({_literal(name)}, {seq});")
+    return "\n".join(lines) + "\n"
+
+
 async def make(out: Path) -> None:
     out.mkdir(parents=True)
     raw = {"node": {"name": "fedgram", "listen": "127.0.0.1:0", "log_level": "warning"}}
@@ -83,12 +120,14 @@ async def make(out: Path) -> None:
         }
     db = sqlite3.connect(out / "fedgram.db")
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.execute("VACUUM")
     assert db.execute("PRAGMA user_version").fetchone() == (4,)
+    (out / "fedgram.sql").write_text(_rows_as_sql(db))
     db.close()
+    facts["node_key"] = (out / "node.key").read_bytes().hex()
     (out / "devices.json").write_text(json.dumps(facts, indent=1) + "\n")
-    for extra in ("admin.sock", "node.lock", "fedgram.db-wal", "fedgram.db-shm"):
+    for extra in ("admin.sock", "node.lock", "node.key", "fedgram.db", "fedgram.db-wal"):
         (out / extra).unlink(missing_ok=True)
+    (out / "fedgram.db-shm").unlink(missing_ok=True)
     if (out / "media").exists():
         (out / "media").rmdir()
 
