@@ -143,3 +143,12 @@ def node_process(tmp_path: Path) -> Iterator[Any]:
             p.proc.kill()
             p.proc.wait(10)
         p.close_files()
+
+
+def cli_login(url: str, data: str, name: str, profile: Path, device: str = "dev") -> None:
+    """Sign a CLI profile in as NAME with a code the admin issued (real subprocesses)."""
+    code = fedgram("user", "code", name, "--data", data, check=True).stdout.strip()
+    fedgram(
+        "client", "login", url, name, "--code", code, "--device-name", device,
+        "--profile", str(profile), check=True,
+    )  # fmt: skip

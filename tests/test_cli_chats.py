@@ -9,24 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REPO, fedgram
-
-
-def _login(url: str, data: str, name: str, profile: Path, device: str) -> None:
-    code = fedgram("user", "code", name, "--data", data, check=True).stdout.strip()
-    fedgram(
-        "client",
-        "login",
-        url,
-        name,
-        "--code",
-        code,
-        "--device-name",
-        device,
-        "--profile",
-        str(profile),
-        check=True,
-    )
+from tests.conftest import REPO, cli_login, fedgram
 
 
 def _client(profile: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -70,9 +53,9 @@ def test_two_people_chat_from_the_cli(node_process: Any, tmp_path: Path) -> None
         for dev in ("phone", "laptop")
     }
     for (name, dev), prof in p.items():
-        _login(n.url, d, name, prof, dev)
+        cli_login(n.url, d, name, prof, dev)
     carol = tmp_path / "carol"
-    _login(n.url, d, "carol", carol, "phone")
+    cli_login(n.url, d, "carol", carol, "phone")
     a1, a2, b1, b2 = (
         p["alice", "phone"],
         p["alice", "laptop"],
@@ -187,7 +170,7 @@ async def test_listen_overlapping_catch_up_prints_everything_once(
     for name in ("alice", "bob"):
         fedgram("user", "add", name, "--data", d, check=True)
     bob = tmp_path / "bob"
-    _login(n.url, d, "bob", bob, "laptop")
+    cli_login(n.url, d, "bob", bob, "laptop")
     assert _client(bob, "listen", "--count", "0").stdout == ""
     code = fedgram("user", "code", "alice", "--data", d, check=True).stdout.strip()
     async with Client.connect(n.url) as a:

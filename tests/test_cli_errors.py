@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import REPO, fedgram
+from tests.conftest import REPO, cli_login, fedgram
 
 
 def one_clear_line(proc: Any, *needles: str, code: int | None = None) -> str:
@@ -35,11 +35,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _login(url: str, data: str, name: str, profile: Path) -> None:
-    code = fedgram("user", "code", name, "--data", data, check=True).stdout.strip()
-    fedgram("client", "login", url, name, "--code", code, "--profile", str(profile), check=True)
 
 
 @pytest.mark.parametrize(
@@ -81,7 +76,7 @@ def test_client_errors_against_a_real_node(node_process: Any, tmp_path: Path) ->
     d = str(n.data)
     fedgram("user", "add", "alice", "--data", d, check=True)
     prof = tmp_path / "alice"
-    _login(n.url, d, "alice", prof)
+    cli_login(n.url, d, "alice", prof)
     f = tmp_path / "note.txt"
     f.write_text("hello")
     media = fedgram("client", "upload", str(f), "--profile", str(prof), check=True).stdout.strip()
@@ -161,7 +156,7 @@ def test_forget_node_accepts_a_rekeyed_node(node_process: Any, tmp_path: Path) -
     port = urlsplit(old.url).port
     fedgram("user", "add", "alice", "--data", str(old.data), check=True)
     prof = tmp_path / "alice"
-    _login(old.url, str(old.data), "alice", prof)
+    cli_login(old.url, str(old.data), "alice", prof)
     assert old.node_id in (prof / "known_nodes.json").read_text()
     assert old.stop() == 0
 

@@ -15,15 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.conftest import REPO, fedgram
-
-
-def _login(url: str, data: str, name: str, profile: Path, device: str = "dev") -> None:
-    code = fedgram("user", "code", name, "--data", data, check=True).stdout.strip()
-    fedgram(
-        "client", "login", url, name, "--code", code, "--device-name", device,
-        "--profile", str(profile), check=True,
-    )  # fmt: skip
+from tests.conftest import REPO, cli_login, fedgram
 
 
 def _client(profile: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -97,8 +89,8 @@ def test_new_device_listen_shows_recent_dialogs(node_process: Any, tmp_path: Pat
     for name in ("alice", "bob"):
         fedgram("user", "add", name, "--data", d, check=True)
     alice, phone = tmp_path / "alice", tmp_path / "bob-phone"
-    _login(n.url, d, "alice", alice)
-    _login(n.url, d, "bob", phone, "phone")
+    cli_login(n.url, d, "alice", alice)
+    cli_login(n.url, d, "bob", phone, "phone")
     group = _client(alice, "create-group", "Family", "--members", "bob").stdout.strip()
     _client(alice, "send", group, "dinner at 8?")
     _client(phone, "send", group, "ok!")  # sending reads the chat up to there
@@ -109,7 +101,7 @@ def test_new_device_listen_shows_recent_dialogs(node_process: Any, tmp_path: Pat
 
     # a new device: the dialogs, most recent first, with last message and unread count
     laptop = tmp_path / "bob-laptop"
-    _login(n.url, d, "bob", laptop, "laptop")
+    cli_login(n.url, d, "bob", laptop, "laptop")
     text = _client(laptop, "listen", "--count", "0").stdout.splitlines()
     assert len(text) == 2, text
     assert text[0].startswith(chat) and "(2 unread)" in text[0]
@@ -120,7 +112,7 @@ def test_new_device_listen_shows_recent_dialogs(node_process: Any, tmp_path: Pat
     assert _client(laptop, "listen", "--count", "0").stdout == ""
 
     tablet = tmp_path / "bob-tablet"
-    _login(n.url, d, "bob", tablet, "tablet")
+    cli_login(n.url, d, "bob", tablet, "tablet")
     dialogs = _lines(_client(tablet, "listen", "--count", "0", "--json"))
     assert [(x["type"], x["dialog"]["id"], x["dialog"]["unread"]) for x in dialogs] == [
         ("dialog", chat, 2),
@@ -142,8 +134,8 @@ def test_listen_survives_node_restarts(node_process: Any, tmp_path: Path) -> Non
     for name in ("alice", "bob"):
         fedgram("user", "add", name, "--data", d, check=True)
     alice, bob = tmp_path / "alice", tmp_path / "bob"
-    _login(n.url, d, "alice", alice)
-    _login(n.url, d, "bob", bob)
+    cli_login(n.url, d, "alice", alice)
+    cli_login(n.url, d, "bob", bob)
     _client(alice, "send", "@bob", "before anything")
     assert len(_client(bob, "listen", "--count", "0").stdout.splitlines()) == 1  # the dialog
 
@@ -195,9 +187,9 @@ def test_listen_exits_when_its_device_is_revoked(node_process: Any, tmp_path: Pa
     for name in ("alice", "bob"):
         fedgram("user", "add", name, "--data", d, check=True)
     alice, phone, laptop = tmp_path / "alice", tmp_path / "phone", tmp_path / "laptop"
-    _login(n.url, d, "alice", alice)
-    _login(n.url, d, "bob", phone, "phone")
-    _login(n.url, d, "bob", laptop, "laptop")
+    cli_login(n.url, d, "alice", alice)
+    cli_login(n.url, d, "bob", phone, "phone")
+    cli_login(n.url, d, "bob", laptop, "laptop")
     _client(laptop, "listen", "--count", "0")
 
     listener = Listener(laptop)

@@ -12,12 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REPO, fedgram
-
-
-def _login(url: str, data: str, name: str, profile: Path) -> None:
-    code = fedgram("user", "code", name, "--data", data, check=True).stdout.strip()
-    fedgram("client", "login", url, name, "--code", code, "--profile", str(profile), check=True)
+from tests.conftest import REPO, cli_login, fedgram
 
 
 def test_upload_resume_send_download_from_the_cli(node_process: Any, tmp_path: Path) -> None:
@@ -26,8 +21,8 @@ def test_upload_resume_send_download_from_the_cli(node_process: Any, tmp_path: P
     for name in ("alice", "bob"):
         fedgram("user", "add", name, "--data", d, check=True)
     alice, bob = tmp_path / "alice", tmp_path / "bob"
-    _login(n.url, d, "alice", alice)
-    _login(n.url, d, "bob", bob)
+    cli_login(n.url, d, "alice", alice)
+    cli_login(n.url, d, "bob", bob)
     f = tmp_path / "holiday.mp4"
     f.write_bytes(os.urandom(40 << 20))  # 80 parts of 512 KiB
 
@@ -107,7 +102,7 @@ def test_upload_resume_send_download_from_the_cli(node_process: Any, tmp_path: P
     # someone who may not read it gets a clear error and no file
     fedgram("user", "add", "eve", "--data", d, check=True)
     eve = tmp_path / "eve"
-    _login(n.url, d, "eve", eve)
+    cli_login(n.url, d, "eve", eve)
     denied = fedgram(
         "client", "download", media_id, "-o", str(tmp_path / "x"), "--profile", str(eve)
     )
