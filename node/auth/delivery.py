@@ -16,7 +16,6 @@ import subprocess
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 import trio
 
 from .. import log
@@ -91,6 +90,8 @@ class CodeDelivery:
             raise RuntimeError(f"exit {proc.returncode}: {err[-1] if err else ''}")
 
     async def _webhook(self, name: str, code: str, expires_in: int) -> None:
+        import httpx  # lazy: ~0.1 s to import, and only a webhook delivery needs it
+
         body: dict[str, Any] = {
             "name": name,
             "code": code,
