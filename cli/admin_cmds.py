@@ -10,7 +10,6 @@ from typing import Annotated, Any
 import typer
 
 from node import config
-from node.app import Node
 from node.client.admin import AdminClient
 from node.lock import node_running
 from node.rpc import CallContext
@@ -31,6 +30,8 @@ def admin_call(data: Any, method: str, params: dict[str, Any] | None = None) -> 
             async with AdminClient.connect(data_dir) as admin:
                 return await admin.call(method, params or {})
         cfg = config.load(data_dir)
+        from node.app import Node  # lazy: the whole node, only when it is not running
+
         async with Node.offline(cfg) as node:
             return await node.router.dispatch(CallContext(node, "admin"), method, params or {})
 

@@ -10,7 +10,6 @@ import trio
 import typer
 
 from node import __version__, config, log
-from node.app import Node
 from node.client.admin import AdminClient
 from node.config import ConfigError
 from node.lock import node_running
@@ -113,6 +112,7 @@ def run(data: DataOpt = None, listen: ListenOpt = None, log_level: LogOpt = None
     except ConfigError as e:
         fail(str(e), 2)
     log.setup(cfg.get("node", "log_level"))
+    from node.app import Node  # lazy: the whole node; only `run` needs it
 
     async def serve() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
