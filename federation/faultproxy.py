@@ -1,0 +1,461 @@
+"""A fault-injection TCP proxy for multi-node tests.
+
+Project rule: faults between nodes (cut links, partitions, latency, refused
+connections) are injected by a real proxy on real sockets, never by mocking a
+peer. A mock only fails the way its author imagined; a proxy in the path makes
+the node's own socket code meet real resets, stalls and half-closes.
+
+In-process use (from a trio test)::
+
+    async with FaultProxy.open("127.0.0.1", node_port) as proxy:
+        ... connect to ("127.0.0.1", proxy.port) ...
+        proxy.pause()  # partition: bytes stop, connections stay open
+        proxy.resume()  # everything held is delivered, in order
+        proxy.cut()  # every live connection is reset, both sides
+
+Process-level use (for tests that run nodes as subprocesses)::
+
+    python3 -m federation.faultproxy --listen 127.0.0.1:0 --target 127.0.0.1:PORT
+
+prints ``{"listen": "127.0.0.1", "port": N}`` as one JSON line, then reads
+commands, one per line, on stdin (``cut``, ``pause``, ``resume``,
+``block [refuse|blackhole]``, ``unblock``, ``delay SECONDS [up|down|both]``,
+``stats``) and answers each with one JSON line, so the test knows the fault is
+in place before it goes on. It exits when stdin is closed, so it cannot outlive
+the test that started it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import socket
+import struct
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+import trio
+
+Direction = Literal["up", "down", "both"]
+BlockMode = Literal["refuse", "blackhole"]
+
+#: SO_LINGER on, timeout 0: close() sends RST instead of FIN, the way a crashed
+#: host or a middlebox dropping state looks to the peer.
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+class _Gate:
+    """An open/closed gate tasks can wait on; closing it again is allowed.
+
+    trio.Event cannot be reset, so a closed gate holds a fresh unset Event and
+    opening it sets that Event, waking every waiter at once (no polling).
+    """
+
+    def __init__(self) -> None:
+        self._event = trio.Event()
+        self._event.set()
+
+    @property
+    def is_open(self) -> bool:
+        return self._event.is_set()
+
+    def open(self) -> None:
+        self._event.set()
+
+    def close(self) -> None:
+        if self._event.is_set():
+            self._event = trio.Event()
+
+    async def wait_open(self) -> None:
+        # Loop: the gate may be closed again between the wake-up and our run.
+        while not (event := self._event).is_set():
+            await event.wait()
+
+
+def _hard_close(stream: trio.SocketStream | None, *, reset: bool) -> None:
+    """Close a socket synchronously, with RST if ``reset``.
+
+    Synchronous on purpose: cut() must take effect before it returns, and a
+    close inside an already-cancelled scope must not be skipped by Cancelled.
+    Closing a trio socket wakes any task blocked on it (notify_closing).
+    """
+    if stream is None:
+        return
+    sock = stream.socket
+    if sock.fileno() == -1:
+        return
+    if reset:
+        # If the peer is already gone this may fail; a plain close is all that is left.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+    sock.close()
+
+
+class _Link:
+    """One proxied connection: the client side, the target side, one cancel scope."""
+
+    def __init__(self, client: trio.SocketStream) -> None:
+        self.client = client
+        self.target: trio.SocketStream | None = None
+        self.scope = trio.CancelScope()
+
+    def abort(self) -> None:
+        """Reset both sides now and stop the link's tasks."""
+        _hard_close(self.client, reset=True)
+        _hard_close(self.target, reset=True)
+        self.scope.cancel()
+
+
+class FaultProxy:
+    """TCP proxy from ``127.0.0.1:port`` to a target, with faults on demand.
+
+    Every control method is synchronous and takes effect before it returns
+    (for new traffic), so a test can call it from its own trio task and then
+    immediately assert on the consequence. Memory is bounded: each direction
+    of each connection holds at most ``max_chunks`` chunks of at most
+    ``chunk_size`` bytes; beyond that the proxy stops reading and TCP flow
+    control pushes back on the sender, as a slow real link would.
+    """
+
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        *,
+        listen_host: str = "127.0.0.1",
+        listen_port: int = 0,
+        chunk_size: int = 65536,
+        max_chunks: int = 16,
+    ) -> None:
+        self.target_host = target_host
+        self.target_port = target_port
+        self.listen_host = listen_host
+        self.port = listen_port  #: the real port once serve() has started
+        self.chunk_size = chunk_size
+        self.max_chunks = max_chunks
+        #: bytes delivered client -> target and target -> client
+        self.bytes_up = 0
+        self.bytes_down = 0
+        #: client connections accepted (including refused and black-holed ones)
+        self.connections = 0
+        #: connections reset on arrival because of block("refuse") or a dead target
+        self.refused = 0
+        #: connections torn down by cut()
+        self.cuts = 0
+        self._links: set[_Link] = set()
+        self._flow = _Gate()  # closed = pause(): no bytes move on any link
+        self._admit = _Gate()  # closed = block(): new connections not forwarded
+        self._block_mode: BlockMode = "refuse"
+        self._delay: dict[str, float] = {"up": 0.0, "down": 0.0}
+        self._serve_scope: trio.CancelScope | None = None
+
+    # ---------------------------------------------------------------- running
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls, target_host: str, target_port: int, **kwargs: Any
+    ) -> AsyncIterator[FaultProxy]:
+        """Run a proxy for the duration of the ``async with`` block, in its own nursery."""
+        proxy = cls(target_host, target_port, **kwargs)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(proxy.serve)
+            try:
+                yield proxy
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and proxy until cancelled or stop(); reports the port to ``nursery.start``.
+
+        All connection tasks live in a nursery owned here, so when serve()
+        returns no proxied connection is left running.
+        """
+        listeners = await trio.open_tcp_listeners(self.port, host=self.listen_host)
+        listener = listeners[0]
+        for extra in listeners[1:]:
+            await extra.aclose()
+        try:
+            self.port = listener.socket.getsockname()[1]
+            with trio.CancelScope() as self._serve_scope:
+                async with trio.open_nursery() as nursery:
+                    task_status.started(self.port)
+                    while True:
+                        stream = await listener.accept()
+                        nursery.start_soon(self._handle, stream)
+        finally:
+            self._serve_scope = None
+            for link in list(self._links):
+                link.abort()
+            with trio.CancelScope(shield=True):
+                await listener.aclose()
+
+    def stop(self) -> None:
+        """Stop listening and reset every connection (serve() then returns)."""
+        if self._serve_scope is not None:
+            self._serve_scope.cancel()
+
+    # --------------------------------------------------------------- controls
+
+    def cut(self) -> int:
+        """Reset every current connection on both sides; return how many.
+
+        New connections are unaffected: this is a link flap, not an outage
+        (combine with block() for that).
+        """
+        links = list(self._links)
+        self._links.clear()  # gone now, not when their tasks next run: `active` is exact
+        for link in links:
+            link.abort()
+        self.cuts += len(links)
+        return len(links)
+
+    def block(self, mode: BlockMode = "refuse") -> None:
+        """Stop forwarding new connections; existing ones are untouched.
+
+        ``refuse``: each new connection is accepted and reset at once (the
+        kernel completes the handshake before we can say no, so the client sees
+        a reset rather than ECONNREFUSED). ``blackhole``: new connections are
+        held silently, nothing read and nothing sent, until unblock() forwards
+        them or cut() resets them - like a partition that later heals.
+        """
+        if mode not in ("refuse", "blackhole"):
+            raise ValueError(f"unknown block mode {mode!r}")
+        self._block_mode = mode
+        self._admit.close()
+
+    def unblock(self) -> None:
+        """Forward new connections again, including black-holed ones still waiting."""
+        self._admit.open()
+
+    def pause(self) -> None:
+        """Freeze all traffic without closing anything (a partition).
+
+        Bytes already handed to a socket still arrive; nothing new is read or
+        written until resume(), so nothing is lost and order is kept.
+        """
+        self._flow.close()
+
+    def resume(self) -> None:
+        """Let traffic flow again after pause()."""
+        self._flow.open()
+
+    def delay(self, seconds: float, direction: Direction = "both") -> None:
+        """Add one-way latency to every chunk read from now on.
+
+        Each chunk is stamped when read and written no earlier than stamp +
+        delay; chunks leave in arrival order, so lowering the delay never
+        reorders bytes (later chunks just wait behind earlier ones).
+        """
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError("delay must be a finite number >= 0")
+        if direction not in ("up", "down", "both"):
+            raise ValueError(f"unknown direction {direction!r}")
+        for name in ("up", "down"):
+            if direction in (name, "both"):
+                self._delay[name] = seconds
+
+    @property
+    def active(self) -> int:
+        """Connections currently open (forwarding, paused or black-holed)."""
+        return len(self._links)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and current fault settings, JSON-ready."""
+        return {
+            "port": self.port,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "connections": self.connections,
+            "active": self.active,
+            "refused": self.refused,
+            "cuts": self.cuts,
+            "paused": not self._flow.is_open,
+            "blocked": None if self._admit.is_open else self._block_mode,
+            "delay_up": self._delay["up"],
+            "delay_down": self._delay["down"],
+        }
+
+    # -------------------------------------------------------------- internals
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        self.connections += 1
+        link = _Link(client)
+        self._links.add(link)
+        try:
+            with link.scope:
+                if not self._admit.is_open:
+                    if self._block_mode == "refuse":
+                        self.refused += 1
+                        link.abort()
+                        return
+                    await self._admit.wait_open()
+                try:
+                    link.target = await trio.open_tcp_stream(self.target_host, self.target_port)
+                except OSError:
+                    # The target is down: tell the client the same way a dead host would.
+                    self.refused += 1
+                    link.abort()
+                    return
+                await self._forward(link, link.target)
+        finally:
+            self._links.discard(link)
+            _hard_close(link.client, reset=False)
+            _hard_close(link.target, reset=False)
+
+    async def _forward(self, link: _Link, target: trio.SocketStream) -> None:
+        """Pump both directions; a clean EOF is passed on as a half-close."""
+        async with trio.open_nursery() as nursery:
+            for src, dst, direction in ((link.client, target, "up"), (target, link.client, "down")):
+                send, recv = trio.open_memory_channel[tuple[float, bytes]](self.max_chunks)
+                nursery.start_soon(self._read_side, link, src, send, direction)
+                nursery.start_soon(self._write_side, link, dst, recv, direction)
+
+    async def _read_side(
+        self,
+        link: _Link,
+        src: trio.SocketStream,
+        out: trio.MemorySendChannel[tuple[float, bytes]],
+        direction: str,
+    ) -> None:
+        """Read chunks and stamp them with their due time; b"" marks EOF."""
+        async with out:
+            try:
+                while True:
+                    await self._flow.wait_open()
+                    data = await src.receive_some(self.chunk_size)
+                    due = trio.current_time() + self._delay[direction]
+                    await out.send((due, data))
+                    if not data:
+                        return
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                link.abort()  # one side reset: reset the other too, as a real path would
+
+    async def _write_side(
+        self,
+        link: _Link,
+        dst: trio.SocketStream,
+        inbox: trio.MemoryReceiveChannel[tuple[float, bytes]],
+        direction: str,
+    ) -> None:
+        """Write chunks in order once due and while traffic flows."""
+        async with inbox:
+            try:
+                async for due, data in inbox:
+                    await trio.sleep_until(due)
+                    await self._flow.wait_open()
+                    if not data:
+                        await dst.send_eof()
+                        return
+                    await dst.send_all(data)
+                    if direction == "up":
+                        self.bytes_up += len(data)
+                    else:
+                        self.bytes_down += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                link.abort()
+
+
+# ------------------------------------------------------------- process mode
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    try:
+        return host, int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad port in {text!r}") from None
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    # Plain blocking print: replies are tiny and the reader is the test waiting for them.
+    print(json.dumps(obj, sort_keys=True), flush=True)
+
+
+def command(proxy: FaultProxy, line: str) -> dict[str, Any]:
+    """Apply one control line to ``proxy`` and return the JSON-ready reply."""
+    words = line.split()
+    if not words:
+        return {"ok": False, "error": "empty command"}
+    name, args = words[0], words[1:]
+    try:
+        if name == "cut" and not args:
+            return {"ok": True, "cmd": name, "closed": proxy.cut()}
+        if name == "pause" and not args:
+            proxy.pause()
+        elif name == "resume" and not args:
+            proxy.resume()
+        elif name == "block" and len(args) <= 1:
+            mode = args[0] if args else "refuse"
+            if mode not in ("refuse", "blackhole"):
+                raise ValueError(f"unknown block mode {mode!r}")
+            proxy.block("blackhole" if mode == "blackhole" else "refuse")
+        elif name == "unblock" and not args:
+            proxy.unblock()
+        elif name == "delay" and len(args) in (1, 2):
+            direction = args[1] if len(args) == 2 else "both"
+            if direction not in ("up", "down", "both"):
+                raise ValueError(f"unknown direction {direction!r}")
+            proxy.delay(
+                float(args[0]),
+                "up" if direction == "up" else "down" if direction == "down" else "both",
+            )
+        elif name == "stats" and not args:
+            return {"ok": True, "cmd": name, **proxy.stats()}
+        else:
+            return {"ok": False, "error": f"unknown command {line.strip()!r}"}
+    except ValueError as exc:
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True, "cmd": name}
+
+
+async def _control(proxy: FaultProxy, stdin: trio.abc.ReceiveStream, max_line: int = 4096) -> None:
+    """Serve control lines from ``stdin`` until it is closed."""
+    buf = bytearray()
+    while True:
+        data = await stdin.receive_some(4096)
+        if not data:
+            return
+        buf += data
+        while (nl := buf.find(b"\n")) >= 0:
+            line = bytes(buf[:nl]).decode("utf-8", "replace")
+            del buf[: nl + 1]
+            if line.strip():
+                _emit(command(proxy, line))
+        if len(buf) > max_line:
+            _emit({"ok": False, "error": "line too long"})
+            buf.clear()
+
+
+async def _main(listen: tuple[str, int], target: tuple[str, int]) -> None:
+    proxy = FaultProxy(target[0], target[1], listen_host=listen[0], listen_port=listen[1])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(proxy.serve)
+        _emit({"listen": listen[0], "port": proxy.port})
+        # A dup so trio's non-blocking mode and close stay off the interpreter's fd 0.
+        async with trio.lowlevel.FdStream(os.dup(sys.stdin.fileno())) as stdin:
+            await _control(proxy, stdin)
+        nursery.cancel_scope.cancel()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python3 -m federation.faultproxy", description=(__doc__ or "").split("\n")[0]
+    )
+    parser.add_argument(
+        "--listen", type=_hostport, default=("127.0.0.1", 0), help="HOST:PORT (port 0: any)"
+    )
+    parser.add_argument("--target", type=_hostport, required=True, help="HOST:PORT to forward to")
+    args = parser.parse_args(argv)
+    trio.run(_main, args.listen, args.target)
+
+
+if __name__ == "__main__":
+    main()
