@@ -11,8 +11,8 @@ import typer
 
 from node import config
 from node.client.admin import AdminClient
+from node.interfaces import CallContext
 from node.lock import node_running
-from node.rpc import CallContext
 
 from .common import DataOpt, JsonOpt, fail, print_json, run_async
 
@@ -33,7 +33,7 @@ def admin_call(data: Any, method: str, params: dict[str, Any] | None = None) -> 
         from node.app import Node  # lazy: the whole node, only when it is not running
 
         async with Node.offline(cfg) as node:
-            return await node.router.dispatch(CallContext(node, "admin"), method, params or {})
+            return await node.router.dispatch(CallContext("admin"), method, params or {})
 
     return run_async(go)
 

@@ -11,20 +11,17 @@ import contextlib
 import errno
 import os
 import socket
-from typing import TYPE_CHECKING
 
 import trio
 
 from . import log
 from .adminframe import FrameTooBig, read_frame, write_frame
 from .config import ConfigError
+from .interfaces import CallContext
 from .protocol import frames
 from .protocol.codec import DecodeError, decode, encode
 from .protocol.errors import ErrorCode, RpcError
-from .rpc import CallContext
-
-if TYPE_CHECKING:
-    from .app import Node
+from .rpc import Router
 
 _log = log.get("admin")
 UNIX_PATH_MAX = 107
@@ -55,8 +52,9 @@ def bind_admin_socket(path: os.PathLike[str] | str) -> trio.socket.SocketType:
 
 
 class AdminServer:
-    def __init__(self, node: Node, sock: trio.socket.SocketType) -> None:
-        self.node = node
+    def __init__(self, router: Router, sock: trio.socket.SocketType, max_bytes: int) -> None:
+        self.router = router
+        self.max_bytes = max_bytes
         self.listener = trio.SocketListener(sock)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -73,7 +71,7 @@ class AdminServer:
                 nursery.start_soon(self._connection, stream)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        max_bytes: int = self.node.config.get("limits", "frame_max_bytes")
+        max_bytes = self.max_bytes
         async with stream:
             while True:
                 try:
@@ -98,8 +96,8 @@ class AdminServer:
             rid, method, params = frames.parse_request(obj)
         except RpcError as e:
             return frames.error(frames.request_id_of(obj), e)
-        ctx = CallContext(self.node, "admin")
+        ctx = CallContext("admin")
         try:
-            return frames.result(rid, await self.node.router.dispatch(ctx, method, params))
+            return frames.result(rid, await self.router.dispatch(ctx, method, params))
         except RpcError as e:
             return frames.error(rid, e)

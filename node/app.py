@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 from nacl.signing import SigningKey
@@ -20,14 +21,17 @@ from trio_websocket import WebSocketServer
 from . import log, system
 from .admin import AdminServer, bind_admin_socket
 from .auth.service import Accounts
+from .chats.compaction import Compaction
 from .chats.service import Chats
 from .config import Config, ConfigError, check_writable
 from .gateway import Gateway
+from .interfaces import Background
 from .keyfile import load_or_create_key
 from .lock import DataDirLock
 from .media.service import Media
-from .nodes import NodeBook, ensure_self
+from .nodes import Directory, ensure_self
 from .protocol.identity import fingerprint
+from .publications import Publications
 from .ratelimit import RateLimiter, Rule
 from .rpc import Router
 from .storage import Database
@@ -39,43 +43,68 @@ WS_RECEIVE_BUFFER = 64 * 1024
 
 
 class Node:
-    def __init__(self, config: Config, identity: SigningKey, db: Database, nodes: NodeBook) -> None:
+    """The application object: builds each service with the small interfaces it uses
+    (node/interfaces.py) and owns what they share. Nothing below imports this module."""
+
+    def __init__(
+        self, config: Config, identity: SigningKey, db: Database, directory: Directory
+    ) -> None:
         self.config = config
         self.identity = identity
         self.node_id = fingerprint(bytes(identity.verify_key))
         self.db = db
         # the nodes table as addresses are formatted and resolved (node/nodes.py)
-        self.nodes = nodes
-        self.hub = Hub()
-        self.hub.present = nodes.present  # pushes leave the node with display addresses
+        self.directory = directory
+        self.hub = Hub(present=directory.present)  # pushes leave with display addresses
+        # committed changes in commit order: the hub subscribes (federation may too)
+        self.events = Publications()
+        self.events.subscribe(self.hub.on_committed)
         self.ratelimit = RateLimiter(
             {k: Rule.parse(v) for k, v in config.values["ratelimit"].items()}
         )
-        self.router = Router()
+        self.router = Router(rate_check=self.ratelimit.check, present=directory.present)
         # long-running service loops (sweeps, expiry) started in the node's nursery by start()
-        self.background: list[Callable[[], Awaitable[None]]] = []
-        system.register(self.router)
-        self.accounts = Accounts(self)
+        self.background: list[Background] = [self.events.run]
+        system.register(self.router, self.describe)
+        self.accounts = Accounts(config, identity, db, self.hub, directory, self.events)
         self.accounts.register(self.router)
-        self.chats = Chats(self)
+        compaction = Compaction(db)
+        self.chats = Chats(config, identity, self.node_id, db, self.hub, self.events, compaction)
         self.chats.register(self.router)
-        self.media = Media(self)
+        self.hub.chat_loader = self.chats.chats_of
+        self.accounts.removal.append(self.chats.on_user_removed)
+        self.background.append(compaction.run)
+        self.media = Media(config, db)
         self.media.register(self.router)
         self.background.append(self.media.run)
         missing = self.router.missing()
         if missing:
             raise RuntimeError(f"schema methods without a handler: {', '.join(missing)}")
-        self.gateway = Gateway(self)
+        self.gateway = Gateway(config, identity, self.router, self.hub)
         self.background.append(self.gateway.heartbeats)
         self.started_at = time.time()
         self.host, self.port = config.listen
 
+    def describe(self) -> dict[str, Any]:
+        """What ``system.info`` and ``admin.status`` say of this node."""
+        return {
+            "node_id": self.node_id,
+            "name": self.config.name,
+            "listen": f"{self.host}:{self.port}",
+            "url": self.url,
+            "uptime": time.time() - self.started_at,
+            "sessions": len(self.gateway.sessions),
+            "db_bytes": self.db.size_bytes(),
+            "data_dir": str(self.config.data_dir),
+        }
+
     @staticmethod
-    async def _self_row(config: Config, identity: SigningKey, db: Database) -> NodeBook:
+    async def _self_row(config: Config, identity: SigningKey, db: Database) -> Directory:
         """This node's row of the nodes table says its key and its configured name (a
         rename in the config changes the petname and nothing signed)."""
         key = bytes(identity.verify_key)
-        return await db.write(lambda c: ensure_self(c, fingerprint(key), key, config.name))
+        book = await db.write(lambda c: ensure_self(c, fingerprint(key), key, config.name))
+        return Directory(book)
 
     @property
     def url(self) -> str:
@@ -136,7 +165,11 @@ class Node:
                 )
                 async with trio.open_nursery() as nursery:
                     await nursery.start(server.run)
-                    await nursery.start(AdminServer(node, admin_sock).serve)
+                    await nursery.start(
+                        AdminServer(
+                            node.router, admin_sock, config.get("limits", "frame_max_bytes")
+                        ).serve
+                    )
                     for task in node.background:
                         nursery.start_soon(task)
                     log.event(

@@ -16,19 +16,19 @@ import contextlib
 import itertools
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
+from nacl.signing import SigningKey
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from . import log, wslimits
+from .config import Config
+from .interfaces import CallContext, Sessions
 from .protocol import frames
 from .protocol.connection import BadFrame, Connection, ProtocolError, Request, State
 from .protocol.errors import CLOSE_CODES, ErrorCode, RpcError
-from .rpc import CallContext
-
-if TYPE_CHECKING:
-    from .app import Node
+from .rpc import Router
 
 _log = log.get("gateway")
 wslimits.install()  # before any connection's reader task starts
@@ -43,7 +43,7 @@ class Session:
     """A live, handshaken connection. Services push to it with :meth:`push`."""
 
     def __init__(self, gateway: Gateway, ws: WebSocketConnection, conn: Connection):
-        cfg = gateway.node.config
+        cfg = gateway.config
         self.id = next(_ids)
         self.gateway = gateway
         self.ws = ws
@@ -139,10 +139,10 @@ class Session:
             # nothing yet: federation's link driver takes them when it exists.
 
     async def _call(self, rid: int, method: str, params: dict[str, Any]) -> None:
-        ctx = CallContext(self.gateway.node, "ws", self)
+        ctx = CallContext("ws", self)
         try:
             try:
-                value = await self.gateway.node.router.dispatch(ctx, method, params)
+                value = await self.gateway.router.dispatch(ctx, method, params)
             except RpcError as e:
                 await self._send(self.conn.error(rid, e))
             else:
@@ -192,8 +192,16 @@ class Session:
 
 
 class Gateway:
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    """Accepts WebSocket connections, runs their handshake and serves each as a Session:
+    requests go to ``router``, signed-in sessions are listed in ``sessions``."""
+
+    def __init__(
+        self, config: Config, identity: SigningKey, router: Router, sessions: Sessions
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self.router = router
+        self.hub = sessions
         self.sessions: dict[int, Session] = {}
         self._pending = 0  # connections still in their handshake
         self.shutting_down = False
@@ -202,7 +210,7 @@ class Gateway:
         """Ping every session that has been quiet for a ping interval and close the ones
         silent past the idle timeout. One sweeper for all sessions instead of a heartbeat
         task in each: at 10,000 idle connections a task per session is 3 KiB apiece."""
-        cfg = self.node.config
+        cfg = self.config
         interval = min(float(cfg.get("timeouts", "ping_interval")), cfg.get("timeouts", "idle") / 2)
         idle: float = cfg.get("timeouts", "idle")
         async with trio.open_nursery() as pings:
@@ -217,7 +225,7 @@ class Gateway:
                         pings.start_soon(s.ping_once, idle / 2)
 
     async def handle(self, request: WebSocketRequest) -> None:
-        cfg = self.node.config
+        cfg = self.config
         try:
             ws = await request.accept()
         except ConnectionClosed:
@@ -246,7 +254,7 @@ class Gateway:
             await session.run()
         finally:
             del self.sessions[session.id]
-            self.node.hub.detach(session)
+            self.hub.detach(session)
             log.event(
                 _log,
                 "session.close",
@@ -257,9 +265,9 @@ class Gateway:
 
     async def _handshake(self, ws: WebSocketConnection) -> Connection | None:
         """Hello, welcome and, from a node peer, its proof (Connection's AWAIT_PROOF)."""
-        timeout: float = self.node.config.get("timeouts", "handshake")
+        timeout: float = self.config.get("timeouts", "handshake")
         reason = ErrorCode.HANDSHAKE_TIMEOUT
-        conn = Connection.server(self.node.identity)
+        conn = Connection.server(self.identity)
         with trio.move_on_after(timeout):
             try:
                 await ws.send_message(conn.receive_hello(await _bytes(ws)))

@@ -172,3 +172,36 @@ class NodeBook:
     def canonical_of(self, name: str) -> str:
         """The canonical address of local user ``name``."""
         return canonical(name, self.self_id)
+
+
+class Directory:
+    """The node's user directory (node/interfaces.py's UserDirectory): the current
+    :class:`NodeBook`, replaced whole when the nodes table changes (a peer added, renamed,
+    blocked). Services and the hub hold the directory, so they never format with a stale
+    book."""
+
+    def __init__(self, book: NodeBook) -> None:
+        self.book = book
+
+    def replace(self, book: NodeBook) -> None:
+        self.book = book
+
+    @property
+    def self_id(self) -> str:
+        return self.book.self_id
+
+    @property
+    def self_name(self) -> str:
+        return self.book.self_name
+
+    def canonical_of(self, name: str) -> str:
+        return self.book.canonical_of(name)
+
+    def present(self, obj: Any) -> Any:
+        return self.book.present(obj)
+
+    def display(self, text: str) -> str:
+        return self.book.display(text)
+
+    def resolve(self, text: str) -> Address:
+        return self.book.resolve(text)

@@ -9,36 +9,28 @@ logged with the method name only (never the parameters, which may hold secrets).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 from . import log
+from .interfaces import CallContext, Caller
 from .protocol.api import METHODS
 from .protocol.errors import ErrorCode, RpcError
 
-if TYPE_CHECKING:
-    from .app import Node
-    from .gateway import Session
-
 _log = log.get("rpc")
 
-Transport = Literal["ws", "admin"]
-
-
-@dataclass
-class CallContext:
-    node: Node
-    transport: Transport
-    session: Session | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 Handler = Callable[[CallContext, dict[str, Any]], Awaitable[Any]]
+RateCheck = Callable[[str, dict[str, str | None]], None]
+"""Refuses a call over its rate budget (node/ratelimit.py's RateLimiter.check)."""
 
 
 class Router:
-    def __init__(self) -> None:
+    def __init__(
+        self, rate_check: RateCheck | None = None, present: Callable[[Any], Any] | None = None
+    ) -> None:
         self.handlers: dict[str, Handler] = {}
+        self._rate_check = rate_check
+        # addresses are canonical inside the node; callers read them as name@petname
+        self._present = present
 
     def add(self, name: str, fn: Handler) -> None:
         if name not in METHODS:
@@ -59,8 +51,8 @@ class Router:
         if method.access == "user" and ctx.transport != "admin" and not _signed_in(ctx):
             raise RpcError(ErrorCode.AUTH_REQUIRED)
         method.validate(params)
-        if ctx.session is not None:
-            ctx.node.ratelimit.check(method.rate_group, _limit_keys(ctx.session, params))
+        if ctx.session is not None and self._rate_check is not None:
+            self._rate_check(method.rate_group, _limit_keys(ctx.session, params))
         try:
             result = await self.handlers[name](ctx, params)
         except RpcError:
@@ -68,11 +60,10 @@ class Router:
         except Exception:
             _log.exception("handler failed", extra={"kv": {"method": name}})
             raise RpcError(ErrorCode.INTERNAL) from None
-        # addresses are canonical inside the node; callers read them as name@petname
-        return ctx.node.nodes.present(result)
+        return result if self._present is None else self._present(result)
 
 
-def _limit_keys(session: Session, params: dict[str, Any]) -> dict[str, str | None]:
+def _limit_keys(session: Caller, params: dict[str, Any]) -> dict[str, str | None]:
     name = params.get("name")
     return {
         "ip": session.ip,

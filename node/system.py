@@ -1,14 +1,22 @@
-"""``system.*`` and ``admin.status``: what a node says about itself."""
+"""``system.*`` and ``admin.status``: what a node says about itself.
+
+The handlers are given a ``describe`` function (the application's) rather than the node, so
+this module knows nothing of how the node is put together."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from . import __version__
+from .interfaces import CallContext
 from .protocol.handshake import PROTOCOL_VERSION
-from .rpc import CallContext, Router
+from .rpc import Router
+
+Describe = Callable[[], dict[str, Any]]
+"""The node's live facts: node_id, name, listen, url, uptime, sessions, db_bytes, data_dir."""
 
 
 async def ping(ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
@@ -18,34 +26,20 @@ async def ping(ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def info(ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
-    node = ctx.node
-    return {
-        "version": __version__,
-        "protocol": PROTOCOL_VERSION,
-        "node_id": node.node_id,
-        "name": node.config.name,
-        "time": time.time(),
-    }
+def register(router: Router, describe: Describe) -> None:
+    async def info(ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        facts = describe()
+        return {
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "node_id": facts["node_id"],
+            "name": facts["name"],
+            "time": time.time(),
+        }
 
+    async def status(ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        return {"version": __version__, **describe(), "pid": os.getpid()}
 
-async def status(ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
-    node = ctx.node
-    return {
-        "version": __version__,
-        "node_id": node.node_id,
-        "name": node.config.name,
-        "listen": f"{node.host}:{node.port}",
-        "url": node.url,
-        "uptime": time.time() - node.started_at,
-        "sessions": len(node.gateway.sessions),
-        "db_bytes": node.db.size_bytes(),
-        "data_dir": str(node.config.data_dir),
-        "pid": os.getpid(),
-    }
-
-
-def register(router: Router) -> None:
     router.add("system.ping", ping)
     router.add("system.info", info)
     router.add("admin.status", status)

@@ -1,12 +1,13 @@
 """The updates hub: which sessions are online, which chats they are in, and pushing to them.
 
 A push is encoded once and queued on every target session without waiting
-(:meth:`Session.push`): a slow session is marked behind and re-syncs instead of
+(:meth:`Caller.push`): a slow session is marked behind and re-syncs instead of
 slowing the sender. For chats the hub keeps an index chat -> online members, so a message
 in a group of 200,000 with 50 members online costs 50 queue operations, not 200,000 lookups.
 
-Committed changes reach the hub through :class:`Publications`, in commit order, so one chat's
-events are pushed in seq order (see there).
+Committed changes reach the hub as a subscriber of the node's publications
+(node/publications.py, :meth:`Hub.on_committed`), in commit order, so one chat's events are
+pushed in seq order.
 
 The index is loaded from the database when a user's first session comes online. Membership
 changes that commit while that load is running are recorded and replayed on top of it; each
@@ -17,135 +18,30 @@ stop receiving the chat's events at once).
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-from . import log
+from .interfaces import Caller, Effects
 from .protocol import frames
 from .protocol.errors import ErrorCode
 
-if TYPE_CHECKING:
-    from .gateway import Session
-
 ChatLoader = Callable[[int], Awaitable[set[str]]]
-Publish = Callable[[], None]
-STALL_SECONDS = 2.0
-"""How long a missing ticket may hold back the ones after it. Only a bug can leave a ticket
-unreleased (every write path releases its ticket, failed or not); if one does, later pushes
-go out after this delay and members fill the hole with getDifference, as after any gap."""
-
-_log = log.get("updates")
-
-
-class Publications:
-    """Releases committed changes to the hub in commit order.
-
-    Why: the tasks whose jobs one group commit carried wake in scheduler order, not in the
-    order their jobs ran, so if each pushed its own event, one chat's events went out of seq
-    order (measured: ~1,800 of 5,000 pushes in the reference workload's concurrent phase
-    arrived after a higher seq, ~450 looked like gaps to the listener).
-
-    How: a write job takes a *ticket* as its last step (:meth:`take`, in the storage writer
-    thread; jobs run one at a time there, in commit order, so tickets are in commit order).
-    After the commit its task hands the ticket back with what to push (:meth:`release`; a
-    failed job hands back ``None``), and the tickets are published strictly one after the
-    other. A task never waits for this: it releases and goes on to send its reply.
-
-    Publishing happens in a task of its own (:meth:`run`), not in the releasing task: the
-    tasks of one commit wake together, each releases its ticket and writes its reply to its
-    socket before it first yields, and the publisher runs after them. So the sender's
-    acknowledgement is still not queued behind the fan-out (the old "reply before push"),
-    yet a slow socket (whose reply send blocks) holds back nobody's pushes. Without the task
-    running (an offline admin command), release publishes at once."""
-
-    def __init__(self) -> None:
-        self._tickets = itertools.count(1)
-        self._next = 1  # the ticket to publish next
-        self._ready: dict[int, Publish | None] = {}  # released, waiting for ``_next``
-        self._waiting_since = 0.0  # since when ``_ready`` waits for this ``_next``
-        self._wake = trio.Event()
-        self._running = False
-        self.skipped = 0  # tickets given up on after STALL_SECONDS (a bug if ever non-zero)
-
-    def take(self) -> int:
-        """Called at the end of a write job, inside the transaction (writer thread)."""
-        return next(self._tickets)
-
-    def release(self, ticket: int, publish: Publish | None) -> None:
-        """After the commit (or the failure) of the job that took ``ticket``."""
-        if ticket < self._next:  # given up on earlier: late is better than never
-            _run(publish)
-            return
-        if not self._ready:
-            self._waiting_since = trio.current_time()
-        self._ready[ticket] = publish
-        if self._running:
-            self._wake.set()
-        else:
-            self._drain()
-
-    def _drain(self) -> None:
-        advanced = False
-        while self._next in self._ready:
-            publish = self._ready.pop(self._next)
-            self._next += 1
-            advanced = True
-            _run(publish)
-        if advanced:
-            self._waiting_since = trio.current_time()
-
-    async def run(self) -> None:
-        """The publisher task (in the node's nursery)."""
-        self._running = True
-        try:
-            while True:
-                if self._ready:
-                    deadline = self._waiting_since + STALL_SECONDS
-                    with trio.move_on_at(deadline):
-                        await self._wake.wait()
-                    if self._next not in self._ready and trio.current_time() >= deadline:
-                        _log.warning(
-                            "publication ticket never released; publishing past it",
-                            extra={"kv": {"ticket": self._next}},
-                        )
-                        self.skipped += 1
-                        self._next += 1
-                        self._waiting_since = trio.current_time()
-                else:
-                    await self._wake.wait()
-                self._wake = trio.Event()
-                self._drain()
-        finally:
-            self._running = False
-            self._drain()
-
-
-def _run(publish: Publish | None) -> None:
-    """One publication; a failing one (a bug) is logged and does not stop the others."""
-    if publish is None:
-        return
-    try:
-        publish()
-    except Exception:
-        _log.exception("publishing a committed change failed")
 
 
 class Hub:
-    def __init__(self) -> None:
-        self._by_user: dict[int, dict[int, Session]] = {}
+    def __init__(self, present: Callable[[Any], Any] | None = None) -> None:
+        self._by_user: dict[int, dict[int, Caller]] = {}
         self._chats_of: dict[int, set[str]] = {}  # online user -> chats they are in
         self._online_in: dict[str, set[int]] = {}  # chat -> its online members
         self._loading: dict[int, tuple[trio.Event, list[tuple[str, bool]]]] = {}
         self.chat_loader: ChatLoader | None = None
-        self.publications = Publications()
-        # how updates look to clients (the node sets it: addresses in display form)
-        self.present: Callable[[Any], Any] = lambda updates: updates
+        # how updates look to clients (the node's: addresses in display form)
+        self.present: Callable[[Any], Any] = present or (lambda updates: updates)
 
     # --- sessions -------------------------------------------------------------------------
-    async def attach(self, session: Session) -> None:
+    async def attach(self, session: Caller) -> None:
         uid = session.user_id
         assert uid is not None
         self._by_user.setdefault(uid, {})[session.id] = session
@@ -169,7 +65,7 @@ class Hub:
         for chat_id in chats:
             self._online_in.setdefault(chat_id, set()).add(uid)
 
-    def detach(self, session: Session) -> None:
+    def detach(self, session: Caller) -> None:
         uid = session.user_id
         if uid is None:
             return
@@ -205,15 +101,31 @@ class Hub:
                 if not online:
                     del self._online_in[chat_id]
 
-    def sessions_of(self, user_id: int) -> list[Session]:
+    def sessions_of(self, user_id: int) -> list[Caller]:
         return list(self._by_user.get(user_id, {}).values())
 
     def online_devices(self, user_id: int) -> set[int]:
         return {s.device_id for s in self.sessions_of(user_id) if s.device_id is not None}
 
     # --- pushing --------------------------------------------------------------------------
+    def on_committed(self, fx: Effects, origin: Caller | None) -> None:
+        """The hub's subscription to committed changes: push them to online sessions
+        (the origin session has its reply, so it gets no echo)."""
+        # joins first (new members see the event that added them), leaves last (leavers see
+        # the event that removed them)
+        for chat_id, uid, is_member in fx.membership:
+            if is_member:
+                self.member_changed(chat_id, uid, True)
+        for chat_id, ev in fx.chat_events:
+            self.push_to_chat(chat_id, [{"type": "chat.event", "event": ev}], exclude=origin)
+        for chat_id, uid, is_member in fx.membership:
+            if not is_member:
+                self.member_changed(chat_id, uid, False)
+        for uid, upd in fx.user_updates:
+            self.push_to_user(uid, [{"type": "user.update", **upd}], exclude=origin)
+
     def push_to_user(
-        self, user_id: int, updates: list[dict[str, Any]], exclude: Session | None = None
+        self, user_id: int, updates: list[dict[str, Any]], exclude: Caller | None = None
     ) -> int:
         """Queue updates for every online session of a user; returns how many took it."""
         targets = [s for s in self.sessions_of(user_id) if s is not exclude]
@@ -226,7 +138,7 @@ class Hub:
         self,
         chat_id: str,
         updates: list[dict[str, Any]],
-        exclude: Session | None = None,
+        exclude: Caller | None = None,
         exclude_user: int | None = None,
     ) -> int:
         """Queue updates for every online session of every member of a chat."""

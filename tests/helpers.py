@@ -10,12 +10,12 @@ from nacl.signing import SigningKey
 
 from node.app import Node
 from node.client import Client
-from node.rpc import CallContext
+from node.interfaces import CallContext
 
 
 async def admin(node: Node, method: str, params: dict[str, Any] | None = None) -> Any:
     """Call an admin method the way the admin socket does."""
-    return await node.router.dispatch(CallContext(node, "admin"), method, params or {})
+    return await node.router.dispatch(CallContext("admin"), method, params or {})
 
 
 async def add_user(node: Node, name: str, **extra: Any) -> None:

@@ -165,8 +165,8 @@ async def test_node_names_itself_and_refuses_a_foreign_database(tmp_path: Path) 
     # renamed to a name a peer has: this node takes it, the peer gets a distinct petname
     async with Node.start(make_config(d, node={"name": "home"})) as node:
         assert node.node_id == node_id
-        assert node.nodes.self_name == "home"
-        assert node.nodes.petnames[fingerprint(other)] == f"home-{fingerprint(other)[:6]}"
+        assert node.directory.self_name == "home"
+        assert node.directory.book.petnames[fingerprint(other)] == f"home-{fingerprint(other)[:6]}"
     # a new key on the old database: another identity, refused with one clear line
     (d / "node.key").write_bytes(bytes(SigningKey.generate()))
     with pytest.raises(ConfigError, match="belongs to node"):

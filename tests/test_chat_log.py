@@ -20,8 +20,9 @@ from nacl.signing import SigningKey, VerifyKey
 from node.app import Node
 from node.chats import events, log, store
 from node.chats.events import GENESIS, ChainError, Sealed, verify_next
-from node.chats.store import Effects, Member
+from node.chats.store import Member
 from node.client.media import upload_file
+from node.interfaces import Effects
 from node.storage import Database
 from tests.helpers import admin, send, signed_in
 

@@ -30,22 +30,32 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
+from nacl.signing import SigningKey
 
 from .. import log
-from ..chats.store import Effects
+from ..config import Config
+from ..interfaces import (
+    CallContext,
+    Caller,
+    CommittedEvents,
+    Effects,
+    Sessions,
+    Storage,
+    UserDirectory,
+)
 from ..protocol.errors import ErrorCode, RpcError
 from ..protocol.handshake import check_device_proof
-from ..rpc import CallContext, Router
+from ..rpc import Router
 from . import store
 from .delivery import CodeDelivery
 from .passwords import check_password, hash_password
 
-if TYPE_CHECKING:
-    from ..app import Node
-    from ..gateway import Session
+UserRemoval = Callable[[sqlite3.Connection, Effects, int], None]
+"""Runs inside the job that deletes a local user, before the row goes: another service's
+share of the removal (the chats service makes them leave every chat)."""
 
 _log = log.get("auth")
 NAME_RE = re.compile(r"[a-z0-9_]{3,32}")
@@ -86,21 +96,34 @@ DELIVERY_SAMPLES = 32
 
 
 class Accounts:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        acc = node.config.values["accounts"]
+    def __init__(
+        self,
+        config: Config,
+        identity: SigningKey,
+        db: Storage,
+        sessions: Sessions,
+        directory: UserDirectory,
+        events: CommittedEvents,
+    ) -> None:
+        self.db = db
+        self.hub = sessions
+        self.directory = directory
+        self.events = events
+        # other services' shares of a user's removal (see UserRemoval)
+        self.removal: list[UserRemoval] = []
+        acc = config.values["accounts"]
         self.policy: str = acc["registration"]
         self.code_ttl: int = acc["code_ttl"]
         self.code_length: int = acc["code_length"]
         self.code_attempts: int = acc["code_attempts"]
-        self.delivery = CodeDelivery(node.config)
+        self.delivery = CodeDelivery(config)
         # closed and invite nodes do not tell who exists (open ones do anyway: NAME_TAKEN)
         self.hide_names = self.policy != "open"
         self._deliveries: deque[tuple[float, bool]] = deque(maxlen=DELIVERY_SAMPLES)
         self._gates = _Gates()
         # Codes are stored keyed-hashed: a leaked database does not hand out live codes.
         self._code_key = hashlib.blake2b(
-            bytes(node.identity), digest_size=32, person=b"fedgram-codes"
+            bytes(identity), digest_size=32, person=b"fedgram-codes"
         ).digest()
 
     # --- helpers ------------------------------------------------------------------------
@@ -109,7 +132,7 @@ class Accounts:
 
     def _address(self, name: str) -> str:
         # canonical here, as everywhere inside the node; results show it as name@petname
-        return self.node.nodes.canonical_of(name)
+        return self.directory.canonical_of(name)
 
     def _authorization(self, user: store.User, device_id: int) -> dict[str, Any]:
         return {
@@ -118,7 +141,7 @@ class Accounts:
             "address": self._address(user.name),
             "display_name": user.display_name,
             "device_id": device_id,
-            "node_id": self.node.node_id,
+            "node_id": self.directory.self_id,
         }
 
     def _profile(self, u: store.User) -> dict[str, Any]:
@@ -135,7 +158,7 @@ class Accounts:
     def _device_rows(
         self, user_id: int, devices: list[store.DeviceRow], current: int | None
     ) -> list[dict[str, Any]]:
-        online = self.node.hub.online_devices(user_id)
+        online = self.hub.online_devices(user_id)
         return [
             {
                 "device_id": d.id,
@@ -161,23 +184,23 @@ class Accounts:
         }
 
     @staticmethod
-    def _session(ctx: CallContext) -> Session:
+    def _session(ctx: CallContext) -> Caller:
         assert ctx.session is not None
         return ctx.session
 
-    def _not_signed_in(self, ctx: CallContext) -> Session:
+    def _not_signed_in(self, ctx: CallContext) -> Caller:
         s = self._session(ctx)
         if s.user_id is not None:
             raise RpcError(ErrorCode.ALREADY_AUTHORIZED)
         return s
 
-    def _check_proof(self, s: Session, p: dict[str, Any]) -> None:
+    def _check_proof(self, s: Caller, p: dict[str, Any]) -> None:
         if not check_device_proof(p["device_key"], s.transcript_hash, p["sig"]):
             raise RpcError(ErrorCode.SIGNATURE_INVALID)
 
     async def _bind(
         self,
-        s: Session,
+        s: Caller,
         user_id: int,
         check: Callable[[sqlite3.Connection], tuple[store.User, store.DeviceRow]],
         new: bool,
@@ -189,17 +212,17 @@ class Accounts:
         or removed user; whoever ends sessions takes the gate after committing, so it either
         happened before ``check`` (which sees it) or finds this session bound."""
         async with self._gates.hold(user_id):
-            user, device = await (self.node.db.write if write else self.node.db.read)(check)
+            user, device = await (self.db.write if write else self.db.read)(check)
             if device.user_id != user_id or user.id != user_id:
                 raise RpcError(ErrorCode.DEVICE_UNKNOWN)
             if s.user_id is not None:  # a pipelined sign-in of this session won
                 raise RpcError(ErrorCode.ALREADY_AUTHORIZED)
             s.device_name = device.name
             s.user_id, s.device_id = user.id, device.id
-            await self.node.hub.attach(s)  # lists the session before its first checkpoint
+            await self.hub.attach(s)  # lists the session before its first checkpoint
         device_id = device.id
         if new:
-            self.node.hub.push_to_user(
+            self.hub.push_to_user(
                 user.id,
                 [
                     {
@@ -246,7 +269,7 @@ class Accounts:
             store.set_code(conn, name, u.id, digest, self.code_ttl, self.code_attempts)
             return u
 
-        return code, await self.node.db.write(job)
+        return code, await self.db.write(job)
 
     async def _end_sessions(
         self, user_id: int, reason: ErrorCode, device_ids: list[int] | None = None
@@ -257,9 +280,9 @@ class Accounts:
         with trio.CancelScope(shield=True):
             async with self._gates.hold(user_id):
                 if device_ids is None:
-                    self.node.hub.close_user(user_id, reason)
+                    self.hub.close_user(user_id, reason)
                 for device_id in device_ids or ():
-                    self.node.hub.close_user(user_id, reason, device_id=device_id)
+                    self.hub.close_user(user_id, reason, device_id=device_id)
         return len(device_ids or ())
 
     async def _revoked(self, user_id: int, ids: list[int]) -> int:
@@ -310,7 +333,7 @@ class Accounts:
             store.set_code(conn, name, holder, stored, self.code_ttl, self.code_attempts)
             return holder
 
-        if await self.node.db.write(job) is None:
+        if await self.db.write(job) is None:
             await self._decoy_delivery()
         else:
             await self._deliver(name, code)
@@ -330,7 +353,7 @@ class Accounts:
             holder = self._holder(name, u)
             return u, store.check_code(conn, name, holder, matches)
 
-        user, err = await self.node.db.write(check)
+        user, err = await self.db.write(check)
         if err is not None:
             raise err
         assert user is not None  # check_code accepts only a code issued to this user
@@ -338,7 +361,7 @@ class Accounts:
             if "password" not in p:
                 raise RpcError(ErrorCode.PASSWORD_REQUIRED)
             if not await check_password(user.password_hash, p["password"]):
-                await self.node.db.write(lambda c: store.spend_attempt(c, name))
+                await self.db.write(lambda c: store.spend_attempt(c, name))
                 raise RpcError(ErrorCode.PASSWORD_INVALID)
 
         def bind(conn: sqlite3.Connection) -> tuple[store.User, store.DeviceRow]:
@@ -367,7 +390,7 @@ class Accounts:
             u = store.create_user(conn, name, p.get("display_name", ""), False)
             return u, store.add_device(conn, u.id, p["device_key"], p["device_name"])
 
-        user, device_id = await self.node.db.write(job)
+        user, device_id = await self.db.write(job)
         log.event(_log, "user.signed_up", user=name)
 
         def check(conn: sqlite3.Connection) -> tuple[store.User, store.DeviceRow]:
@@ -384,7 +407,7 @@ class Accounts:
         self._check_proof(s, p)
         key = p["device_key"]
         # whose device it is (that never changes) says which user's gate to take
-        found = await self.node.db.read(lambda c: store.device_by_key(c, key))
+        found = await self.db.read(lambda c: store.device_by_key(c, key))
         if found is None:
             raise RpcError(ErrorCode.DEVICE_UNKNOWN)
 
@@ -402,8 +425,8 @@ class Accounts:
         s = self._session(ctx)
         user_id, device_id = s.user_id, s.device_id
         assert user_id is not None and device_id is not None
-        await self.node.db.write(lambda c: store.revoke_devices(c, user_id, device_id))
-        self.node.hub.detach(s)
+        await self.db.write(lambda c: store.revoke_devices(c, user_id, device_id))
+        self.hub.detach(s)
         s.user_id = s.device_id = None  # this session stays open, signed out
         await self._revoked(user_id, [device_id])
         return {}
@@ -412,7 +435,7 @@ class Accounts:
     async def _me(self, ctx: CallContext) -> store.User:
         uid = self._session(ctx).user_id
         assert uid is not None
-        u = await self.node.db.read(lambda c: store.user_by_id(c, uid))
+        u = await self.db.read(lambda c: store.user_by_id(c, uid))
         if u is None:
             raise RpcError(ErrorCode.USER_NOT_FOUND)
         return u
@@ -427,7 +450,7 @@ class Accounts:
             conn.execute("UPDATE users SET display_name = ? WHERE id = ?", (p["display_name"], uid))
             return store.user_by_id(conn, uid or 0)
 
-        u = await self.node.db.write(job)
+        u = await self.db.write(job)
         if u is None:
             raise RpcError(ErrorCode.USER_NOT_FOUND)
         return self._profile(u)
@@ -445,7 +468,7 @@ class Accounts:
             conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (new_hash, me.id))
             return store.user_by_id(conn, me.id)
 
-        u = await self.node.db.write(job)
+        u = await self.db.write(job)
         assert u is not None
         return self._profile(u)
 
@@ -453,7 +476,7 @@ class Accounts:
         s = self._session(ctx)
         uid = s.user_id
         assert uid is not None
-        rows = await self.node.db.read(lambda c: store.devices_of(c, uid))
+        rows = await self.db.read(lambda c: store.devices_of(c, uid))
         return {"devices": self._device_rows(uid, rows, s.device_id)}
 
     async def revoke_device(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
@@ -463,7 +486,7 @@ class Accounts:
         if p["device_id"] == s.device_id:
             await self.log_out(ctx, {})
             return {"revoked": 1}
-        ids = await self.node.db.write(lambda c: store.revoke_devices(c, uid, p["device_id"]))
+        ids = await self.db.write(lambda c: store.revoke_devices(c, uid, p["device_id"]))
         if not ids:
             raise RpcError(ErrorCode.DEVICE_NOT_FOUND)
         return {"revoked": await self._revoked(uid, ids)}
@@ -472,20 +495,20 @@ class Accounts:
         s = self._session(ctx)
         uid, keep = s.user_id, s.device_id
         assert uid is not None
-        ids = await self.node.db.write(lambda c: store.revoke_devices(c, uid, keep=keep))
+        ids = await self.db.write(lambda c: store.revoke_devices(c, uid, keep=keep))
         return {"revoked": await self._revoked(uid, ids)}
 
     # --- admin.* ------------------------------------------------------------------------
     async def admin_user_add(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         name = canonical_name(p["name"])
-        u = await self.node.db.write(
+        u = await self.db.write(
             lambda c: store.create_user(c, name, p.get("display_name", ""), p.get("admin", False))
         )
         log.event(_log, "user.added", user=name)
         return self._user_row(u, 0)
 
     async def admin_user_list(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
-        rows = await self.node.db.read(store.list_users)
+        rows = await self.db.read(store.list_users)
         return {"users": [self._user_row(u, n) for u, n in rows]}
 
     async def admin_user_code(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
@@ -499,7 +522,7 @@ class Accounts:
             u = store.need_user(conn, name)
             return u, store.devices_of(conn, u.id)
 
-        u, rows = await self.node.db.read(job)
+        u, rows = await self.db.read(job)
         return {"devices": self._device_rows(u.id, rows, None)}
 
     async def admin_user_logout(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
@@ -513,7 +536,7 @@ class Accounts:
                 raise RpcError(ErrorCode.DEVICE_NOT_FOUND)
             return u, ids
 
-        u, ids = await self.node.db.write(job)
+        u, ids = await self.db.write(job)
         return {"revoked": await self._revoked(u.id, ids)}
 
     async def _set_banned(self, name: str, banned: bool) -> dict[str, Any]:
@@ -525,7 +548,7 @@ class Accounts:
             assert u2 is not None
             return u2, len(store.devices_of(conn, u.id))
 
-        u, n = await self.node.db.write(job)
+        u, n = await self.db.write(job)
         if banned:
             await self._end_sessions(u.id, ErrorCode.USER_BANNED)
         log.event(_log, "user.banned" if banned else "user.unbanned", user=name)
@@ -540,20 +563,15 @@ class Accounts:
     async def admin_user_remove(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         name = canonical_name(p["name"])
 
-        fx = Effects()
-
-        def job(conn: sqlite3.Connection) -> int:
-            fx.chat_events.clear()
-            fx.user_updates.clear()
-            fx.membership.clear()
+        def job(conn: sqlite3.Connection, fx: Effects) -> int:
             u = store.need_user(conn, name)
-            self.node.chats.on_user_removed(conn, fx, u.id)
+            for share in self.removal:
+                share(conn, fx, u.id)
             conn.execute("DELETE FROM users WHERE id = ?", (u.id,))
             return u.id
 
-        uid = await self.node.db.write(job)
+        uid = await self.events.commit(self.db, job)
         await self._end_sessions(uid, ErrorCode.SESSION_REVOKED)
-        self.node.chats.publish(fx)
         log.event(_log, "user.removed", user=name)
         return {"removed": name}
 
@@ -563,7 +581,7 @@ class Accounts:
         expires_in = p.get("expires_in")
         expires = time.time() + expires_in if expires_in else None
         digest = self._hash(token)
-        await self.node.db.write(lambda c: store.create_invite(c, digest, uses, expires))
+        await self.db.write(lambda c: store.create_invite(c, digest, uses, expires))
         return {"token": token, "uses": uses, "expires": expires}
 
     def register(self, router: Router) -> None:

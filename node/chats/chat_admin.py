@@ -16,7 +16,7 @@ from .handlers import Handler, Handlers, Params
 from .store import Chat
 
 if TYPE_CHECKING:
-    from ..rpc import CallContext
+    from ..interfaces import CallContext
 
 
 class ChatAdmin(Handlers):
@@ -47,7 +47,7 @@ class ChatAdmin(Handlers):
                 for r in rows
             ]
 
-        return {"chats": await self.node.db.read(job)}
+        return {"chats": await self.db.read(job)}
 
     def _need_chat(self, c: sqlite3.Connection, chat_id: str) -> Chat:
         chat = store.get_chat(c, chat_id)
@@ -93,7 +93,7 @@ class ChatAdmin(Handlers):
                 "last_events": last,
             }
 
-        return await self.node.db.read(job)
+        return await self.db.read(job)
 
     async def admin_export(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         def job(c: sqlite3.Connection) -> dict[str, Any]:
@@ -112,7 +112,7 @@ class ChatAdmin(Handlers):
                 "home_key": self._home_key(c, chat),
             }
 
-        return await self.node.db.read(job)
+        return await self.db.read(job)
 
     async def admin_verify(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         def job(c: sqlite3.Connection) -> dict[str, Any]:
@@ -134,4 +134,4 @@ class ChatAdmin(Handlers):
                 }
             return {"ok": True, "events": n, "error": None}
 
-        return await self.node.db.read(job)
+        return await self.db.read(job)

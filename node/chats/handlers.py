@@ -1,16 +1,37 @@
-"""What every group of chat handlers shares: the service it belongs to and the caller."""
+"""What every group of chat handlers shares: the parts of the chats service it uses and the
+caller. The groups get a :class:`Shared`, not the service object, so they do not import the
+module that assembles them."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from ..rpc import CallContext
-    from .service import Chats
+from ..interfaces import CallContext, Effects, Sessions, Storage
+from .store import Home
 
+T = TypeVar("T")
 Params = dict[str, Any]
-Handler = Callable[["CallContext", Params], Awaitable[dict[str, Any]]]
+Handler = Callable[[CallContext, Params], Awaitable[dict[str, Any]]]
+
+
+class Write(Protocol):
+    """Runs a change as one write job, published in commit order once committed."""
+
+    async def __call__(
+        self, ctx: CallContext, job: Callable[[sqlite3.Connection, Effects], T]
+    ) -> T: ...
+
+
+@dataclass(frozen=True)
+class Shared:
+    db: Storage
+    hub: Sessions
+    home: Home
+    write: Write
+    difference_limit: int
 
 
 def caller(ctx: CallContext) -> int:
@@ -20,13 +41,14 @@ def caller(ctx: CallContext) -> int:
 
 
 class Handlers:
-    """A group of handlers built on the chats service (its node, home and write jobs)."""
+    """A group of handlers built on the chats service's shared parts."""
 
-    def __init__(self, chats: Chats) -> None:
-        self.chats = chats
-        self.node = chats.node
-        self.home = chats.home
-        self.write = chats.write
+    def __init__(self, shared: Shared) -> None:
+        self.shared = shared
+        self.db = shared.db
+        self.hub = shared.hub
+        self.home = shared.home
+        self.write = shared.write
 
     def methods(self) -> dict[str, Handler]:
         raise NotImplementedError

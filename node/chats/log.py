@@ -43,11 +43,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..interfaces import Effects
 from ..media import store as media_store
 from ..protocol.codec import DecodeError
 from . import events, store
 from .events import EDIT, KINDS, MESSAGE, ChainError, Sealed
-from .store import Chat, Effects, Home
+from .store import Chat, Home
 
 
 class LogError(Exception):

@@ -8,13 +8,14 @@ import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from ..address import canonical
+from ..interfaces import Effects
 from ..protocol.errors import ErrorCode, RpcError
 from . import log, store
 from .handlers import Handler, Handlers, Params, caller
-from .store import ADMIN_ROLES, Effects
+from .store import ADMIN_ROLES
 
 if TYPE_CHECKING:
-    from ..rpc import CallContext
+    from ..interfaces import CallContext
 
 
 class Membership(Handlers):
@@ -40,9 +41,7 @@ class Membership(Handlers):
     async def list_chats(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = caller(ctx)
         archived = p.get("archived")
-        return {
-            "chats": await self.node.db.read(lambda c: store.dialogs(c, self.home, uid, archived))
-        }
+        return {"chats": await self.db.read(lambda c: store.dialogs(c, self.home, uid, archived))}
 
     async def get(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = caller(ctx)
@@ -51,7 +50,7 @@ class Membership(Handlers):
             store.need_member(c, p["chat"], uid)
             return store.dialog(c, self.home, p["chat"], uid)
 
-        return {"chat": await self.node.db.read(job)}
+        return {"chat": await self.db.read(job)}
 
     async def start_private(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = caller(ctx)
@@ -201,7 +200,7 @@ class Membership(Handlers):
                 "count": count,
             }
 
-        return await self.node.db.read(job)
+        return await self.db.read(job)
 
     async def add_members(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = caller(ctx)

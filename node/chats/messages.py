@@ -9,16 +9,16 @@ import sqlite3
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..interfaces import Effects
 from ..media import store as media_store
 from ..protocol.errors import ErrorCode, RpcError
 from . import log, store
 from .events import EDIT, MESSAGE
-from .handlers import Handler, Handlers, Params, caller
-from .store import ADMIN_ROLES, Chat, Effects
+from .handlers import Handler, Handlers, Params, Shared, caller
+from .store import ADMIN_ROLES, Chat
 
 if TYPE_CHECKING:
-    from ..rpc import CallContext
-    from .service import Chats
+    from ..interfaces import CallContext
 
 TYPING_ABSORB = 3.0  # seconds: repeated typing notices within this window are not re-sent
 TYPING_MEMORY = 10_000  # most (user, chat) typing stamps kept
@@ -43,8 +43,8 @@ def _fts_query(text: str) -> str:
 
 
 class Messages(Handlers):
-    def __init__(self, chats: Chats) -> None:
-        super().__init__(chats)
+    def __init__(self, shared: Shared) -> None:
+        super().__init__(shared)
         self._typing: dict[tuple[int, str], float] = {}
 
     def _send_remote(self, chat: store.Chat, uid: int, p: Params) -> dict[str, Any]:
@@ -224,7 +224,7 @@ class Messages(Handlers):
         last = self._typing.get((uid, chat_id))
         if last is not None and now - last < TYPING_ABSORB:
             return {}
-        name = await self.node.db.read(
+        name = await self.db.read(
             lambda c: (store.need_member(c, chat_id, uid), store.address(c, self.home, uid))[1]
         )
         if len(self._typing) >= TYPING_MEMORY:
@@ -232,7 +232,7 @@ class Messages(Handlers):
             if len(self._typing) >= TYPING_MEMORY:
                 self._typing.clear()
         self._typing[(uid, chat_id)] = now
-        self.node.hub.push_to_chat(
+        self.hub.push_to_chat(
             chat_id, [{"type": "chat.typing", "chat": chat_id, "user": name}], exclude_user=uid
         )
         return {}
@@ -247,4 +247,4 @@ class Messages(Handlers):
                 store.need_member(c, chat_id, uid)
             return {"results": store.search(c, uid, match, chat_id, p.get("limit", 50))}
 
-        return await self.node.db.read(job)
+        return await self.db.read(job)

@@ -11,7 +11,7 @@ authorization, build a draft, hand it to ``log.sequence``; derived state is the 
 
 Every change is one write job (:meth:`Chats.write`) that sequences events and updates
 derived state in one transaction; pushes go out only after the commit and in commit order
-(see :class:`store.Effects`, :class:`updates.Publications`). Reads use the reader pool.
+(see node/interfaces.py's Effects and node/publications.py). Reads use the reader pool.
 Authorization happens inside the job, on the same snapshot the change is made on, so a
 member removed a millisecond earlier cannot slip a message in.
 """
@@ -20,81 +20,72 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
-import trio
+from nacl.signing import SigningKey
 
+from ..config import Config
+from ..interfaces import CallContext, Caller, CommittedEvents, Effects, Sessions, Storage
+from ..rpc import Router
 from . import log, store
 from .chat_admin import ChatAdmin
 from .compaction import Compaction
+from .handlers import Shared
 from .membership import Membership
 from .messages import Messages
-from .store import Effects, Home
+from .store import Home
 from .sync import Sync
-
-if TYPE_CHECKING:
-    from ..app import Node
-    from ..gateway import Session
-    from ..rpc import CallContext, Router
 
 T = TypeVar("T")
 
 
 class Chats:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        cfg = node.config
+    def __init__(
+        self,
+        config: Config,
+        identity: SigningKey,
+        node_id: str,
+        db: Storage,
+        sessions: Sessions,
+        events: CommittedEvents,
+        compaction: Compaction,
+    ) -> None:
+        self.db = db
+        self.hub = sessions
+        self.events = events
         self.home = Home(
-            key=node.identity,
-            node_id=node.node_id,
-            edit_window=float(cfg.get("chats", "edit_window")),
-            max_group_members=int(cfg.get("chats", "max_group_members")),
+            key=identity,
+            node_id=node_id,
+            edit_window=float(config.get("chats", "edit_window")),
+            max_group_members=int(config.get("chats", "max_group_members")),
         )
-        self.difference_limit = int(cfg.get("chats", "difference_limit"))
-        self._publications = node.hub.publications
-        self.compaction = Compaction(node.db)
-        node.hub.chat_loader = self._chats_of
-        node.background.append(self._publications.run)
-        node.background.append(self.compaction.run)
-        self.handlers = (Membership(self), Messages(self), Sync(self), ChatAdmin(self))
+        self.difference_limit = int(config.get("chats", "difference_limit"))
+        self.compaction = compaction
+        events.subscribe(self._compact_after)
+        shared = Shared(db, sessions, self.home, self.write, self.difference_limit)
+        self.handlers = (
+            Membership(shared),
+            Messages(shared),
+            Sync(shared),
+            ChatAdmin(shared),
+        )
 
     def register(self, router: Router) -> None:
         for group in self.handlers:
             for name, fn in group.methods().items():
                 router.add(name, fn)
 
-    async def _chats_of(self, user_id: int) -> set[str]:
-        return await self.node.db.read(lambda c: store.chats_of_user(c, user_id))
+    async def chats_of(self, user_id: int) -> set[str]:
+        """The chats a user is a member of (the hub loads it when they come online)."""
+        return await self.db.read(lambda c: store.chats_of_user(c, user_id))
 
     # --- plumbing -----------------------------------------------------------------------
     async def write(self, ctx: CallContext, job: Callable[[sqlite3.Connection, Effects], T]) -> T:
-        """Run a change; once committed, hand what it caused to the publications, which push
-        it in commit order (this task goes on to reply without waiting for that).
+        """Run a change as one write job; once committed, what it caused is published in
+        commit order (pushes, replication) while this task goes on to reply."""
+        return await self.events.commit(self.db, job, ctx.session)
 
-        The wait for the commit is shielded: a session closing meanwhile must still learn
-        the outcome and release the job's ticket, or every later push would wait for it."""
-        fx = Effects()
-        publications = self._publications
-
-        def run(conn: sqlite3.Connection) -> T:
-            fx.reset()
-            result = job(conn, fx)
-            fx.ticket = publications.take()  # last: a job that raised takes none
-            return result
-
-        try:
-            with trio.CancelScope(shield=True):
-                result = await self.node.db.write(run)
-        except BaseException:
-            if fx.ticket is not None:  # the job ran but its transaction did not commit
-                publications.release(fx.ticket, None)
-            raise
-        self._released(fx, ctx.session)
-        return result
-
-    def _released(self, fx: Effects, origin: Session | None) -> None:
-        assert fx.ticket is not None
-        self._publications.release(fx.ticket, lambda: self._publish(fx, origin))
+    def _compact_after(self, fx: Effects, origin: Caller | None) -> None:
         if fx.erased:
             self.compaction.erased()
 
@@ -121,27 +112,3 @@ class Chats:
             if heir is not None:
                 body = {"user": store.address(conn, self.home, heir[0]), "role": "owner"}
                 log.sequence(conn, self.home, chat, log.Draft("role", None, body), fx)
-        # the caller's job ends right after this; its commit hands fx to :meth:`publish`
-        fx.ticket = self._publications.take()
-
-    def publish(self, fx: Effects) -> None:
-        """Push what a committed change outside this service (a user removal) caused."""
-        if fx.ticket is None:
-            self._publish(fx, None)
-        else:
-            self._released(fx, None)
-
-    def _publish(self, fx: Effects, origin: Session | None) -> None:
-        hub = self.node.hub
-        # joins first (new members see the event that added them), leaves last (leavers see
-        # the event that removed them)
-        for chat_id, uid, is_member in fx.membership:
-            if is_member:
-                hub.member_changed(chat_id, uid, True)
-        for chat_id, ev in fx.chat_events:
-            hub.push_to_chat(chat_id, [{"type": "chat.event", "event": ev}], exclude=origin)
-        for chat_id, uid, is_member in fx.membership:
-            if not is_member:
-                hub.member_changed(chat_id, uid, False)
-        for uid, upd in fx.user_updates:
-            hub.push_to_user(uid, [{"type": "user.update", **upd}], exclude=origin)

@@ -14,13 +14,14 @@ import itertools
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cbor2
 from nacl.signing import SigningKey
 
 from ..address import Address, AddressError, canonical
+from ..interfaces import Effects
 from ..media import store as media_store
 from ..nodes import SELF_ROW
 from ..protocol.errors import ErrorCode, RpcError
@@ -62,27 +63,6 @@ class Member:
     state: str
     joined_seq: int
     read_seq: int
-
-
-@dataclass
-class Effects:
-    """What a committed change causes: chat events to push to online members, pts updates
-    to users, membership changes for the hub's online index; ``erased`` says content was
-    erased (the search index and the WAL need compacting); ``ticket`` is the change's place
-    in commit order, taken at the end of the job (see updates.Publications)."""
-
-    chat_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    user_updates: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
-    membership: list[tuple[str, int, bool]] = field(default_factory=list)
-    erased: bool = False
-    ticket: int | None = None
-
-    def reset(self) -> None:
-        self.chat_events.clear()
-        self.user_updates.clear()
-        self.membership.clear()
-        self.erased = False
-        self.ticket = None
 
 
 def new_chat_id() -> str:

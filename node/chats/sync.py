@@ -11,7 +11,7 @@ from . import store
 from .handlers import Handler, Handlers, Params, caller
 
 if TYPE_CHECKING:
-    from ..rpc import CallContext
+    from ..interfaces import CallContext
 
 TOTAL_EVENTS_PER_DIFFERENCE = 5_000
 UPDATES_PER_DIFFERENCE = 1_000
@@ -35,7 +35,7 @@ class Sync(Handlers):
             )
             return {"events": evs, "last_seq": chat.last_seq, "read_seq": m.read_seq}
 
-        return await self.node.db.read(job)
+        return await self.db.read(job)
 
     async def get_state(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = caller(ctx)
@@ -50,14 +50,14 @@ class Sync(Handlers):
             )
             return {"pts": store.current_pts(c, uid), "chats": dict(rows.fetchall())}
 
-        return await self.node.db.read(job)
+        return await self.db.read(job)
 
     async def get_difference(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = caller(ctx)
         if ctx.session is not None:
             ctx.session.resync()  # before reading: what is pushed from now on is not missed
         known: dict[str, int] = p["chats"]
-        limit = self.chats.difference_limit
+        limit = self.shared.difference_limit
 
         def job(c: sqlite3.Connection) -> dict[str, Any]:
             rows = c.execute(
@@ -100,4 +100,4 @@ class Sync(Handlers):
                 "complete": complete,
             }
 
-        return await self.node.db.read(job)
+        return await self.db.read(job)

@@ -19,19 +19,18 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from .. import log
+from ..config import Config
+from ..interfaces import CallContext, Storage
 from ..protocol.errors import ErrorCode, RpcError
+from ..rpc import Router
 from . import files, store
 from .budget import Budgets
 from .guard import Completing, UploadGuards
-
-if TYPE_CHECKING:
-    from ..app import Node
-    from ..rpc import CallContext, Router
 
 Params = dict[str, Any]
 _log = log.get("media")
@@ -47,9 +46,9 @@ def _uid(ctx: CallContext) -> int:
 
 
 class Media:
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        cfg = node.config
+    def __init__(self, config: Config, db: Storage) -> None:
+        self.db = db
+        cfg = config
         self.root: Path = cfg.media_dir
         self.part_size = int(cfg.get("media", "part_max_bytes"))
         self.file_max = int(cfg.get("media", "file_max_bytes"))
@@ -99,9 +98,7 @@ class Media:
                 except files.DiskFull:
                     raise RpcError(ErrorCode.DISK_FULL) from None
                 # recorded only once the bytes are on disk: a listed part is a durable part
-                await self.node.db.write(
-                    lambda c: store.add_part(c, uid, upload_id, index, len(data))
-                )
+                await self.db.write(lambda c: store.add_part(c, uid, upload_id, index, len(data)))
         except Completing:
             raise RpcError(ErrorCode.PART_INVALID, "the upload is being completed") from None
         return {"index": index, "size": len(data)}
@@ -110,7 +107,7 @@ class Media:
         """Before a part touches the disk: the user's quota (parts of unfinished uploads
         count too, or one user could fill the disk with uploads never completed) and the
         cap on uploads in progress. Grants an allowance so the next parts need no read."""
-        use, uploads, known = await self.node.db.read(
+        use, uploads, known = await self.db.read(
             lambda c: store.part_budget(c, uid, upload_id, self.quota > 0)
         )
         if not known and uploads >= MAX_UPLOADS_PER_USER:
@@ -128,7 +125,7 @@ class Media:
         def job(c: sqlite3.Connection) -> tuple[float | None, dict[int, int]]:
             return store.upload_started(c, uid, p["upload_id"]), store.parts(c, uid, p["upload_id"])
 
-        started, parts = await self.node.db.read(job)
+        started, parts = await self.db.read(job)
         return {
             "parts": sorted(parts),
             "part_size": self.part_size,
@@ -168,7 +165,7 @@ class Media:
                 store.charge(c, uid, sha, size),
             )
 
-        started, parts, used, extra = await self.node.db.read(check)
+        started, parts, used, extra = await self.db.read(check)
         if started is None:
             raise RpcError(ErrorCode.UPLOAD_NOT_FOUND)
         missing = [i for i in range(count) if i not in parts]
@@ -204,7 +201,7 @@ class Media:
             head = await self._thread(files.verify, path, size, p["sha256"])
         except files.Mismatch as e:
             # a corrupted upload keeps nothing; the client starts it again
-            await self.node.db.write(lambda c: store.end_upload(c, uid, upload_id))
+            await self.db.write(lambda c: store.end_upload(c, uid, upload_id))
             raise RpcError(ErrorCode.CHECKSUM_MISMATCH, str(e)) from None
         except files.DiskFull:
             raise RpcError(ErrorCode.DISK_FULL) from None
@@ -219,25 +216,25 @@ class Media:
             except FileNotFoundError:
                 raise RpcError(ErrorCode.UPLOAD_NOT_FOUND) from None
             try:
-                info: dict[str, Any] = await self.node.db.write(job)
+                info: dict[str, Any] = await self.db.write(job)
             except RpcError:
                 # over quota after all (a concurrent complete won): the upload ends; its
                 # bytes, now placed but unreferenced, are the next gc's
-                await self.node.db.write(lambda c: store.end_upload(c, uid, upload_id))
+                await self.db.write(lambda c: store.end_upload(c, uid, upload_id))
                 raise
         return info
 
     # --- downloads ------------------------------------------------------------------------
     async def info(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = _uid(ctx)
-        meta: dict[str, Any] = await self.node.db.read(
+        meta: dict[str, Any] = await self.db.read(
             lambda c: store.need_readable(c, uid, p["media_id"])
         )
         return meta
 
     async def download(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = _uid(ctx)
-        meta = await self.node.db.read(lambda c: store.need_readable(c, uid, p["media_id"]))
+        meta = await self.db.read(lambda c: store.need_readable(c, uid, p["media_id"]))
         offset, limit = p["offset"], min(p["limit"], self.chunk_max)
         data = b""
         if offset < meta["size"]:
@@ -264,10 +261,10 @@ class Media:
     async def gc(self) -> dict[str, int]:
         cutoff = time.time() - self.upload_ttl
         async with self._gc_lock:
-            expired = await self.node.db.write(lambda c: store.expired_uploads(c, cutoff))
-            dropped = await self.node.db.write(lambda c: store.drop_unattached(c, cutoff))
-            live = await self.node.db.read(store.live_blobs)
-            active = await self.node.db.read(store.active_uploads)
+            expired = await self.db.write(lambda c: store.expired_uploads(c, cutoff))
+            dropped = await self.db.write(lambda c: store.drop_unattached(c, cutoff))
+            live = await self.db.read(store.live_blobs)
+            active = await self.db.read(store.active_uploads)
             removed, freed = await self._thread(self._sweep_disk, live, active)
             self._budgets.clear()
         return {
@@ -300,7 +297,7 @@ class Media:
         return removed, freed
 
     async def admin_stats(self, ctx: CallContext, p: Params) -> dict[str, Any]:
-        counts = await self.node.db.read(store.stats)
+        counts = await self.db.read(store.stats)
 
         def disk() -> tuple[int, int, int]:
             blobs = files.stored_blobs(self.root)

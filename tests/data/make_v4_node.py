@@ -31,11 +31,11 @@ from nacl.signing import SigningKey
 from node.app import Node
 from node.client import Client
 from node.config import Config, validate
-from node.rpc import CallContext
+from node.interfaces import CallContext
 
 
 async def _admin(node: Node, method: str, params: dict[str, Any] | None = None) -> Any:
-    return await node.router.dispatch(CallContext(node, "admin"), method, params or {})
+    return await node.router.dispatch(CallContext("admin"), method, params or {})
 
 
 async def _device(stack: AsyncExitStack, node: Node, name: str) -> tuple[Client, SigningKey]:
