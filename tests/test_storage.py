@@ -20,7 +20,7 @@ import pytest
 import trio
 import trio.testing
 
-from node.storage import MIGRATIONS, Database, Migration, StorageError
+from node.storage import MIGRATIONS, Database, Migration, Schema, StorageError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -525,3 +525,65 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
         present = set(await db.read(lambda c: [r[0] for r in c.execute("SELECT id FROM acked")]))
     assert len(acked) >= 2000
     assert acked <= present, sorted(acked - present)[:10]
+
+
+# --- schemas registered by the parts built on the node (federation) ---------------------------
+PART = Schema(
+    "part",
+    (
+        Migration(1, "peers", "CREATE TABLE part_peers(id INTEGER PRIMARY KEY, name TEXT)"),
+        Migration(2, "seed", "INSERT INTO part_peers(name) VALUES ('first')"),
+    ),
+)
+
+
+def schema_version(path: Path, name: str) -> int | None:
+    with sqlite3.connect(path) as c:
+        row = c.execute("SELECT version FROM schema_versions WHERE name = ?", (name,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+async def test_registered_schema_applies_once_beside_the_nodes_own(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    async with Database.open(path, migrations=TEST_MIGRATIONS):  # the node alone first
+        pass
+    for _ in range(3):
+        async with Database.open(path, migrations=TEST_MIGRATIONS, schemas=[PART]) as db:
+            # a second run of "seed" would have made two rows
+            assert await db.read(lambda c: count(c, "part_peers")) == 1
+    assert schema_version(path, "part") == 2
+    assert user_version(path) == len(TEST_MIGRATIONS)  # the node's version is untouched
+
+
+async def test_registered_schema_newer_than_the_code_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    async with Database.open(path, migrations=TEST_MIGRATIONS, schemas=[PART]):
+        pass
+    older = Schema("part", PART.migrations[:1])
+    with pytest.raises(StorageError, match="schema 'part' version 2 is newer"):
+        async with Database.open(path, migrations=TEST_MIGRATIONS, schemas=[older]):
+            pass
+
+
+async def test_failing_registered_migration_rolls_back_alone(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    bad = Schema(
+        "part",
+        (
+            *PART.migrations,
+            Migration(3, "broken", "CREATE TABLE part_x(a); INSERT INTO nowhere VALUES (1)"),
+        ),
+    )
+    with pytest.raises(StorageError, match="migration part 3 \\(broken\\) failed"):
+        async with Database.open(path, migrations=TEST_MIGRATIONS, schemas=[bad]):
+            pass
+    assert schema_version(path, "part") == 2  # steps 1-2 committed, 3 left nothing behind
+    with sqlite3.connect(path) as c:
+        assert not c.execute("SELECT 1 FROM sqlite_master WHERE name = 'part_x'").fetchone()
+
+
+def test_schema_declarations_are_checked_when_made() -> None:
+    with pytest.raises(ValueError, match=r"numbered 1\.\.N"):
+        Schema("part", (Migration(2, "gap", "SELECT 1"),))
+    with pytest.raises(ValueError, match="schema name"):
+        Schema("no-dashes", ())

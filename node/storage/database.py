@@ -39,7 +39,7 @@ from typing import Any, Generic, TypeVar, cast
 
 import trio
 
-from .migrations import MIGRATIONS, Migration, check_sequence
+from .migrations import MIGRATIONS, Migration, Schema, check_sequence
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -108,6 +108,7 @@ class Database:
         path: Path,
         *,
         migrations: Sequence[Migration] = MIGRATIONS,
+        schemas: Sequence[Schema] = (),
         readers: int = 4,
         batch_max: int = 256,
         queue_size: int = 4096,
@@ -121,7 +122,12 @@ class Database:
         either its result or an error, never silence."""
         if readers < 1 or batch_max < 1 or queue_size < 1:
             raise ValueError("readers, batch_max and queue_size must be >= 1")
-        return cls._open(Path(path), list(migrations), readers, batch_max, queue_size)
+        names = [sc.name for sc in schemas]
+        if len(set(names)) != len(names):
+            raise ValueError(f"two schemas with one name: {names}")
+        return cls._open(
+            Path(path), list(migrations), list(schemas), readers, batch_max, queue_size
+        )
 
     @classmethod
     @asynccontextmanager
@@ -129,6 +135,7 @@ class Database:
         cls,
         path: Path,
         migrations: list[Migration],
+        schemas: list[Schema],
         readers: int,
         batch_max: int,
         queue_size: int,
@@ -138,7 +145,7 @@ class Database:
         # they run in a thread like everything else; a failed open leaves nothing open.
         db._thread.start()
         try:
-            await db._thread.call(db._connect_all, migrations)
+            await db._thread.call(db._connect_all, migrations, schemas)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await db._thread.stop()
@@ -162,7 +169,7 @@ class Database:
         if body_error is not None:
             raise body_error
 
-    def _connect_all(self, migrations: list[Migration]) -> None:
+    def _connect_all(self, migrations: list[Migration], schemas: list[Schema]) -> None:
         if not self.path.parent.is_dir():
             raise StorageError(f"{self.path}: folder {self.path.parent} does not exist")
         try:
@@ -175,6 +182,8 @@ class Database:
             opened.append(writer)
             _configure_writer(writer, self.path)
             _migrate(writer, migrations, self.path)
+            for schema in schemas:
+                _migrate(writer, list(schema.migrations), self.path, schema.name)
             # Read-only at the file level: a read function cannot write, even by mistake.
             uri = f"{self.path.resolve().as_uri()}?mode=ro"
             for _ in range(self._readers):
@@ -402,16 +411,50 @@ def _configure_writer(conn: sqlite3.Connection, path: Path) -> None:
         raise StorageError(f"{path}: this SQLite build does not enforce foreign keys")
 
 
-def _migrate(conn: sqlite3.Connection, migrations: list[Migration], path: Path) -> None:
-    """Bring the schema to ``len(migrations)``, one transaction per migration.
+_VERSIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_versions("
+    "name TEXT PRIMARY KEY, version INTEGER NOT NULL CHECK (version >= 0))"
+)
+
+
+def _version(conn: sqlite3.Connection, schema: str | None) -> int:
+    """The node's schema version (``user_version``), or a registered schema's."""
+    if schema is None:
+        return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if not conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_versions'"
+    ).fetchone():
+        return 0
+    row = conn.execute("SELECT version FROM schema_versions WHERE name = ?", (schema,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _set_version(conn: sqlite3.Connection, schema: str | None, version: int) -> None:
+    if schema is None:
+        conn.execute(f"PRAGMA user_version = {version:d}")
+        return
+    conn.execute(_VERSIONS_TABLE)
+    conn.execute(
+        "INSERT INTO schema_versions(name, version) VALUES (?, ?) "
+        "ON CONFLICT(name) DO UPDATE SET version = excluded.version",
+        (schema, version),
+    )
+
+
+def _migrate(
+    conn: sqlite3.Connection, migrations: list[Migration], path: Path, schema: str | None = None
+) -> None:
+    """Bring a schema (the node's, or the registered ``schema``) to ``len(migrations)``,
+    one transaction per migration.
 
     Each version is re-read inside its write transaction, so two processes opening the
     same file at once cannot both apply the same step."""
+    what = "database schema" if schema is None else f"schema {schema!r}"
     latest = len(migrations)
-    current = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    current = _version(conn, schema)
     if current > latest:
         raise StorageError(
-            f"{path}: database schema version {current} is newer than this Fedgram knows "
+            f"{path}: {what} version {current} is newer than this Fedgram knows "
             f"(up to {latest}); refusing to open it. Upgrade Fedgram or restore a backup."
         )
     for m in migrations[current:]:
@@ -419,20 +462,25 @@ def _migrate(conn: sqlite3.Connection, migrations: list[Migration], path: Path) 
             conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= m.version:
+            if _version(conn, schema) >= m.version:
                 conn.execute("COMMIT")
                 continue
             for stmt in m.statements():
                 conn.execute(stmt)
             if m.rebuilds and conn.execute("PRAGMA foreign_key_check").fetchone() is not None:
                 raise sqlite3.IntegrityError("foreign key violations after the rebuild")
-            conn.execute(f"PRAGMA user_version = {m.version:d}")
+            _set_version(conn, schema, m.version)
             conn.execute("COMMIT")
         except BaseException as e:
             _rollback_quietly(conn)
             if isinstance(e, sqlite3.Error):
+                label = (
+                    f"{m.version} ({m.name})"
+                    if schema is None
+                    else f"{schema} {m.version} ({m.name})"
+                )
                 raise StorageError(
-                    f"{path}: migration {m.version} ({m.name}) failed and was rolled back: {e}"
+                    f"{path}: migration {label} failed and was rolled back: {e}"
                 ) from e
             raise
         finally:

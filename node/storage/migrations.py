@@ -87,6 +87,25 @@ def _has_code(sql: str) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class Schema:
+    """The tables of one part built on the node (federation, later ones), numbered on their
+    own: a part registers its schema when it opens the database (``Database.open(...,
+    schemas=[...])``) and storage runs it, so storage never imports the parts above it.
+
+    The node's own tables are :data:`MIGRATIONS` (versioned by ``PRAGMA user_version``, as
+    since the first release); a registered schema's version is its row of
+    ``schema_versions``, written in the same transaction as its DDL."""
+
+    name: str
+    migrations: tuple[Migration, ...]
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.name.isidentifier():
+            raise ValueError(f"schema name {self.name!r}: letters, digits and _ only")
+        check_sequence(list(self.migrations))
+
+
 def check_sequence(migrations: list[Migration]) -> None:
     """Refuse a list whose versions are not exactly 1..N in order.
 
