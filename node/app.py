@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 from nacl.signing import SigningKey
@@ -28,13 +28,15 @@ from .gateway import Gateway
 from .interfaces import Background
 from .keyfile import load_or_create_key
 from .lock import DataDirLock
+from .lookup import Lookup
 from .media.service import Media
 from .nodes import Directory, ensure_self
 from .protocol.identity import fingerprint
 from .publications import Publications
 from .ratelimit import RateLimiter, Rule
+from .remote import RemoteSlot
 from .rpc import Router
-from .storage import Database
+from .storage import Database, Schema
 from .updates import Hub
 
 _log = log.get("node")
@@ -42,12 +44,28 @@ WS_MESSAGE_QUEUE = 8  # messages trio-websocket buffers per connection before ba
 WS_RECEIVE_BUFFER = 64 * 1024
 
 
+class Part(Protocol):
+    """Something built on the node that the node runs without importing it (federation):
+    ``fedgram run`` hands it over. It brings its tables (``schema``) and, attached to the
+    built node, registers its handlers, fills slots and adds its background tasks."""
+
+    name: str  # the schema's ``part`` for the methods it serves
+    schema: Schema | None
+
+    def attach(self, node: Node) -> None: ...
+
+
 class Node:
     """The application object: builds each service with the small interfaces it uses
     (node/interfaces.py) and owns what they share. Nothing below imports this module."""
 
     def __init__(
-        self, config: Config, identity: SigningKey, db: Database, directory: Directory
+        self,
+        config: Config,
+        identity: SigningKey,
+        db: Database,
+        directory: Directory,
+        parts: Sequence[Part] = (),
     ) -> None:
         self.config = config
         self.identity = identity
@@ -68,8 +86,20 @@ class Node:
         system.register(self.router, self.describe)
         self.accounts = Accounts(config, identity, db, self.hub, directory, self.events)
         self.accounts.register(self.router)
+        # what needs another node goes through this slot; federation fills it (remote.py)
+        self.remote = RemoteSlot()
         compaction = Compaction(db)
-        self.chats = Chats(config, identity, self.node_id, db, self.hub, self.events, compaction)
+        self.chats = Chats(
+            config,
+            identity,
+            self.node_id,
+            db,
+            self.hub,
+            self.events,
+            compaction,
+            directory,
+            self.remote,
+        )
         self.chats.register(self.router)
         self.hub.chat_loader = self.chats.chats_of
         self.accounts.removal.append(self.chats.on_user_removed)
@@ -77,7 +107,11 @@ class Node:
         self.media = Media(config, db)
         self.media.register(self.router)
         self.background.append(self.media.run)
-        missing = self.router.missing()
+        Lookup(db, directory, self.remote).register(self.router)
+        self.parts = parts
+        for part in parts:
+            part.attach(self)
+        missing = self.router.missing(frozenset({"node", *(p.name for p in parts)}))
         if missing:
             raise RuntimeError(f"schema methods without a handler: {', '.join(missing)}")
         self.gateway = Gateway(config, identity, self.router, self.hub)
@@ -113,7 +147,7 @@ class Node:
 
     @classmethod
     @asynccontextmanager
-    async def offline(cls, config: Config) -> AsyncIterator[Node]:
+    async def offline(cls, config: Config, parts: Sequence[Part] = ()) -> AsyncIterator[Node]:
         """The node's services on its database, without gateway or admin socket.
 
         Admin commands use this when no node is running, so the very same handlers act
@@ -124,14 +158,15 @@ class Node:
             raise ConfigError(f"{config.data_dir}: a node is running on it; use its socket")
         try:
             identity = load_or_create_key(config.key_path)
-            async with Database.open(config.db_path) as db:
-                yield cls(config, identity, db, await cls._self_row(config, identity, db))
+            async with Database.open(config.db_path, schemas=_schemas(parts)) as db:
+                directory = await cls._self_row(config, identity, db)
+                yield cls(config, identity, db, directory, parts)
         finally:
             lock.release()
 
     @classmethod
     @asynccontextmanager
-    async def start(cls, config: Config) -> AsyncIterator[Node]:
+    async def start(cls, config: Config, parts: Sequence[Part] = ()) -> AsyncIterator[Node]:
         check_writable(config.data_dir)
         lock = DataDirLock(config.data_dir)
         if not lock.acquire():
@@ -149,10 +184,12 @@ class Node:
             admin_sock = bind_admin_socket(config.admin_socket)
             async with Database.open(
                 config.db_path,
+                schemas=_schemas(parts),
                 readers=config.get("storage", "readers"),
                 batch_max=config.get("storage", "batch_max"),
             ) as db:
-                node = cls(config, identity, db, await cls._self_row(config, identity, db))
+                directory = await cls._self_row(config, identity, db)
+                node = cls(config, identity, db, directory, parts)
                 node.port = listeners[0].socket.getsockname()[1]
                 server = WebSocketServer(
                     node.gateway.handle,
@@ -190,3 +227,7 @@ class Node:
             with contextlib.suppress(OSError):
                 config.admin_socket.unlink()
             lock.release()
+
+
+def _schemas(parts: Sequence[Part]) -> list[Schema]:
+    return [p.schema for p in parts if p.schema is not None]

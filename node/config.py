@@ -191,6 +191,27 @@ SPEC: dict[str, dict[str, Key]] = {
         "readers": Key(int, 4, "SQLite read connections.", _positive),
         "batch_max": Key(int, 256, "Most write jobs committed in one transaction.", _positive),
     },
+    "federation": {
+        "peering": Key(
+            str,
+            "approve",
+            "Who may link to this node: approve (a node that connects first waits for "
+            "`fedgram peer approve`), open (any node; for a local dev cluster), off.",
+            _one_of("approve", "open", "off"),
+        ),
+        "public_url": Key(
+            str,
+            "",
+            "ws:// URL peers dial to reach this node (empty: from [node] listen; set it "
+            "when behind a proxy or listening on 0.0.0.0).",
+        ),
+        "link_timeout": Key(
+            float, 10.0, "Seconds a peer has to answer a call on a link.", _positive
+        ),
+        "retry_max": Key(
+            float, 60.0, "Longest wait between attempts to reach a peer that is down.", _positive
+        ),
+    },
 }
 
 

@@ -140,3 +140,31 @@ Background = Callable[[], Awaitable[None]]
 """A long-running service loop (sweeps, expiry) that the node starts in its nursery."""
 
 BackgroundTasks = Sequence[Background]
+
+
+class Federated(Protocol):
+    """What the node's services ask of federation when a chat or user lives on another node
+    (node/remote.py holds the slot federation fills; without it, these refuse)."""
+
+    async def ensure_user(self, node_id: str, name: str) -> None:
+        """Make the remote user ``name@node_id`` a row here (asked of their node and cached);
+        raises RpcError (USER_NOT_FOUND, PEER_UNREACHABLE...)."""
+        ...
+
+    def forward_post(
+        self,
+        conn: sqlite3.Connection,
+        chat_id: str,
+        home: str,
+        sender_id: int,
+        random_id: int,
+        params: dict[str, Any],
+    ) -> None:
+        """Inside the send's write job: queue the post for the chat's home (a durable outbox
+        row, committed with the job), idempotent by (chat, sender, random_id)."""
+        ...
+
+    async def start_private(self, home: str, me: str, other: str) -> str:
+        """Ask ``home`` (another node) to open the private chat of canonical addresses
+        ``me`` and ``other``; answers its id once this node replicates it."""
+        ...

@@ -53,6 +53,8 @@ GROUPS: dict[str, list[tuple[str, str]]] = {
     "auth.authorize": [("ip", "authorize_per_ip")],
     "typing": [("device", "typing_per_device")],
     "media": [("device", "media_per_device")],
+    "lookup": [("device", "lookups_per_device"), ("user", "calls_per_user")],
+    "federation": [("peer", "calls_per_peer")],
     "default": [("device", "calls_per_device"), ("user", "calls_per_user")],
 }
 
@@ -68,6 +70,8 @@ DEFAULT_RULES: dict[str, str] = {
     "calls_per_user": "6000/10",
     "typing_per_device": "60/60",
     "media_per_device": "20000/10",
+    "lookups_per_device": "300/60",
+    "calls_per_peer": "100000/10",
 }
 
 

@@ -39,8 +39,10 @@ class Router:
             raise KeyError(f"two handlers for {name!r}")
         self.handlers[name] = fn
 
-    def missing(self) -> list[str]:
-        return sorted(set(METHODS) - set(self.handlers))
+    def missing(self, parts: frozenset[str] = frozenset({"node"})) -> list[str]:
+        """Methods of the schema served by ``parts`` that have no handler (the node checks
+        at start-up that it serves its whole share of the schema)."""
+        return sorted(n for n, m in METHODS.items() if m.part in parts and n not in self.handlers)
 
     async def dispatch(self, ctx: CallContext, name: str, params: dict[str, Any]) -> Any:
         method = METHODS.get(name)
@@ -50,11 +52,17 @@ class Router:
             raise RpcError(ErrorCode.ADMIN_ONLY)
         if method.access == "user" and ctx.transport != "admin" and not _signed_in(ctx):
             raise RpcError(ErrorCode.AUTH_REQUIRED)
+        if method.access == "node" and (ctx.session is None or ctx.session.role != "node"):
+            raise RpcError(ErrorCode.METHOD_UNKNOWN, f"no method {name!r}")  # not for clients
+        handler = self.handlers.get(name)
+        if handler is None:  # a part this node does not run (federation)
+            code = ErrorCode.FEDERATION_OFF if method.part == "federation" else ErrorCode.INTERNAL
+            raise RpcError(code, f"{name} is not served by this node")
         method.validate(params)
         if ctx.session is not None and self._rate_check is not None:
             self._rate_check(method.rate_group, _limit_keys(ctx.session, params))
         try:
-            result = await self.handlers[name](ctx, params)
+            result = await handler(ctx, params)
         except RpcError:
             raise
         except Exception:
@@ -70,6 +78,7 @@ def _limit_keys(session: Caller, params: dict[str, Any]) -> dict[str, str | None
         "user": str(session.user_id) if session.user_id is not None else None,
         "device": str(session.device_id) if session.device_id is not None else None,
         "name": name.lower() if isinstance(name, str) else None,
+        "peer": session.peer_identity.hex() if session.peer_identity is not None else None,
     }
 
 

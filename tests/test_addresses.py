@@ -19,6 +19,7 @@ from node.chats.store import Account, private_chat_id
 from node.client import RpcError
 from node.config import ConfigError
 from node.nodes import NodeBook
+from node.nodes import load as load_nodes
 from node.protocol.identity import fingerprint
 from tests.conftest import make_config
 from tests.helpers import admin, send, signed_in
@@ -130,21 +131,26 @@ async def test_remote_users_are_rows_of_their_node(tmp_path: Path) -> None:
             )
 
         await node.db.write(add_remote)
+        node.directory.replace(await node.db.read(load_nodes))  # as federation does
         async with signed_in(node, "alice") as a, signed_in(node, "bob"):
             assert [u["name"] for u in (await admin(node, "admin.userList"))["users"]] == [
                 "alice",
                 "bob",
             ]
-            # bob here, by every spelling; alice@n2 is another person, not reachable yet
+            # bob here, by every spelling; alice@n2 is another person, not reachable from a
+            # node that runs without federation
             for ref in ("bob", "@bob", "bob@test", f"bob@{node.node_id}"):
                 chat = (await a.call("chats.startPrivate", {"user": ref}))["chat"]
                 assert chat["peer"] == "bob@test"
-            for ref in ("alice@n2", "carol@nowhere"):
+            for ref, code in (("alice@n2", "FEDERATION_OFF"), ("carol@nowhere", "PEER_INVALID")):
                 with pytest.raises(RpcError) as e:
                     await a.call("chats.startPrivate", {"user": ref})
-                assert e.value.code == "PEER_INVALID"
+                assert e.value.code == code
             with pytest.raises(RpcError) as e:
                 await a.call("chats.createGroup", {"title": "G", "members": ["alice@n2"]})
+            assert e.value.code == "FEDERATION_OFF"
+            with pytest.raises(RpcError) as e:
+                await a.call("chats.createGroup", {"title": "G", "members": ["carol@nowhere"]})
             assert e.value.code == "USER_NOT_FOUND"
 
 

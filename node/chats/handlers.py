@@ -9,7 +9,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+from ..address import AddressError
 from ..interfaces import CallContext, Effects, Sessions, Storage
+from ..nodes import Directory
+from ..remote import RemoteSlot
 from .store import Home
 
 T = TypeVar("T")
@@ -32,6 +35,8 @@ class Shared:
     home: Home
     write: Write
     difference_limit: int
+    directory: Directory
+    remote: RemoteSlot
 
 
 def caller(ctx: CallContext) -> int:
@@ -52,3 +57,16 @@ class Handlers:
 
     def methods(self) -> dict[str, Handler]:
         raise NotImplementedError
+
+    async def learn_users(self, names: list[str]) -> None:
+        """Before a job that names users: the remote ones are asked of their node and
+        cached as rows (a network wait, so never inside the job). Unknown names are left
+        for the job to refuse."""
+        directory = self.shared.directory
+        for raw in names:
+            try:
+                a = directory.resolve(raw.lstrip("@"))
+            except AddressError:
+                continue
+            if a.node != directory.self_id:
+                await self.shared.remote.ensure_user(a.node, a.name)

@@ -46,6 +46,7 @@ from typing import Any
 from ..interfaces import Effects
 from ..media import store as media_store
 from ..protocol.codec import DecodeError
+from ..protocol.errors import ErrorCode, RpcError
 from . import events, store
 from .events import EDIT, KINDS, MESSAGE, ChainError, Sealed
 from .store import Chat, Home
@@ -87,8 +88,11 @@ def sequence(
     home sequences; ``chat`` is updated in place (head, members, pins, title)."""
     if draft.kind not in KINDS:
         raise LogError(f"unknown event kind {draft.kind!r}")
-    if chat.home != home.node_id:
-        raise LogError(f"chat {chat.id} is sequenced by its home node {chat.home}")
+    if chat.home != home.node_id:  # a replica: only its home changes the chat
+        raise RpcError(
+            ErrorCode.CHAT_WRITE_FORBIDDEN,
+            f"chat {chat.id} lives on node {chat.home}: only messages are forwarded there",
+        )
     seq, ts = chat.last_seq + 1, time.time()
     record, committed = (None, None)
     if draft.content is not None:

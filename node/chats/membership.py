@@ -7,7 +7,7 @@ from __future__ import annotations
 import sqlite3
 from typing import TYPE_CHECKING, Any
 
-from ..address import canonical
+from ..address import Address, canonical
 from ..interfaces import Effects
 from ..protocol.errors import ErrorCode, RpcError
 from . import log, store
@@ -54,15 +54,33 @@ class Membership(Handlers):
 
     async def start_private(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = caller(ctx)
+        ref = p["user"].lstrip("@")
+        await self.learn_users([ref])
 
-        def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
-            ref = p["user"].lstrip("@")
+        def peer_of(c: sqlite3.Connection) -> tuple[int, str, str]:
             try:
-                peer = next(iter(store.user_ids(c, self.home, [ref]).values()))
+                addr, peer = next(iter(store.user_ids(c, self.home, [ref]).items()))
             except RpcError as e:
                 raise RpcError(ErrorCode.PEER_INVALID, e.message) from None
             if peer == uid:
                 raise RpcError(ErrorCode.PEER_INVALID, "a private chat needs another user")
+            me = store.address(c, self.home, uid)
+            assert me is not None
+            return peer, me, addr
+
+        peer, me, other = await self.db.read(peer_of)
+        # The home of a private chat is the node of the lower address: both nodes derive
+        # the same id and the same home, so starting it from either side meets in one chat.
+        home = Address.parse(min(me, other)).node
+        if home != self.home.node_id:
+            chat_id = await self.shared.remote.start_private(home, me, other)
+            return {
+                "chat": await self.db.read(lambda c: store.dialog(c, self.home, chat_id, uid)),
+                "created": False,
+            }
+
+        def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
+            peer_of(c)  # again, on the job's snapshot
             lo, hi = sorted((uid, peer))
             # the chat of these two accounts (a removed account's rows went with it)
             row = c.execute(
@@ -85,6 +103,7 @@ class Membership(Handlers):
     async def _create(self, ctx: CallContext, p: Params, kind: str) -> dict[str, Any]:
         uid = caller(ctx)
         names = list(p.get("members", []))
+        await self.learn_users(names)
 
         def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
             ids = list(store.user_ids(c, self.home, [n.lstrip("@") for n in names]).values())
@@ -204,6 +223,7 @@ class Membership(Handlers):
 
     async def add_members(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = caller(ctx)
+        await self.learn_users(list(p["users"]))
 
         def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
             chat, m = store.need_member(c, p["chat"], uid)

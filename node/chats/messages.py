@@ -47,14 +47,6 @@ class Messages(Handlers):
         super().__init__(shared)
         self._typing: dict[tuple[int, str], float] = {}
 
-    def _send_remote(self, chat: store.Chat, uid: int, p: Params) -> dict[str, Any]:
-        """A post to a chat homed on another node: federation will store it in the outbox
-        and answer ``{"seq": None, "pending": True}`` at once (see log.py); until then
-        such chats do not exist here."""
-        raise RpcError(
-            ErrorCode.CHAT_WRITE_FORBIDDEN, f"chat {chat.id} is homed on node {chat.home}"
-        )
-
     def methods(self) -> dict[str, Handler]:
         return {
             "messages.send": self.send,
@@ -75,50 +67,92 @@ class Messages(Handlers):
             chat, m = store.need_member(c, p["chat"], uid)
             if chat.kind == "channel" and m.role not in ADMIN_ROLES:
                 raise RpcError(ErrorCode.CHAT_WRITE_FORBIDDEN)
-            if chat.home != self.home.node_id:
-                return self._send_remote(chat, uid, p)
             dup = c.execute(
                 "SELECT seq, ts FROM events WHERE chat_id = ? AND sender_id = ? AND random_id = ?",
                 (chat.id, uid, rid),
             ).fetchone()
             if dup is not None:
-                return {"seq": dup[0], "ts": dup[1], "duplicate": True}
-            body: dict[str, Any] = {}  # signed as is: stays when the message is deleted
-            content: dict[str, Any] = {}  # committed to by hash: erased when it is deleted
-            media: list[dict[str, Any]] = list(p.get("media", []))
-            attached: list[dict[str, Any]] = []
-            text = p.get("text", "")
-            if "reply_to" in p:
-                if not m.joined_seq <= p["reply_to"] <= chat.last_seq:
-                    raise RpcError(ErrorCode.MESSAGE_NOT_FOUND, "reply_to is not in this chat")
-                body["reply_to"] = p["reply_to"]
-            if "forward_from" in p:
-                src = p["forward_from"]
-                _, src_m = store.need_member(c, src["chat"], uid)
-                msg = store.need_message(c, src["chat"], src["seq"], src_m.joined_seq)
-                orig = msg.content()
-                content["fwd"] = orig.get("fwd") or {
-                    "chat": src["chat"],
-                    "seq": src["seq"],
-                    "sender": store.event_out(c, msg.row)["sender"],
-                    "ts": msg.ts,
-                }
-                text = text or orig.get("text", "")
-                if not media:  # the original's attachments, by content address
-                    attached = [_by_address(x) for x in orig.get("media", [])]
-            if text:
-                content["text"] = text
-            if media:
-                attached = media_store.describe(c, uid, media)
-            if attached:
-                content["media"] = attached
-            if not text and not attached:
-                raise RpcError(ErrorCode.MESSAGE_EMPTY)
+                return {"seq": dup[0], "ts": dup[1], "duplicate": True, "pending": False}
+            body, content = self._compose(c, chat, m, uid, p)
+            if chat.home != self.home.node_id:
+                # homed elsewhere: queued durably for the home, which sequences it (log.py)
+                self.shared.remote.forward_post(
+                    c, chat.id, chat.home, uid, rid, {**body, **content}
+                )
+                return {"seq": None, "ts": time.time(), "duplicate": False, "pending": True}
             draft = log.Draft(MESSAGE, uid, body, content, rid)
             done = log.sequence(c, self.home, chat, draft, fx)
-            return {"seq": done.seq, "ts": done.ts, "duplicate": False}
+            return {"seq": done.seq, "ts": done.ts, "duplicate": False, "pending": False}
 
         return await self.write(ctx, job)
+
+    def _compose(
+        self, c: sqlite3.Connection, chat: Chat, m: store.Member, uid: int, p: Params
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A message's signed ``body`` (stays when it is deleted) and erasable ``content``
+        (committed to by hash) from a send's parameters, checked against what the sender
+        may see; media as content addresses, so any node can fetch and verify them."""
+        body: dict[str, Any] = {}
+        content: dict[str, Any] = {}
+        media: list[dict[str, Any]] = list(p.get("media", []))
+        attached: list[dict[str, Any]] = []
+        text = p.get("text", "")
+        if "reply_to" in p:
+            if not m.joined_seq <= p["reply_to"] <= chat.last_seq:
+                raise RpcError(ErrorCode.MESSAGE_NOT_FOUND, "reply_to is not in this chat")
+            body["reply_to"] = p["reply_to"]
+        if "forward_from" in p:
+            src = p["forward_from"]
+            _, src_m = store.need_member(c, src["chat"], uid)
+            msg = store.need_message(c, src["chat"], src["seq"], src_m.joined_seq)
+            orig = msg.content()
+            content["fwd"] = orig.get("fwd") or {
+                "chat": src["chat"],
+                "seq": src["seq"],
+                "sender": store.event_out(c, msg.row)["sender"],
+                "ts": msg.ts,
+            }
+            text = text or orig.get("text", "")
+            if not media:  # the original's attachments, by content address
+                attached = [_by_address(x) for x in orig.get("media", [])]
+        if text:
+            content["text"] = text
+        if media:
+            attached = media_store.describe(c, uid, media)
+        if attached:
+            content["media"] = attached
+        if not text and not attached:
+            raise RpcError(ErrorCode.MESSAGE_EMPTY)
+        return body, content
+
+    def post_from_peer(
+        self, c: sqlite3.Connection, fx: Effects, chat_id: str, uid: int, rid: int, p: Params
+    ) -> dict[str, Any]:
+        """A post forwarded by the node of user ``uid`` (fed.post), inside a write job on
+        this, the chat's home: authorized as a local member's send, idempotent by
+        random_id. ``p`` holds the body and content the sender's node composed (checked
+        by the federation handler's schema)."""
+        chat, m = store.need_member(c, chat_id, uid)
+        if chat.home != self.home.node_id:
+            raise RpcError(ErrorCode.CHAT_NOT_FOUND, f"chat {chat_id} is not homed here")
+        if chat.kind == "channel" and m.role not in ADMIN_ROLES:
+            raise RpcError(ErrorCode.CHAT_WRITE_FORBIDDEN)
+        dup = c.execute(
+            "SELECT seq FROM events WHERE chat_id = ? AND sender_id = ? AND random_id = ?",
+            (chat.id, uid, rid),
+        ).fetchone()
+        if dup is not None:
+            return {"seq": dup[0], "duplicate": True}
+        body: dict[str, Any] = {}
+        if "reply_to" in p:
+            if not 1 <= p["reply_to"] <= chat.last_seq:
+                raise RpcError(ErrorCode.MESSAGE_NOT_FOUND, "reply_to is not in this chat")
+            body["reply_to"] = p["reply_to"]
+        content = {k: p[k] for k in ("text", "media", "fwd") if p.get(k)}
+        if not content.get("text") and not content.get("media"):
+            raise RpcError(ErrorCode.MESSAGE_EMPTY)
+        done = log.sequence(c, self.home, chat, log.Draft(MESSAGE, uid, body, content, rid), fx)
+        return {"seq": done.seq, "duplicate": False}
 
     async def edit(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = caller(ctx)

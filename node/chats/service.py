@@ -26,6 +26,8 @@ from nacl.signing import SigningKey
 
 from ..config import Config
 from ..interfaces import CallContext, Caller, CommittedEvents, Effects, Sessions, Storage
+from ..nodes import Directory
+from ..remote import RemoteSlot
 from ..rpc import Router
 from . import log, store
 from .chat_admin import ChatAdmin
@@ -49,6 +51,8 @@ class Chats:
         sessions: Sessions,
         events: CommittedEvents,
         compaction: Compaction,
+        directory: Directory,
+        remote: RemoteSlot,
     ) -> None:
         self.db = db
         self.hub = sessions
@@ -62,13 +66,12 @@ class Chats:
         self.difference_limit = int(config.get("chats", "difference_limit"))
         self.compaction = compaction
         events.subscribe(self._compact_after)
-        shared = Shared(db, sessions, self.home, self.write, self.difference_limit)
-        self.handlers = (
-            Membership(shared),
-            Messages(shared),
-            Sync(shared),
-            ChatAdmin(shared),
+        shared = Shared(
+            db, sessions, self.home, self.write, self.difference_limit, directory, remote
         )
+        self.shared = shared
+        self.messages = Messages(shared)
+        self.handlers = (Membership(shared), self.messages, Sync(shared), ChatAdmin(shared))
 
     def register(self, router: Router) -> None:
         for group in self.handlers:

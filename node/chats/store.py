@@ -23,7 +23,6 @@ from nacl.signing import SigningKey
 from ..address import Address, AddressError, canonical
 from ..interfaces import Effects
 from ..media import store as media_store
-from ..nodes import SELF_ROW
 from ..protocol.errors import ErrorCode, RpcError
 from . import events
 from .events import GENESIS, MESSAGE
@@ -144,8 +143,9 @@ def address(conn: sqlite3.Connection, home: Home, user_id: int | None) -> str | 
 
 
 def user_ids(conn: sqlite3.Connection, home: Home, names: list[str]) -> dict[str, int]:
-    """Resolve what people type (``name``, ``name@petname``, ``name@<node id>``) to user ids
-    of this node, keyed by canonical address; unknown names fail as one."""
+    """Resolve what people type (``name``, ``name@petname``, ``name@<node id>``) to user ids,
+    keyed by canonical address: users of this node, and remote users already cached as rows
+    (handlers ask federation to fetch those first); unknown names fail as one."""
     out: dict[str, int] = {}
     missing: list[str] = []
     for raw in names:
@@ -161,10 +161,12 @@ def user_ids(conn: sqlite3.Connection, home: Home, names: list[str]) -> dict[str
         ).fetchone()
         if node is None:
             raise RpcError(ErrorCode.USER_NOT_FOUND, f"{raw}: no node {a.node!r} is known here")
-        if node[1] != "self":
-            raise RpcError(ErrorCode.USER_NOT_FOUND, f"{raw}: users of other nodes need federation")
+        if node[1] == "blocked":
+            raise RpcError(ErrorCode.USER_NOT_FOUND, f"{raw}: node {a.node!r} is blocked here")
         row = conn.execute(
-            f"SELECT id, banned FROM users WHERE name = ? AND node = {SELF_ROW}", (a.name,)
+            "SELECT u.id, u.banned FROM users u JOIN nodes n ON n.id = u.node "
+            "WHERE u.name = ? AND n.fingerprint = ?",
+            (a.name, node[0]),
         ).fetchone()
         if row is None or row[1]:
             missing.append(raw)

@@ -7,6 +7,7 @@ reference in docs/api.md (``fedgram dev api-docs``) are all derived from this mo
 from __future__ import annotations
 
 from .api_chats import CHAT_METHODS, CHAT_UPDATES
+from .api_fed import DIRECTORY_METHODS, FED_METHODS
 from .api_media import MEDIA_METHODS
 from .errors import ErrorCode as E
 from .schema import (
@@ -355,7 +356,9 @@ _METHODS = [
     ),
 ]
 
-METHODS: dict[str, Method] = {m.name: m for m in [*_METHODS, *CHAT_METHODS, *MEDIA_METHODS]}
+METHODS: dict[str, Method] = {
+    m.name: m for m in [*_METHODS, *CHAT_METHODS, *MEDIA_METHODS, *DIRECTORY_METHODS, *FED_METHODS]
+}
 
 _UPDATES = [
     Update(

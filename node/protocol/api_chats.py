@@ -310,9 +310,17 @@ CHAT_METHODS: list[Method] = [
         },
         Struct(
             {
-                "seq": Field(Int()),
+                "seq": Field(
+                    Nullable(Int()), "the home node's seq; null while pending (see pending)"
+                ),
                 "ts": Field(Float()),
                 "duplicate": Field(Bool(), "true: a resend of an earlier send"),
+                "pending": Field(
+                    Bool(),
+                    "true: the chat lives on another node; the post is stored durably here "
+                    "and queued for it, and its seq arrives as the chat.event push once that "
+                    "node sequenced it. false: sequenced (acknowledged by the chat's home).",
+                ),
             },
             name="Sent",
         ),

@@ -10,6 +10,7 @@ _ACCESS = {
     "public": "anyone, before sign-in",
     "user": "a signed-in device",
     "admin": "admin socket only",
+    "node": "a peer node's link only (its handshake proved a node key)",
 }
 
 

@@ -84,6 +84,14 @@ class ErrorCode(StrEnum):
     MEDIA_NOT_FOUND = "MEDIA_NOT_FOUND"
     MEDIA_FORBIDDEN = "MEDIA_FORBIDDEN"
     DISK_FULL = "DISK_FULL"
+    # federation
+    FEDERATION_OFF = "FEDERATION_OFF"
+    PEER_UNKNOWN = "PEER_UNKNOWN"
+    PEER_PENDING = "PEER_PENDING"
+    PEER_BLOCKED = "PEER_BLOCKED"
+    PEER_UNREACHABLE = "PEER_UNREACHABLE"
+    NOT_A_REPLICA = "NOT_A_REPLICA"
+    EVENT_INVALID = "EVENT_INVALID"
 
 
 DESCRIPTIONS: dict[ErrorCode, str] = {
@@ -178,6 +186,18 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.MEDIA_FORBIDDEN: "The caller may not read this media (not its uploader and in no "
     "chat that references it).",
     ErrorCode.DISK_FULL: "The node's disk is full; nothing partial was kept. Try again later.",
+    ErrorCode.FEDERATION_OFF: 'This node does not federate ([federation] peering = "off", or '
+    "it runs without federation).",
+    ErrorCode.PEER_UNKNOWN: "No known node matches that id, id prefix or name.",
+    ErrorCode.PEER_PENDING: "This node has not approved the calling node as a peer yet (an "
+    "admin runs `fedgram peer approve`).",
+    ErrorCode.PEER_BLOCKED: "This node refuses the calling node.",
+    ErrorCode.PEER_UNREACHABLE: "The node that holds this (a user, a chat's home) cannot be "
+    "reached now; the message says why. Try again later.",
+    ErrorCode.NOT_A_REPLICA: "The calling node has no members in that chat (or the user is not "
+    "one of its users), so it may not read or post there.",
+    ErrorCode.EVENT_INVALID: "An event from a peer failed verification (signature, hash chain, "
+    "order or content); nothing of it was stored.",
 }
 
 

@@ -243,7 +243,7 @@ class AnyValue(Type):
         return self.doc
 
 
-Access = Literal["public", "user", "admin"]
+Access = Literal["public", "user", "admin", "node"]
 
 
 @dataclass(frozen=True)
@@ -255,6 +255,8 @@ class Method:
     errors: tuple[ErrorCode, ...] = ()
     access: Access = "user"
     rate_group: str = "default"
+    # who serves it: "node" (always), or a part the node may run ("federation")
+    part: str = "node"
     _struct: Struct = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,261 @@
+"""Federation's methods of the API schema (merged into METHODS by api.py).
+
+``fed.*`` are called by a peer node over a link (a session whose handshake proved a node key:
+access "node"); clients can never call them. ``admin.peer*`` manage peers from the admin
+socket. They are served by the federation part (federation/), which a node runs when
+``fedgram run`` hands it over; a node without it answers METHOD_UNKNOWN for them.
+"""
+
+from __future__ import annotations
+
+from .errors import ErrorCode as E
+from .schema import (
+    INT64,
+    AnyValue,
+    Bool,
+    Bytes,
+    Enum,
+    Field,
+    Float,
+    Int,
+    List,
+    Method,
+    Nullable,
+    Str,
+    Struct,
+)
+
+NODE_ID = Str(16, 128, r"[A-Za-z0-9_-]+")
+PEER_REF = Str(1, 128)  # a node id, a unique prefix of one, or a petname
+URL = Str(5, 512)
+CHAT_ID = Str(1, 64, r"[a-z0-9]+")
+ADDRESS = Str(3, 200)
+USER_NAME = Str(1, 64)
+PULL_LIMIT_MAX = 5_000
+POKE_MAX = 1_000
+
+PeerInfo = Struct(
+    {
+        "node_id": Field(Str(), "the peer's identity fingerprint"),
+        "name": Field(Str(), "its petname here"),
+        "url": Field(Nullable(Str()), "where this node dials it (null: it dials us)"),
+        "state": Field(Enum(("peer", "pending", "blocked", "known"))),
+        "link": Field(Enum(("up", "down", "connecting")), "this node's link to it"),
+        "first_seen": Field(Float()),
+        "last_seen": Field(Float()),
+        "replicated_chats": Field(Int(), "chats homed there that this node replicates"),
+        "lag": Field(Int(), "events those chats are known to be behind their home (last poke)"),
+        "outbox": Field(Int(), "posts waiting to be forwarded to it"),
+        "last_error": Field(Nullable(Str()), "why the link last failed"),
+    },
+    name="PeerInfo",
+)
+
+RemoteUser = Struct(
+    {
+        "name": Field(USER_NAME),
+        "display_name": Field(Str(0, 128)),
+        "created": Field(Float(), "the account's creation stamp (private chat ids use it)"),
+    },
+    name="RemoteUser",
+)
+
+SealedEvent = List(AnyValue(), 3)
+"""``[raw, sig, content | null]``: the signed event as the home stored it, and its erasable
+content record (null: none, or erased)."""
+
+FED_METHODS: list[Method] = [
+    Method(
+        "fed.hello",
+        "The first call on a link: who the calling node is and where it can be dialled back.",
+        {
+            "name": Field(Str(1, 64), "the caller's human name (a petname suggestion)"),
+            "url": Field(Nullable(URL), "where the caller accepts links, if it does"),
+            "version": Field(Str(0, 32)),
+        },
+        Struct(
+            {
+                "name": Field(Str()),
+                "state": Field(Enum(("peer", "pending")), "how this node sees the caller"),
+            },
+            name="Hello",
+        ),
+        (E.PEER_BLOCKED, E.FEDERATION_OFF),
+        access="node",
+        part="federation",
+        rate_group="federation",
+    ),
+    Method(
+        "fed.resolveUser",
+        "A user of this node, as a peer caches them.",
+        {"name": Field(USER_NAME)},
+        RemoteUser,
+        (E.USER_NOT_FOUND, E.PEER_PENDING),
+        access="node",
+        part="federation",
+        rate_group="federation",
+    ),
+    Method(
+        "fed.poke",
+        "Chats homed on the caller that changed: [chat, head seq] each. The callee pulls "
+        "those it replicates and is behind on; it answers at once.",
+        {"chats": Field(List(List(AnyValue(), 2), POKE_MAX))},
+        Struct({}, name="Poked"),
+        (E.PEER_PENDING,),
+        access="node",
+        part="federation",
+        rate_group="federation",
+    ),
+    Method(
+        "fed.pull",
+        "Events of a chat homed here, after seq ``after`` (null: from where the caller's "
+        "members may start, with the chat's state there). Only for a node with members in it.",
+        {
+            "chat": Field(CHAT_ID),
+            "after": Field(Nullable(Int(0)), "the caller's head, or null for a first pull"),
+            "limit": Field(Int(1, PULL_LIMIT_MAX), required=False),
+        },
+        Struct(
+            {
+                "chat": Field(AnyValue(), "with after=null: the chat's state before events[0]"),
+                "events": Field(List(SealedEvent, PULL_LIMIT_MAX)),
+                "head": Field(Int(), "the chat's last seq at the home"),
+                "users": Field(AnyValue(), "address -> RemoteUser of everyone the events name"),
+                "nodes": Field(AnyValue(), "node id -> {key, name} of the nodes they live on"),
+            },
+            name="Pulled",
+        ),
+        (E.CHAT_NOT_FOUND, E.NOT_A_REPLICA, E.PEER_PENDING),
+        access="node",
+        part="federation",
+        rate_group="federation",
+    ),
+    Method(
+        "fed.post",
+        "A post of one of the caller's users into a chat homed here (from the caller's "
+        "outbox). Authorized as a local member's post would be; idempotent by random_id.",
+        {
+            "chat": Field(CHAT_ID),
+            "sender": Field(ADDRESS, "canonical address of a user of the calling node"),
+            "random_id": Field(INT64),
+            "text": Field(Str(0, 4096), required=False),
+            "reply_to": Field(Int(1), required=False),
+            "media": Field(List(AnyValue(), 10), "content addresses", False),
+        },
+        Struct({"seq": Field(Int()), "duplicate": Field(Bool())}, name="Posted"),
+        (
+            E.CHAT_NOT_FOUND,
+            E.CHAT_WRITE_FORBIDDEN,
+            E.NOT_A_REPLICA,
+            E.PEER_PENDING,
+            E.MESSAGE_EMPTY,
+        ),
+        access="node",
+        part="federation",
+        rate_group="federation",
+    ),
+    Method(
+        "fed.startPrivate",
+        "Open the private chat between a user of the caller and a user of this node, when "
+        "this node is its home (the node of the lower address); answers its id.",
+        {"from": Field(ADDRESS), "to": Field(ADDRESS)},
+        Struct({"chat": Field(Str())}, name="PrivateStarted"),
+        (E.USER_NOT_FOUND, E.PEER_INVALID, E.PEER_PENDING),
+        access="node",
+        part="federation",
+        rate_group="federation",
+    ),
+    Method(
+        "fed.media",
+        "A byte range of a file referenced by a chat the caller replicates (by SHA-256).",
+        {
+            "sha256": Field(Str(64, 64, r"[0-9a-f]{64}")),
+            "offset": Field(Int(0)),
+            "length": Field(Int(1, 512 * 1024)),
+        },
+        Struct({"data": Field(Bytes(0, 512 * 1024)), "size": Field(Int())}, name="MediaRange"),
+        (E.MEDIA_NOT_FOUND, E.NOT_A_REPLICA, E.PEER_PENDING),
+        access="node",
+        part="federation",
+        rate_group="federation",
+    ),
+    # --- admin ------------------------------------------------------------------------------
+    Method(
+        "admin.peerAdd",
+        "Dial a node, learn its key (checked against ``pin`` if given) and make it a peer.",
+        {"url": Field(URL), "pin": Field(Str(8, 128), required=False)},
+        PeerInfo,
+        (E.PEER_UNREACHABLE, E.NODE_KEY_MISMATCH, E.PEER_INVALID),
+        access="admin",
+        part="federation",
+    ),
+    Method(
+        "admin.peerList",
+        "Every node this node knows but itself, with its link and replication state.",
+        {},
+        Struct({"peers": Field(List(PeerInfo, 1 << 20))}, name="PeerList"),
+        access="admin",
+        part="federation",
+    ),
+    Method(
+        "admin.peerApprove",
+        "Accept a pending node (or unblock one) as a peer.",
+        {"peer": Field(PEER_REF)},
+        PeerInfo,
+        (E.PEER_UNKNOWN,),
+        access="admin",
+        part="federation",
+    ),
+    Method(
+        "admin.peerBlock",
+        "Refuse a node's links and everything it sends; its link is cut at once.",
+        {"peer": Field(PEER_REF)},
+        PeerInfo,
+        (E.PEER_UNKNOWN,),
+        access="admin",
+        part="federation",
+    ),
+    Method(
+        "admin.peerRemove",
+        "Forget a peer's link settings (its users and chats stay; it may ask again).",
+        {"peer": Field(PEER_REF)},
+        Struct({"removed": Field(Str())}, name="PeerRemoved"),
+        (E.PEER_UNKNOWN,),
+        access="admin",
+        part="federation",
+    ),
+]
+
+
+LookedUp = Struct(
+    {
+        "address": Field(Str(), "name@petname"),
+        "node_id": Field(Str()),
+        "display_name": Field(Str()),
+        "created": Field(Float()),
+        "local": Field(Bool(), "a user of this node"),
+    },
+    name="LookedUp",
+)
+
+# Served by the node itself: a remote user is asked of their node through the federation
+# part if the node runs it (else only local users and cached remote ones are found).
+DIRECTORY_METHODS: list[Method] = [
+    Method(
+        "users.resolve",
+        "A user by address (``bob``, ``bob@n2``): a remote one is asked of their node and "
+        "cached here.",
+        {"address": Field(ADDRESS)},
+        LookedUp,
+        (E.USER_NOT_FOUND, E.PEER_UNREACHABLE, E.PEER_UNKNOWN),
+        rate_group="lookup",
+    ),
+    Method(
+        "admin.userLookup",
+        "``fedgram user lookup``: users.resolve from the admin socket.",
+        {"address": Field(ADDRESS)},
+        LookedUp,
+        (E.USER_NOT_FOUND, E.PEER_UNREACHABLE, E.PEER_UNKNOWN),
+        access="admin",
+    ),
+]

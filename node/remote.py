@@ -1,0 +1,43 @@
+"""The slot through which the node's services reach federation, filled when it runs.
+
+The node never imports federation (it is built on the node); ``fedgram run`` attaches it
+and it fills this slot. Until then, or on a node that runs without it, what needs another
+node is refused with a stable code instead of failing deep inside a handler.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from .interfaces import Federated
+from .protocol.errors import ErrorCode, RpcError
+
+
+class RemoteSlot:
+    """Delegates to the attached :class:`~node.interfaces.Federated`, or refuses."""
+
+    def __init__(self) -> None:
+        self.impl: Federated | None = None
+
+    def _need(self) -> Federated:
+        if self.impl is None:
+            raise RpcError(ErrorCode.FEDERATION_OFF, "this node does not federate")
+        return self.impl
+
+    async def ensure_user(self, node_id: str, name: str) -> None:
+        await self._need().ensure_user(node_id, name)
+
+    def forward_post(
+        self,
+        conn: sqlite3.Connection,
+        chat_id: str,
+        home: str,
+        sender_id: int,
+        random_id: int,
+        params: dict[str, Any],
+    ) -> None:
+        self._need().forward_post(conn, chat_id, home, sender_id, random_id, params)
+
+    async def start_private(self, home: str, me: str, other: str) -> str:
+        return await self._need().start_private(home, me, other)
