@@ -11,11 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from nacl.exceptions import CryptoError
-from nacl.signing import VerifyKey
-
-from node.chats.events import ChainError, open_content, open_event, verify_chain
-from node.protocol.codec import DecodeError
 
 from .admin_cmds import admin_call
 from .chat_client_cmds import describe
@@ -80,6 +75,8 @@ def export(chat: ChatIdArg, data: DataOpt = None) -> None:
     raw bytes, hash and signature in hex, and its content record in hex (null when it was
     erased, e.g. deleted for everyone, or the event never had any; "erased" tells which).
     Enough to verify it elsewhere: `fedgram chat verify ID --export FILE`."""
+    from node.chats.events import open_content, open_event
+
     after = 0
     while True:
         page = admin_call(
@@ -111,6 +108,8 @@ Row = tuple[int, bytes, bytes, bytes, bytes | None]
 def _export_rows(path: Path, keys: set[str]) -> Iterator[Row]:
     """The (seq, raw, hash, sig, content) rows of an export file; the home keys it names
     are collected in ``keys``."""
+    from node.chats.events import ChainError
+
     with path.open() as f:
         for n, text in enumerate(f, 1):
             if not text.strip():
@@ -133,6 +132,11 @@ def _export_rows(path: Path, keys: set[str]) -> Iterator[Row]:
 def _verify_export(chat: str, path: Path) -> dict[str, Any]:
     """Verify an export file with the home key it carries (a verifier that trusts a key
     should compare it with the one it expects: it is printed)."""
+    from nacl.exceptions import CryptoError
+    from nacl.signing import VerifyKey
+
+    from node.chats.events import ChainError, open_event, verify_chain
+
     keys: set[str] = set()
     rows = list(_export_rows(path, keys))
     if len(keys) != 1:
@@ -165,6 +169,9 @@ def verify(
     """Check the chat's hash chain and the home node's signatures over every event, and the
     content that is still there against the hash the event commits to."""
     if export_file is not None:
+        from node.chats.events import ChainError
+        from node.protocol.codec import DecodeError
+
         try:
             r: dict[str, Any] = _verify_export(chat, export_file)
         except OSError as e:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -20,11 +19,6 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import trio
 import typer
-
-from node.client.errors import ChecksumError, ClientError
-from node.config import ConfigError
-from node.protocol.errors import RpcError
-from node.storage.database import StorageError
 
 T = TypeVar("T")
 
@@ -98,6 +92,14 @@ _CORRUPT = ("file is not a database", "malformed", "disk image")
 
 def explain(exc: BaseException) -> tuple[str, int] | None:
     """One line for an expected error and its exit code; None for anything else."""
+    # imported here, when there is an error to explain, not by every command at start-up
+    import sqlite3
+
+    from node.client.errors import ChecksumError, ClientError
+    from node.config import ConfigError
+    from node.protocol.errors import RpcError
+    from node.storage.database import StorageError
+
     if isinstance(exc, RpcError):
         return str(exc), REFUSED
     if isinstance(exc, ChecksumError):
