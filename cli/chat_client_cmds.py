@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-
-from node.client import Client
-from node.client.signed_in import connect_signed_in
 
 from .admin_cmds import parse_duration
 from .client_cmds import ProfileOpt, _profile, client_app
 from .common import JsonOpt, print_json, run_async
+
+if TYPE_CHECKING:
+    from node.client import Client
 
 ChatArg = Annotated[str, typer.Argument(help="Chat id, or @name for a private chat.")]
 SeqArg = Annotated[int, typer.Argument(help="Message seq (see `client history`).", min=1)]
@@ -34,6 +34,7 @@ async def resolve_chat(c: Client, ref: str) -> str:
 def _call(profile: Any, method: str, params: dict[str, Any], chat: str | None = None) -> Any:
     """One call with the profile's session; CHAT refs resolved first."""
     prof = _profile(profile)
+    from node.client.signed_in import connect_signed_in
 
     async def go() -> Any:
         async with connect_signed_in(prof) as c:

@@ -7,16 +7,20 @@ import getpass
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import trio
 import typer
 
-from node.client import Client, ErrorCode, Profile, RpcError, default_profile_dir, node_address
-from node.client.signed_in import connect_signed_in
+from node.protocol.errors import ErrorCode, RpcError
 
 from .admin_cmds import print_devices
 from .common import LOCAL, JsonOpt, fail, print_json, run_async
+
+# the SDK (node.client: WebSocket stack, keys) is imported by the commands that use it, not
+# by every command at start-up
+if TYPE_CHECKING:
+    from node.client import Profile
 
 client_app = typer.Typer(help="A small Fedgram client.", no_args_is_help=True)
 
@@ -41,6 +45,8 @@ PinOpt = Annotated[
 
 
 def _profile(path: Path | None) -> Profile:
+    from node.client import Profile, default_profile_dir
+
     return Profile(path.expanduser().absolute() if path else default_profile_dir())
 
 
@@ -79,6 +85,8 @@ def login(
 ) -> None:
     """Sign in with a login code; binds a new device key kept in the profile."""
     prof = _profile(profile)
+
+    from node.client import Client
 
     async def go() -> dict[str, Any]:
         async with Client.connect(url, pin=pin, profile=prof) as c:
@@ -121,6 +129,8 @@ def signup(
     """Create an account on a node that allows sign-up (open, or invite with a token)."""
     prof = _profile(profile)
 
+    from node.client import Client
+
     async def go() -> dict[str, Any]:
         async with Client.connect(url, pin=pin, profile=prof) as c:
             dev = device_name or socket.gethostname()[:64] or "device"
@@ -135,6 +145,8 @@ def signup(
 def whoami(profile: ProfileOpt = None, json: JsonOpt = False) -> None:
     """Show the signed-in account."""
     prof = _profile(profile)
+
+    from node.client.signed_in import connect_signed_in
 
     async def go() -> dict[str, Any]:
         async with connect_signed_in(prof) as c:
@@ -153,6 +165,8 @@ def whoami(profile: ProfileOpt = None, json: JsonOpt = False) -> None:
 def devices(profile: ProfileOpt = None, json: JsonOpt = False) -> None:
     """List this account's devices."""
     prof = _profile(profile)
+
+    from node.client.signed_in import connect_signed_in
 
     async def go() -> list[dict[str, Any]]:
         async with connect_signed_in(prof) as c:
@@ -175,6 +189,8 @@ def revoke(
         raise typer.BadParameter("give a DEVICE_ID or --others")
     prof = _profile(profile)
 
+    from node.client.signed_in import connect_signed_in
+
     async def go() -> int:
         async with connect_signed_in(prof) as c:
             if others:
@@ -190,6 +206,8 @@ def revoke(
 def logout(profile: ProfileOpt = None) -> None:
     """Log this device out (the node forgets it) and clear the profile's session."""
     prof = _profile(profile)
+
+    from node.client.signed_in import connect_signed_in
 
     async def go() -> bool:
         try:
@@ -217,6 +235,8 @@ def forget_node(
     Do this only when you know why the key changed (ask the node's operator; `fedgram
     status` on the node prints its id): a man in the middle presents a new key too. The
     next connection pins whatever key the node presents then (or pass --pin to login)."""
+    from node.client import node_address
+
     address = node_address(url)
     prof = _profile(profile)
     old = prof.pinned(address)

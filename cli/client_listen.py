@@ -15,17 +15,19 @@ import contextlib
 import json as jsonlib
 import random
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import trio
 import typer
 
-from node.client import Client, ErrorCode, Profile, RpcError
-from node.client.signed_in import connect_signed_in
+from node.protocol.errors import ErrorCode, RpcError
 
 from .chat_client_cmds import describe, dialog_line
 from .client_cmds import ProfileOpt, _profile, client_app
 from .common import JsonOpt, run_async
+
+if TYPE_CHECKING:
+    from node.client import Client, Profile
 
 BACKOFF_FIRST = 1.0  # seconds before the first reconnection attempt, doubled after each
 BACKOFF_MAX = 30.0
@@ -240,6 +242,8 @@ class Listener:
         self.state = self.prof.sync_state()
         connected = False  # once: later losses are retried, a first failure is reported
         failures = 0
+        from node.client.signed_in import connect_signed_in
+
         while True:
             try:
                 async with connect_signed_in(self.prof) as c:

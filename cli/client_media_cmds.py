@@ -9,16 +9,6 @@ from typing import Annotated, Any
 
 import typer
 
-from node.client.media import (
-    check_destination,
-    download_file,
-    guess_mime,
-    kind_for,
-    upload_file,
-    upload_id_for,
-)
-from node.client.signed_in import connect_signed_in
-
 from .chat_client_cmds import resolve_chat
 from .client_cmds import ProfileOpt, _profile, client_app
 from .common import JsonOpt, print_json, run_async
@@ -37,6 +27,9 @@ def upload(
     json: JsonOpt = False,
 ) -> None:
     """Upload a file (resumes an interrupted upload of the same file); prints its media id."""
+    from node.client.media import guess_mime, kind_for, upload_file, upload_id_for
+    from node.client.signed_in import connect_signed_in
+
     prof = _profile(profile)
     the_mime = mime or guess_mime(file)
     size = file.stat().st_size
@@ -99,6 +92,9 @@ def download(
     profile: ProfileOpt = None,
 ) -> None:
     """Download a file (resumes a partial download); verifies its SHA-256."""
+    from node.client.media import check_destination, download_file
+    from node.client.signed_in import connect_signed_in
+
     prof = _profile(profile)
     if output is not None:
         check_destination(output)  # a mistyped -o fails before any connection
