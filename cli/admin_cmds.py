@@ -30,9 +30,10 @@ def admin_call(data: Any, method: str, params: dict[str, Any] | None = None) -> 
             async with AdminClient.connect(data_dir) as admin:
                 return await admin.call(method, params or {})
         cfg = config.load(data_dir)
-        from node.app import Node  # lazy: the whole node, only when it is not running
+        from federation import Federation  # lazy: the whole node, only when it is not running
+        from node.app import Node
 
-        async with Node.offline(cfg) as node:
+        async with Node.offline(cfg, parts=[Federation()]) as node:
             return await node.router.dispatch(CallContext("admin"), method, params or {})
 
     return run_async(go)

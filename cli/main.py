@@ -112,11 +112,12 @@ def run(data: DataOpt = None, listen: ListenOpt = None, log_level: LogOpt = None
     except ConfigError as e:
         fail(str(e), 2)
     log.setup(cfg.get("node", "log_level"))
-    from node.app import Node  # lazy: the whole node; only `run` needs it
+    from federation import Federation  # lazy, like the node: only `run` needs them
+    from node.app import Node
 
     async def serve() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with Node.start(cfg) as node:
+            async with Node.start(cfg, parts=[Federation()]) as node:
                 typer.echo(f"fedgram {__version__} node '{cfg.name}' listening on {node.url}")
                 typer.echo(f"node id: {node.node_id}")
                 typer.echo(

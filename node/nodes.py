@@ -49,7 +49,7 @@ def ensure_self(
     ).fetchone()
     if taken is not None:  # a peer had the petname this node now calls itself: rename it
         conn.execute(
-            "UPDATE nodes SET name = ? WHERE id = ?", (_free_name(conn, name, taken[1]), taken[0])
+            "UPDATE nodes SET name = ? WHERE id = ?", (free_name(conn, name, taken[1]), taken[0])
         )
     if row is None:
         conn.execute(
@@ -66,7 +66,7 @@ def ensure_self(
     return load(conn)
 
 
-def _free_name(conn: sqlite3.Connection, base: str, fingerprint: str | None) -> str:
+def free_name(conn: sqlite3.Connection, base: str, fingerprint: str | None) -> str:
     """A petname not yet used here, derived from ``base`` and the node id."""
     suffix = (fingerprint or "node")[:6]
     for n in range(1000):

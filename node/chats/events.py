@@ -193,6 +193,7 @@ def verify_next(
     *,
     chat: str | None = None,
     seq: int | None = None,
+    signature: bool = True,
 ) -> dict[str, Any]:
     """Check ONE event that arrives after the event whose hash is ``prev_hash`` (GENESIS
     before seq 1): the hash is the hash of its raw bytes, raw decodes and is of this format
@@ -218,10 +219,11 @@ def verify_next(
         raise ChainError(f"{where}: unknown event kind {ev.get('kind')!r}")
     if ev.get("prev") != prev_hash:
         raise ChainError(f"{where}: prev hash does not chain to the event before it")
-    try:
-        home_key.verify(sealed.hash, sealed.sig)
-    except BadSignatureError:
-        raise ChainError(f"{where}: signature does not verify") from None
+    if signature:
+        try:
+            home_key.verify(sealed.hash, sealed.sig)
+        except BadSignatureError:
+            raise ChainError(f"{where}: signature does not verify") from None
     committed = ev.get("content_hash")
     if committed is not None and (not isinstance(committed, bytes) or len(committed) != 32):
         raise ChainError(f"{where}: malformed content_hash")
@@ -235,6 +237,37 @@ def verify_next(
         except DecodeError as e:
             raise ChainError(f"{where}: undecodable content ({e})") from None
     return ev
+
+
+def verify_batch(
+    prev_hash: bytes,
+    batch: list[tuple[Sealed, bytes | None]],
+    home_key: VerifyKey,
+    *,
+    chat: str,
+    first_seq: int,
+) -> list[dict[str, Any]]:
+    """Check a run of consecutive events that follows ``prev_hash``: every event as
+    :func:`verify_next` does, but the home's signature only on the LAST one. Each event's
+    hash covers its ``prev``, so a valid signature on the last hash vouches for the whole
+    run: one Ed25519 verification per batch instead of one per event (what makes a
+    replica's catch-up fast). Returns the decoded events."""
+    out: list[dict[str, Any]] = []
+    for i, (sealed, content) in enumerate(batch):
+        last = i == len(batch) - 1
+        out.append(
+            verify_next(
+                prev_hash,
+                sealed,
+                home_key,
+                content,
+                chat=chat,
+                seq=first_seq + i,
+                signature=last,
+            )
+        )
+        prev_hash = sealed.hash
+    return out
 
 
 def verify_chain(

@@ -81,24 +81,29 @@ class Membership(Handlers):
 
         def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
             peer_of(c)  # again, on the job's snapshot
-            lo, hi = sorted((uid, peer))
-            # the chat of these two accounts (a removed account's rows went with it)
-            row = c.execute(
-                "SELECT chat_id FROM private_chats WHERE user_lo = ? AND user_hi = ?", (lo, hi)
-            ).fetchone()
-            created = row is None
-            if created:
-                chat_id = store.new_private_chat_id(c, self.home, uid, peer)
-                self._create_chat(c, fx, chat_id, "private", uid, "", "", [peer])
-                c.execute(
-                    "INSERT INTO private_chats(user_lo, user_hi, chat_id) VALUES (?, ?, ?)",
-                    (lo, hi, chat_id),
-                )
-            else:
-                chat_id = row[0]
+            chat_id, created = self.open_private(c, fx, uid, peer)
             return {"chat": store.dialog(c, self.home, chat_id, uid), "created": created}
 
         return await self.write(ctx, job)
+
+    def open_private(
+        self, c: sqlite3.Connection, fx: Effects, uid: int, peer: int
+    ) -> tuple[str, bool]:
+        """Inside a job on the private chat's home: the chat of these two accounts, made
+        by ``uid`` if they have none (a removed account's rows went with it)."""
+        lo, hi = sorted((uid, peer))
+        row = c.execute(
+            "SELECT chat_id FROM private_chats WHERE user_lo = ? AND user_hi = ?", (lo, hi)
+        ).fetchone()
+        if row is not None:
+            return str(row[0]), False
+        chat_id = store.new_private_chat_id(c, self.home, uid, peer)
+        self._create_chat(c, fx, chat_id, "private", uid, "", "", [peer])
+        c.execute(
+            "INSERT INTO private_chats(user_lo, user_hi, chat_id) VALUES (?, ?, ?)",
+            (lo, hi, chat_id),
+        )
+        return chat_id, True
 
     async def _create(self, ctx: CallContext, p: Params, kind: str) -> dict[str, Any]:
         uid = caller(ctx)

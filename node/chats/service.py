@@ -71,7 +71,8 @@ class Chats:
         )
         self.shared = shared
         self.messages = Messages(shared)
-        self.handlers = (Membership(shared), self.messages, Sync(shared), ChatAdmin(shared))
+        self.membership = Membership(shared)
+        self.handlers = (self.membership, self.messages, Sync(shared), ChatAdmin(shared))
 
     def register(self, router: Router) -> None:
         for group in self.handlers:

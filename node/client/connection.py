@@ -70,12 +70,16 @@ class Client:
         profile: Path | Profile | None = None,
         timeout: float = 10.0,
         max_message_size: int = 2 << 20,
+        identity: SigningKey | None = None,
     ) -> AsyncIterator[Client]:
         """Open a session. ``pin``: the node fingerprint to require; without it, the pin
         stored in ``profile`` (trust on first use: the first key seen is stored).
 
         A malformed URL raises :class:`UrlInvalid`; a node that cannot be reached raises
-        ``RpcError(CONNECTION_LOST)`` saying why (refused, timed out, name not found...)."""
+        ``RpcError(CONNECTION_LOST)`` saying why (refused, timed out, name not found...).
+
+        ``identity``: a node's key, to open a link as a node (the handshake proves it; the
+        other node then serves its ``fed.*`` methods to this session)."""
         url = check_url(url)
         prof = Profile(profile) if isinstance(profile, Path) else profile
         async with AsyncExitStack() as stack:
@@ -93,7 +97,7 @@ class Client:
                 raise RpcError(
                     ErrorCode.CONNECTION_LOST, f"cannot connect to {url}: {why}"
                 ) from None
-            client = await cls._handshake(ws, url, pin, prof, timeout)
+            client = await cls._handshake(ws, url, pin, prof, timeout, identity)
             body_error: BaseException | None = None
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(client._reader)
@@ -214,8 +218,9 @@ class Client:
         pin: str | None,
         profile: Profile | None,
         timeout: float,
+        identity: SigningKey | None = None,
     ) -> Client:
-        conn = Connection.client()
+        conn = Connection.client(identity)
         try:
             with trio.fail_after(timeout):
                 await ws.send_message(conn.hello())
@@ -236,7 +241,7 @@ class Client:
                 ErrorCode.HANDSHAKE_FAILED, f"{url} sent a text frame: not a Fedgram node?"
             )
         try:
-            conn.receive_welcome(raw)
+            proof = conn.receive_welcome(raw)
         except ProtocolError as e:
             raise RpcError(e.reason, f"{url}: {e.message} (is it a Fedgram node?)") from None
         got = fingerprint(conn.peer_identity or b"")
@@ -259,6 +264,11 @@ class Client:
                 )
         if profile is not None and expected is None:
             profile.pin(address, got)
+        if proof is not None:  # a node proves its key only once it trusts the responder's
+            try:
+                await ws.send_message(proof)
+            except ConnectionClosed as e:
+                raise RpcError(ErrorCode.CONNECTION_LOST, _reason(e)) from None
         return cls(ws, conn, url)
 
     async def _send_sealed(self, sealed: bytes) -> None:

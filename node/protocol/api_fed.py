@@ -60,6 +60,19 @@ RemoteUser = Struct(
     name="RemoteUser",
 )
 
+ForwardedPost = Struct(
+    {
+        "chat": Field(CHAT_ID),
+        "sender": Field(ADDRESS, "canonical address of a user of the calling node"),
+        "random_id": Field(INT64),
+        "text": Field(Str(0, 4096), required=False),
+        "reply_to": Field(Int(1), required=False),
+        "media": Field(List(AnyValue(), 10), "content addresses {sha256, size, mime, ...}", False),
+        "fwd": Field(AnyValue(), "forward origin", False),
+    },
+    name="ForwardedPost",
+)
+
 SealedEvent = List(AnyValue(), 3)
 """``[raw, sig, content | null]``: the signed event as the home stored it, and its erasable
 content record (null: none, or erased)."""
@@ -132,24 +145,15 @@ FED_METHODS: list[Method] = [
     ),
     Method(
         "fed.post",
-        "A post of one of the caller's users into a chat homed here (from the caller's "
-        "outbox). Authorized as a local member's post would be; idempotent by random_id.",
-        {
-            "chat": Field(CHAT_ID),
-            "sender": Field(ADDRESS, "canonical address of a user of the calling node"),
-            "random_id": Field(INT64),
-            "text": Field(Str(0, 4096), required=False),
-            "reply_to": Field(Int(1), required=False),
-            "media": Field(List(AnyValue(), 10), "content addresses", False),
-        },
-        Struct({"seq": Field(Int()), "duplicate": Field(Bool())}, name="Posted"),
-        (
-            E.CHAT_NOT_FOUND,
-            E.CHAT_WRITE_FORBIDDEN,
-            E.NOT_A_REPLICA,
-            E.PEER_PENDING,
-            E.MESSAGE_EMPTY,
+        "Posts of the caller's users into chats homed here (from the caller's outbox, in "
+        "order). Each is authorized as a local member's post would be and is idempotent by "
+        "random_id; each gets its own result (a refused one does not stop the others).",
+        {"posts": Field(List(ForwardedPost, 256))},
+        Struct(
+            {"results": Field(List(AnyValue(), 256), "{seq, duplicate} or {error: CODE}")},
+            name="Posted",
         ),
+        (E.PEER_PENDING,),
         access="node",
         part="federation",
         rate_group="federation",

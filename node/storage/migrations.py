@@ -185,5 +185,29 @@ MIGRATIONS: list[Migration] = [
         """,
         rebuilds=True,
     ),
+    # A fourth node state (issue 12): 'known' is a node this one has the key of (learnt from
+    # a peer, whose chats name its users) without any link agreement with it.
+    Migration(
+        6,
+        "nodes known",
+        """
+        CREATE TABLE nodes_v6(
+            id INTEGER PRIMARY KEY,
+            fingerprint TEXT UNIQUE,
+            public_key BLOB UNIQUE,
+            name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+            state TEXT NOT NULL CHECK (state IN ('self', 'peer', 'pending', 'blocked', 'known')),
+            first_seen REAL NOT NULL,
+            last_seen REAL NOT NULL,
+            CHECK (state = 'self' OR (fingerprint IS NOT NULL AND public_key IS NOT NULL))
+        );
+        INSERT INTO nodes_v6 SELECT id, fingerprint, public_key, name, state, first_seen,
+            last_seen FROM nodes;
+        DROP TABLE nodes;
+        ALTER TABLE nodes_v6 RENAME TO nodes;
+        CREATE UNIQUE INDEX nodes_self ON nodes(state) WHERE state = 'self';
+        """,
+        rebuilds=True,
+    ),
 ]
 check_sequence(MIGRATIONS)

@@ -1,0 +1,157 @@
+"""One outgoing link per peer: dial, prove our node key, keep it up, carry our calls.
+
+Each node dials each of its peers and makes its own calls over its own link (pokes as a
+chat's home, pulls as a replica, forwarded posts from its outbox); it serves the calls of
+a peer on the link that peer dialled. So a pair of peers has one link each way, and
+neither side ever waits for the other to dial.
+
+A dead peer costs a retry timer: capped exponential backoff with jitter, every network wait
+bounded by the link timeout. Work queued for a peer (pokes, pulls) is a small map that
+coalesces (one entry per chat), so a peer that is down holds no growing queue; the outbox
+is in the database and survives restarts.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from node import log
+from node.client.connection import Client
+from node.protocol.errors import ErrorCode, RpcError
+
+if TYPE_CHECKING:
+    from .service import Federation
+
+_log = log.get("federation")
+POKE_BATCH = 1000
+BACKOFF_FIRST = 0.5
+
+
+class Link:
+    def __init__(self, fed: Federation, node_id: str, url: str) -> None:
+        self.fed = fed
+        self.node_id = node_id
+        self.url = url
+        self.state = "down"  # down | connecting | up
+        self.last_error: str | None = None
+        self.client: Client | None = None
+        self._kick = trio.Event()
+        self._stop = trio.CancelScope()
+        self.pokes: dict[str, int] = {}  # chat -> head: to tell the peer (we are the home)
+        self._poke_wake = trio.Event()
+        self.pulls: dict[str, int] = {}  # chat -> head the home announced (we replicate)
+        self._pull_wake = trio.Event()
+        self._outbox_wake = trio.Event()
+        self.lag: dict[str, int] = {}  # chat -> events behind, as of the last poke
+
+    # --- what the rest of federation asks of a link ------------------------------------
+    def poke(self, chat_id: str, head: int) -> None:
+        self.pokes[chat_id] = max(head, self.pokes.get(chat_id, 0))
+        self._poke_wake.set()
+
+    def want_pull(self, chat_id: str, head: int) -> None:
+        self.pulls[chat_id] = max(head, self.pulls.get(chat_id, 0))
+        self._pull_wake.set()
+
+    def outbox_ready(self) -> None:
+        self._outbox_wake.set()
+
+    def kick(self) -> None:
+        """Try now instead of at the end of the backoff (the peer was just approved)."""
+        self._kick.set()
+
+    def stop(self) -> None:
+        self._stop.cancel()
+
+    async def call(self, method: str, params: dict[str, Any]) -> Any:
+        client = self.client
+        if client is None or self.state != "up":
+            why = self.last_error or "not connected"
+            raise RpcError(ErrorCode.PEER_UNREACHABLE, f"node {self.node_id[:12]}: {why}")
+        try:
+            return await client.call(method, params, timeout=self.fed.link_timeout)
+        except RpcError as e:
+            if e.code in (ErrorCode.CONNECTION_LOST, ErrorCode.TIMEOUT):
+                raise RpcError(ErrorCode.PEER_UNREACHABLE, f"{method}: {e.message}") from None
+            raise
+
+    # --- the link's life ----------------------------------------------------------------
+    async def run(self) -> None:
+        attempt = 0
+        with self._stop:
+            while True:
+                self.state = "connecting"
+                try:
+                    await self._session()
+                    attempt = 0  # it was up: start the backoff over
+                except RpcError as e:
+                    self._down(f"{e.code}: {e.message}")
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+                    self._down(f"connection: {e}")
+                attempt += 1
+                delay = min(self.fed.retry_max, BACKOFF_FIRST * 2 ** min(attempt, 16))
+                with trio.move_on_after(delay * random.uniform(0.5, 1.0)):
+                    await self._kick.wait()
+                self._kick = trio.Event()
+
+    def _down(self, why: str) -> None:
+        if self.state == "up" or self.last_error != why:
+            log.event(_log, "link.down", peer=self.node_id[:12], why=why)
+        self.state, self.client, self.last_error = "down", None, why
+        self.fed.link_failed(self.node_id, why)
+
+    async def _session(self) -> None:
+        timeout = self.fed.link_timeout
+        async with Client.connect(
+            self.url, pin=self.node_id, identity=self.fed.identity, timeout=timeout
+        ) as client:
+            await client.call("fed.hello", self.fed.hello_params(), timeout=timeout)
+            self.client, self.state, self.last_error = client, "up", None
+            log.event(_log, "link.up", peer=self.node_id[:12], url=self.url)
+            await self.fed.link_up(self)
+            async with trio.open_nursery() as nursery:
+                for worker in (self._poker, self._puller, self._outbox_pump):
+                    nursery.start_soon(self._guard, worker, nursery.cancel_scope)
+                reason = await client.wait_closed()
+                nursery.cancel_scope.cancel()
+            raise RpcError(ErrorCode.CONNECTION_LOST, reason or "closed")
+
+    async def _guard(self, worker: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
+        """A worker that fails ends the session (the link reconnects and starts over)."""
+        try:
+            await worker()
+        except RpcError as e:
+            self.last_error = f"{e.code}: {e.message}"
+            if self.client is not None:
+                await self.client.ws.aclose(1000, "restarting the link")
+            scope.cancel()
+
+    async def _poker(self) -> None:
+        while True:
+            await self._poke_wake.wait()
+            self._poke_wake = trio.Event()
+            while self.pokes:
+                batch = list(self.pokes.items())[:POKE_BATCH]
+                for chat_id, _ in batch:
+                    del self.pokes[chat_id]
+                await self.call("fed.poke", {"chats": [[c, s] for c, s in batch]})
+
+    async def _puller(self) -> None:
+        while True:
+            await self._pull_wake.wait()
+            self._pull_wake = trio.Event()
+            while self.pulls:
+                chat_id, head = next(iter(self.pulls.items()))
+                del self.pulls[chat_id]
+                await self.fed.pull_chat(self, chat_id, head)
+
+    async def _outbox_pump(self) -> None:
+        while True:
+            sent = await self.fed.flush_outbox(self)
+            if not sent:
+                await self._outbox_wake.wait()
+                self._outbox_wake = trio.Event()

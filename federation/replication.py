@@ -1,0 +1,291 @@
+"""Chat-log replication: what the home serves (``fed.pull``) and how a replica applies it.
+
+Pull is the only data path: the home pokes a replica ("chat X is at seq N"), the replica
+pulls what it lacks after its own head (its cursor is simply the chat's ``last_seq``) in
+batches, verifies them and applies them with the same ``log.apply`` as local events. After
+any disconnect the replica pulls everything after its cursor; nothing depends on a poke
+arriving (Matrix's "latest event only" catch-up is the failure this avoids).
+
+What a replica may see: the home ships the whole chain (every event's signed bytes, so the
+replica can verify it from GENESIS and rebuild members, roles, titles and pins with
+``apply``), but the erasable *content* (texts, media addresses) only of events from the
+earliest join of that node's current members on: the chain stays whole, the history before
+they joined stays on the home, exactly as if it had been erased.
+
+These functions run inside database jobs (reader or writer threads); no I/O of their own.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from nacl.signing import VerifyKey
+
+from node.address import Address, AddressError, canonical
+from node.chats import events, log, store
+from node.chats.events import ChainError, Sealed
+from node.chats.store import Home
+from node.interfaces import Effects
+from node.nodes import ADDRESS_KEYS
+from node.protocol.codec import DecodeError
+from node.protocol.errors import ErrorCode, RpcError
+from node.protocol.identity import fingerprint
+
+from . import peers
+
+PULL_EVENTS = 1000  # events per pull batch by default
+PULL_BYTES = 768 * 1024  # a batch stays well under the 1 MiB frame
+
+
+# --- the home's side ---------------------------------------------------------------------
+def replica_nodes(conn: sqlite3.Connection, chat_id: str) -> set[str]:
+    """The other nodes with current members in a chat: its replicas."""
+    rows = conn.execute(
+        "SELECT DISTINCT n.fingerprint FROM chat_members m JOIN users u ON u.id = m.user_id "
+        "JOIN nodes n ON n.id = u.node WHERE m.chat_id = ? AND m.state = 'member' "
+        "AND n.state != 'self'",
+        (chat_id,),
+    ).fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def chats_replicated_by(conn: sqlite3.Connection, peer_row: int) -> list[tuple[str, int]]:
+    """Chats homed here with current members on the peer: (chat, head) to poke it about."""
+    rows = conn.execute(
+        "SELECT DISTINCT c.id, c.last_seq FROM chat_members m JOIN users u ON u.id = m.user_id "
+        "JOIN chats c ON c.id = m.chat_id WHERE u.node = ? AND m.state = 'member' "
+        "AND c.home = (SELECT fingerprint FROM nodes WHERE state = 'self')",
+        (peer_row,),
+    ).fetchall()
+    return [(str(r[0]), int(r[1])) for r in rows]
+
+
+def serve_pull(
+    conn: sqlite3.Connection,
+    home: Home,
+    peer: peers.Peer,
+    chat_id: str,
+    after: int | None,
+    limit: int,
+) -> dict[str, Any]:
+    """``fed.pull`` on the home: events after ``after`` for a node with members there."""
+    chat = store.get_chat(conn, chat_id)
+    if chat is None or chat.home != home.node_id:
+        raise RpcError(ErrorCode.CHAT_NOT_FOUND, f"no chat {chat_id} homed here")
+    row = conn.execute(
+        "SELECT min(m.joined_seq), count(*) FROM chat_members m JOIN users u "
+        "ON u.id = m.user_id WHERE m.chat_id = ? AND m.state = 'member' AND u.node = ?",
+        (chat_id, peer.row),
+    ).fetchone()
+    if not row or not row[1]:
+        raise RpcError(ErrorCode.NOT_A_REPLICA, f"node {peer.name} has no members in {chat_id}")
+    visible_from = int(row[0])
+    start = after or 0
+    rows = conn.execute(
+        "SELECT seq, raw, sig, content FROM events WHERE chat_id = ? AND seq > ? "
+        "ORDER BY seq LIMIT ?",
+        (chat_id, start, limit),
+    ).fetchall()
+    out: list[list[Any]] = []
+    size = 0
+    named: set[str] = set()
+    for seq, raw, sig, content in rows:
+        shown = content if seq >= visible_from else None
+        size += len(raw) + len(sig) + (len(shown) if shown else 0) + 16
+        if out and size > PULL_BYTES:
+            break
+        out.append([bytes(raw), bytes(sig), None if shown is None else bytes(shown)])
+        named |= _addresses(events.open_event(bytes(raw)))
+    header = None
+    if after is None:
+        header = {"id": chat.id, "kind": chat.kind, "home": chat.home, "created": chat.created}
+    users, nodes = _directory(conn, named)
+    return {"chat": header, "events": out, "head": chat.last_seq, "users": users, "nodes": nodes}
+
+
+def _addresses(ev: dict[str, Any]) -> set[str]:
+    """Every address an event names (its sender, and users in its body)."""
+    found: set[str] = set()
+    if isinstance(ev.get("sender"), str):
+        found.add(ev["sender"])
+    body = ev.get("body")
+    if isinstance(body, dict):
+        for k, v in body.items():
+            if k not in ADDRESS_KEYS:
+                continue
+            for x in v if isinstance(v, list) else [v]:
+                if isinstance(x, str):
+                    found.add(x)
+    return found
+
+
+def _directory(
+    conn: sqlite3.Connection, addresses: set[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    users: dict[str, Any] = {}
+    nodes: dict[str, Any] = {}
+    for text in addresses:
+        try:
+            a = Address.parse(text)
+        except AddressError:
+            continue
+        row = conn.execute(
+            "SELECT u.display_name, u.created, n.public_key, n.name FROM users u "
+            "JOIN nodes n ON n.id = u.node WHERE u.name = ? AND n.fingerprint = ?",
+            (a.name, a.node),
+        ).fetchone()
+        if row is None:
+            continue
+        users[text] = {"name": a.name, "display_name": str(row[0]), "created": float(row[1])}
+        if row[2] is not None:
+            nodes[a.node] = {"key": bytes(row[2]), "name": str(row[3])}
+    return users, nodes
+
+
+# --- the replica's side ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Batch:
+    """A pulled batch, verified against the head it was pulled after."""
+
+    chat_id: str
+    header: dict[str, Any] | None
+    prev_hash: bytes
+    first_seq: int
+    items: list[tuple[Sealed, bytes | None]]
+    head: int
+    users: dict[str, Any]
+    nodes: dict[str, Any]
+
+
+def verify_pulled(
+    pulled: dict[str, Any],
+    chat_id: str,
+    home_key: bytes,
+    prev_hash: bytes,
+    after: int,
+) -> Batch:
+    """Check a ``fed.pull`` answer before anything of it is stored (runs in a thread: it
+    hashes every event and checks the home's signature on the batch's last). Raises
+    RpcError(EVENT_INVALID) saying what failed."""
+    try:
+        raw_events = pulled["events"]
+        items: list[tuple[Sealed, bytes | None]] = []
+        for entry in raw_events:
+            raw, sig, content = entry
+            if not (
+                isinstance(raw, bytes)
+                and isinstance(sig, bytes)
+                and (content is None or isinstance(content, bytes))
+            ):
+                raise ChainError("an event entry is not [raw, sig, content]")
+            items.append((Sealed(raw, events.event_hash(raw), sig), content))
+        if items:
+            events.verify_batch(
+                prev_hash, items, VerifyKey(home_key), chat=chat_id, first_seq=after + 1
+            )
+        header = pulled.get("chat")
+        if header is not None and (
+            not isinstance(header, dict) or header.get("id") != chat_id or after != 0
+        ):
+            raise ChainError("a chat header that does not fit the pull")
+        users, nodes = pulled.get("users") or {}, pulled.get("nodes") or {}
+        head = pulled.get("head")
+        if not isinstance(users, dict) or not isinstance(nodes, dict) or not isinstance(head, int):
+            raise ChainError("malformed users, nodes or head")
+    except (ChainError, ValueError, TypeError, KeyError, DecodeError) as e:
+        raise RpcError(ErrorCode.EVENT_INVALID, f"chat {chat_id}: {e}") from None
+    return Batch(chat_id, header, prev_hash, after + 1, items, head, users, nodes)
+
+
+def apply_batch(
+    conn: sqlite3.Connection, fx: Effects, home: Home, home_id: str, batch: Batch
+) -> int:
+    """Store a verified batch (inside one write job): the nodes and users it names, the
+    chat's row on a first pull, then every event through ``log.apply``. Returns the
+    chat's head here afterwards."""
+    for node_id, info in batch.nodes.items():
+        key = info.get("key") if isinstance(info, dict) else None
+        if not isinstance(key, bytes) or fingerprint(key) != node_id:
+            raise RpcError(ErrorCode.EVENT_INVALID, f"node {node_id}: key does not match its id")
+        if node_id != home.node_id:
+            peers.remember(conn, key, str(info.get("name") or "node"), "known")
+    for text, info in batch.users.items():
+        _remember_user(conn, home, text, info)
+    chat = store.get_chat(conn, batch.chat_id)
+    if chat is None:
+        h = batch.header
+        if h is None:
+            raise RpcError(ErrorCode.EVENT_INVALID, f"chat {batch.chat_id}: unknown here")
+        if h.get("home") != home_id or h.get("kind") not in ("private", "group", "channel"):
+            raise RpcError(ErrorCode.EVENT_INVALID, f"chat {batch.chat_id}: bad header")
+        chat = store.insert_chat(conn, batch.chat_id, str(h["kind"]), home_id)
+        created = h.get("created")
+        if isinstance(created, int | float):
+            conn.execute("UPDATE chats SET created = ? WHERE id = ?", (created, chat.id))
+    if chat.home != home_id:
+        raise RpcError(ErrorCode.EVENT_INVALID, f"chat {chat.id} is homed on {chat.home}")
+    skip = chat.last_seq - (batch.first_seq - 1)  # another pull got there first
+    if skip < 0 or (skip == 0 and chat.last_hash != batch.prev_hash):
+        raise RpcError(ErrorCode.EVENT_INVALID, f"chat {chat.id}: batch does not follow the head")
+    for sealed, content in batch.items[skip:]:
+        try:
+            log.apply(conn, home, sealed, content, fx, chat=chat)
+        except log.LogError as e:
+            raise RpcError(ErrorCode.EVENT_INVALID, f"chat {chat.id}: {e}") from None
+    if chat.kind == "private":
+        _private_pair(conn, chat.id)
+    return chat.last_seq
+
+
+def _remember_user(conn: sqlite3.Connection, home: Home, text: str, info: Any) -> None:
+    try:
+        a = Address.parse(text)
+    except AddressError:
+        return
+    if a.node == home.node_id or not isinstance(info, dict):
+        return  # our own users are ours to know, never a peer's to tell
+    node = conn.execute("SELECT id FROM nodes WHERE fingerprint = ?", (a.node,)).fetchone()
+    if node is None:
+        return
+    remember_user(conn, int(node[0]), a.name, info)
+
+
+def remember_user(conn: sqlite3.Connection, node_row: int, name: str, info: dict[str, Any]) -> int:
+    """A remote user as a row (insert, or refresh the display name)."""
+    display = str(info.get("display_name") or "")[:128]
+    created = info.get("created")
+    created = float(created) if isinstance(created, int | float) else time.time()
+    conn.execute(
+        "INSERT INTO users(node, name, display_name, created) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(name, node) DO UPDATE SET display_name = excluded.display_name",
+        (node_row, name, display, created),
+    )
+    row = conn.execute(
+        "SELECT id FROM users WHERE node = ? AND name = ?", (node_row, name)
+    ).fetchone()
+    return int(row[0])
+
+
+def _private_pair(conn: sqlite3.Connection, chat_id: str) -> None:
+    ids = [
+        int(r[0])
+        for r in conn.execute(
+            "SELECT user_id FROM chat_members WHERE chat_id = ? ORDER BY user_id", (chat_id,)
+        ).fetchall()
+    ]
+    if len(ids) == 2:
+        conn.execute(
+            "INSERT OR IGNORE INTO private_chats(user_lo, user_hi, chat_id) VALUES (?, ?, ?)",
+            (ids[0], ids[1], chat_id),
+        )
+
+
+def user_address(conn: sqlite3.Connection, user_id: int) -> str | None:
+    row = conn.execute(
+        "SELECT u.name, n.fingerprint FROM users u JOIN nodes n ON n.id = u.node WHERE u.id = ?",
+        (user_id,),
+    ).fetchone()
+    return canonical(row[0], row[1]) if row else None

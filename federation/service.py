@@ -1,0 +1,572 @@
+"""The federation part: peers, links, replication and forwarded posts, attached to a node.
+
+``fedgram run`` hands a :class:`Federation` to the node (node never imports this package).
+Attached, it registers the ``fed.*`` handlers (what peers call on the links they dial to
+us) and ``admin.peer*``, fills the node's remote slot (remote users, posts into chats homed
+elsewhere, private chats homed elsewhere), subscribes to committed changes (to poke the
+replicas of chats homed here, and to wake the outbox), and runs one link per peer.
+
+Trust: a peer is trusted for nothing it cannot prove. Its node key is proven by the
+handshake; it may post only as its own users and only into chats they are members of; it
+may pull only chats where it has members; what it ships is verified (hash chain, the
+home's signature) before anything is stored.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import sqlite3
+import time
+from typing import TYPE_CHECKING, Any
+
+import cbor2
+import trio
+
+from node import __version__, log
+from node.address import Address, AddressError
+from node.chats import store as chat_store
+from node.interfaces import CallContext, Caller, Effects
+from node.nodes import load as load_nodes
+from node.protocol.errors import ErrorCode, RpcError
+from node.protocol.identity import fingerprint
+from node.storage import Schema
+
+from . import peers, replication
+from .links import Link
+from .schema import SCHEMA
+
+if TYPE_CHECKING:
+    from node.app import Node
+
+_log = log.get("federation")
+OUTBOX_BATCH = 64
+USER_TTL = 3600.0  # a cached remote user is asked again after this (display name changes)
+
+
+class Federation:
+    name = "federation"
+    schema: Schema | None = SCHEMA
+
+    def __init__(self) -> None:
+        self.links: dict[str, Link] = {}
+        self._dirty: dict[str, int] = {}  # chat -> head, committed since the last round
+        self._membership: set[str] = set()  # chats whose members changed meanwhile
+        self._dirty_wake = trio.Event()
+        self._homes: dict[str, str] = {}  # chat -> home (never changes)
+        self._replicas: dict[str, set[str]] = {}  # chat homed here -> replica nodes
+        self._outbox_homes: collections.deque[str] = collections.deque()  # from the writer
+        self._users_seen: dict[tuple[str, str], float] = {}
+        self._nursery: trio.Nursery | None = None
+        self._pull_locks: dict[str, trio.Lock] = {}
+
+    # --- attaching ------------------------------------------------------------------------
+    def attach(self, node: Node) -> None:
+        self.node = node
+        self.db = node.db
+        self.identity = node.identity
+        self.node_id = node.node_id
+        self.home = node.chats.home
+        cfg = node.config
+        self.peering: str = cfg.get("federation", "peering")
+        self.link_timeout = float(cfg.get("federation", "link_timeout"))
+        self.retry_max = float(cfg.get("federation", "retry_max"))
+        self.public_url: str = cfg.get("federation", "public_url")
+        node.remote.impl = self
+        node.events.subscribe(self._committed)
+        for name, fn in {
+            "fed.hello": self.fed_hello,
+            "fed.resolveUser": self.fed_resolve_user,
+            "fed.poke": self.fed_poke,
+            "fed.pull": self.fed_pull,
+            "fed.post": self.fed_post,
+            "fed.startPrivate": self.fed_start_private,
+            "fed.media": self.fed_media,
+            "admin.peerAdd": self.admin_peer_add,
+            "admin.peerList": self.admin_peer_list,
+            "admin.peerApprove": self.admin_peer_approve,
+            "admin.peerBlock": self.admin_peer_block,
+            "admin.peerRemove": self.admin_peer_remove,
+        }.items():
+            node.router.add(name, fn)
+        node.background.append(self.run)
+
+    def hello_params(self) -> dict[str, Any]:
+        return {"name": self.node.config.name, "url": self.url(), "version": __version__}
+
+    def url(self) -> str:
+        return self.public_url or self.node.url
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for p in await self.db.read(peers.all_peers):
+                if p.state == "peer" and p.url:
+                    self._start_link(p.node_id, p.url)
+            nursery.start_soon(self._dispatch)
+
+    def _start_link(self, node_id: str, url: str) -> Link:
+        link = self.links.get(node_id)
+        if link is not None and link.url == url:
+            link.kick()
+            return link
+        if link is not None:
+            link.stop()
+        link = Link(self, node_id, url)
+        self.links[node_id] = link
+        if self._nursery is not None:
+            self._nursery.start_soon(link.run)
+        return link
+
+    def _stop_link(self, node_id: str) -> None:
+        link = self.links.pop(node_id, None)
+        if link is not None:
+            link.stop()
+
+    async def _reload_directory(self) -> None:
+        self.node.directory.replace(await self.db.read(load_nodes))
+
+    # --- links ----------------------------------------------------------------------------
+    def link_failed(self, node_id: str, why: str) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(self._note_error, node_id, why)
+
+    async def _note_error(self, node_id: str, why: str | None) -> None:
+        await self.db.write(lambda c: peers.note_error(c, node_id, why))
+
+    async def link_up(self, link: Link) -> None:
+        """A link just came up: catch up both ways."""
+        await self._note_error(link.node_id, None)
+        peer = await self.db.read(lambda c: peers.get(c, link.node_id))
+        if peer is None:
+            return
+        # as the home: tell it about every chat it replicates (new ones included)
+        for chat_id, head in await self.db.read(
+            lambda c: replication.chats_replicated_by(c, peer.row)
+        ):
+            link.poke(chat_id, head)
+        # as a replica: pull every chat homed there that we follow
+        homed = await self.db.read(
+            lambda c: c.execute(
+                "SELECT id, last_seq FROM chats WHERE home = ?", (link.node_id,)
+            ).fetchall()
+        )
+        for chat_id, head in homed:
+            link.want_pull(chat_id, head)
+        link.outbox_ready()
+
+    # --- home side: poke the replicas of what committed -----------------------------------
+    def _committed(self, fx: Effects, origin: Caller | None) -> None:
+        for chat_id, ev in fx.chat_events:
+            seq = ev.get("seq")
+            if isinstance(seq, int):
+                self._dirty[chat_id] = max(seq, self._dirty.get(chat_id, 0))
+        for chat_id, _, _ in fx.membership:
+            self._membership.add(chat_id)
+        while self._outbox_homes:
+            link = self.links.get(self._outbox_homes.popleft())
+            if link is not None:
+                link.outbox_ready()
+        if self._dirty:
+            self._dirty_wake.set()
+
+    async def _dispatch(self) -> None:
+        while True:
+            await self._dirty_wake.wait()
+            self._dirty_wake = trio.Event()
+            dirty, self._dirty = self._dirty, {}
+            changed, self._membership = self._membership, set()
+            for chat_id, head in dirty.items():
+                home = self._homes.get(chat_id)
+                if home is None:
+                    chat = await self.db.read(functools.partial(_chat, chat_id=chat_id))
+                    if chat is None:
+                        continue
+                    home = self._homes[chat_id] = chat.home
+                if home != self.node_id:
+                    continue  # a replica's applied events: only the home pokes
+                before = self._replicas.get(chat_id)
+                if before is None or chat_id in changed:
+                    now = await self.db.read(functools.partial(_replicas, chat_id=chat_id))
+                    self._replicas[chat_id] = now
+                    targets = now | (before or set())  # leavers learn of their leave
+                else:
+                    targets = before
+                for node_id in targets:
+                    link = self.links.get(node_id)
+                    if link is not None:
+                        link.poke(chat_id, head)
+
+    # --- replica side: pull and apply -----------------------------------------------------
+    async def pull_chat(self, link: Link, chat_id: str, head: int) -> None:
+        """Pull a chat homed at ``link``'s peer until this node has ``head`` (or the
+        home's head, whichever is later)."""
+        lock = self._pull_locks.setdefault(chat_id, trio.Lock())
+        async with lock:
+            while True:
+                chat = await self.db.read(lambda c: chat_store.get_chat(c, chat_id))
+                if chat is not None and chat.home != link.node_id:
+                    return
+                after = chat.last_seq if chat else None
+                if after is not None and after >= head:
+                    return
+                try:
+                    pulled = await link.call(
+                        "fed.pull",
+                        {"chat": chat_id, "after": after, "limit": replication.PULL_EVENTS},
+                    )
+                except RpcError as e:
+                    if e.code in (ErrorCode.NOT_A_REPLICA, ErrorCode.CHAT_NOT_FOUND):
+                        log.event(_log, "pull.refused", chat=chat_id, why=e.code)
+                        return  # no members there any more: keep what we have
+                    raise
+                prev = chat.last_hash if chat else bytes(32)
+                peer_key = await self._key_of(link.node_id)
+                batch = await trio.to_thread.run_sync(
+                    replication.verify_pulled, pulled, chat_id, peer_key, prev, after or 0
+                )
+                if batch.items:
+                    apply = functools.partial(
+                        replication.apply_batch, home=self.home, home_id=link.node_id, batch=batch
+                    )
+                    await self.node.events.commit(self.db, apply)
+                head = max(head, batch.head)
+                link.lag[chat_id] = head - ((after or 0) + len(batch.items))
+                if not batch.items:
+                    return
+
+    async def _key_of(self, node_id: str) -> bytes:
+        peer = await self.db.read(lambda c: peers.get(c, node_id))
+        if peer is None:
+            raise RpcError(ErrorCode.PEER_UNKNOWN, node_id)
+        return peer.key
+
+    # --- outbox ---------------------------------------------------------------------------
+    def forward_post(
+        self,
+        conn: sqlite3.Connection,
+        chat_id: str,
+        home: str,
+        sender_id: int,
+        random_id: int,
+        params: dict[str, Any],
+    ) -> None:
+        """In the send's job (writer thread): the post as an outbox row; the commit makes it
+        durable before the client hears "pending"."""
+        conn.execute(
+            "INSERT OR IGNORE INTO fed_outbox(home, chat_id, sender_id, random_id, post, "
+            "created) VALUES (?, ?, ?, ?, ?, ?)",
+            (home, chat_id, sender_id, random_id, cbor2.dumps(params), time.time()),
+        )
+        self._outbox_homes.append(home)  # woken by the publication of this commit
+
+    async def flush_outbox(self, link: Link) -> int:
+        """Forward the oldest posts waiting for ``link``'s peer; returns how many went."""
+
+        def oldest(c: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return c.execute(
+                "SELECT o.id, o.chat_id, o.sender_id, o.random_id, o.post FROM fed_outbox o "
+                "WHERE o.home = ? ORDER BY o.id LIMIT ?",
+                (link.node_id, OUTBOX_BATCH),
+            ).fetchall()
+
+        rows = await self.db.read(oldest)
+        if not rows:
+            return 0
+        posts = []
+        senders: dict[int, str] = {}
+        for _, chat_id, sender_id, rid, post in rows:
+            if sender_id not in senders:
+                addr = await self.db.read(functools.partial(_address, user_id=sender_id))
+                senders[sender_id] = addr or ""
+            posts.append(
+                {
+                    "chat": chat_id,
+                    "sender": senders[sender_id],
+                    "random_id": rid,
+                    **cbor2.loads(post),
+                }
+            )
+        answer = await link.call("fed.post", {"posts": posts})
+        results = answer.get("results", [])
+        done: list[int] = []
+        for row, res in zip(rows, results, strict=False):
+            done.append(int(row[0]))
+            if isinstance(res, dict) and res.get("error"):
+                # refused for good (no longer a member, say): tell the sender's devices
+                log.event(_log, "post.refused", chat=row[1], why=res["error"])
+                self.node.hub.push_to_user(
+                    int(row[2]),
+                    [
+                        {
+                            "type": "message.failed",
+                            "chat": row[1],
+                            "random_id": row[3],
+                            "error": res["error"],
+                        }
+                    ],
+                )
+        await self.db.write(
+            lambda c: c.executemany("DELETE FROM fed_outbox WHERE id = ?", [(i,) for i in done])
+        )
+        return len(done)
+
+    # --- the remote slot (node/remote.py) ---------------------------------------------------
+    async def ensure_user(self, node_id: str, name: str) -> None:
+        def cached(c: sqlite3.Connection) -> bool:
+            return bool(
+                c.execute(
+                    "SELECT 1 FROM users u JOIN nodes n ON n.id = u.node "
+                    "WHERE u.name = ? AND n.fingerprint = ?",
+                    (name, node_id),
+                ).fetchone()
+            )
+
+        fresh = time.monotonic() - self._users_seen.get((node_id, name), -USER_TTL) < USER_TTL
+        have = await self.db.read(cached)
+        if have and fresh:
+            return
+        link = self.links.get(node_id)
+        if link is None:
+            if have:
+                return
+            raise RpcError(ErrorCode.PEER_UNREACHABLE, f"node {node_id[:12]} is not a peer here")
+        try:
+            info = await link.call("fed.resolveUser", {"name": name})
+        except RpcError as e:
+            if have and e.code == ErrorCode.PEER_UNREACHABLE:
+                return  # what we know will do until it is back
+            raise
+
+        def store_user(c: sqlite3.Connection) -> None:
+            row = c.execute("SELECT id FROM nodes WHERE fingerprint = ?", (node_id,)).fetchone()
+            replication.remember_user(c, int(row[0]), name, info)
+
+        await self.db.write(store_user)
+        self._users_seen[(node_id, name)] = time.monotonic()
+
+    async def start_private(self, home: str, me: str, other: str) -> str:
+        link = self.links.get(home)
+        if link is None:
+            raise RpcError(ErrorCode.PEER_UNREACHABLE, f"node {home[:12]} is not a peer here")
+        answer = await link.call("fed.startPrivate", {"from": me, "to": other})
+        chat_id = str(answer["chat"])
+        await self.pull_chat(link, chat_id, 1)
+        return chat_id
+
+    # --- fed.* handlers (a peer's calls on the link it dialled) -----------------------------
+    async def _caller(self, ctx: CallContext, *, hello: bool = False) -> peers.Peer | None:
+        s = ctx.session
+        assert s is not None and s.peer_identity is not None  # access "node"
+        node_id = fingerprint(s.peer_identity)
+        peer = await self.db.read(lambda c: peers.get(c, node_id))
+        if peer is not None and peer.state == "blocked":
+            s.close(ErrorCode.PEER_BLOCKED)
+            raise RpcError(ErrorCode.PEER_BLOCKED)
+        if self.peering == "off":
+            raise RpcError(ErrorCode.FEDERATION_OFF)
+        if not hello and (peer is None or peer.state != "peer"):
+            raise RpcError(ErrorCode.PEER_PENDING, "waiting for this node's admin to approve")
+        return peer
+
+    async def fed_hello(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        peer = await self._caller(ctx, hello=True)
+        s = ctx.session
+        assert s is not None and s.peer_identity is not None
+        key = s.peer_identity
+        state = "peer" if self.peering == "open" or (peer and peer.state == "peer") else "pending"
+        url = p.get("url")
+        peer = await self.db.write(lambda c: peers.remember(c, key, p["name"], state, url))
+        await self._reload_directory()
+        if peer.state == "peer" and peer.url:
+            self._start_link(peer.node_id, peer.url)  # or kick ours: it may wait on us
+        else:
+            log.event(_log, "peer.pending", peer=peer.node_id[:12], name=peer.name)
+        return {"name": self.node.config.name, "state": peer.state}
+
+    async def fed_resolve_user(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        await self._caller(ctx)
+        row = await self.db.read(
+            lambda c: c.execute(
+                "SELECT display_name, created, banned FROM users "
+                "WHERE name = ? AND node = (SELECT id FROM nodes WHERE state = 'self')",
+                (p["name"],),
+            ).fetchone()
+        )
+        if row is None or row[2]:
+            raise RpcError(ErrorCode.USER_NOT_FOUND, p["name"])
+        return {"name": p["name"], "display_name": row[0], "created": row[1]}
+
+    async def fed_poke(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        peer = await self._caller(ctx)
+        assert peer is not None
+        link = self.links.get(peer.node_id)
+        if link is None:
+            return {}
+        for entry in p["chats"]:
+            chat_id, head = entry
+            if isinstance(chat_id, str) and isinstance(head, int) and len(chat_id) <= 64:
+                link.want_pull(chat_id, head)
+        return {}
+
+    async def fed_pull(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        peer = await self._caller(ctx)
+        assert peer is not None
+        limit = int(p.get("limit", replication.PULL_EVENTS))
+        return await self.db.read(
+            lambda c: replication.serve_pull(c, self.home, peer, p["chat"], p["after"], limit)
+        )
+
+    async def fed_post(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        peer = await self._caller(ctx)
+        assert peer is not None
+        messages = self.node.chats.messages
+        results: list[dict[str, Any]] = []
+
+        def job(c: sqlite3.Connection, fx: Effects) -> None:
+            for post in p["posts"]:
+                c.execute("SAVEPOINT fed_post")
+                try:
+                    uid = _sender_of(c, peer, post)
+                    res = messages.post_from_peer(
+                        c, fx, str(post["chat"]), uid, int(post["random_id"]), post
+                    )
+                    c.execute("RELEASE fed_post")
+                except RpcError as e:
+                    c.execute("ROLLBACK TO fed_post")
+                    c.execute("RELEASE fed_post")
+                    res = {"error": str(e.code)}
+                results.append(res)
+
+        await self.node.events.commit(self.db, job)
+        return {"results": results}
+
+    async def fed_start_private(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        peer = await self._caller(ctx)
+        assert peer is not None
+        try:
+            a, b = Address.parse(p["from"]), Address.parse(p["to"])
+        except AddressError as e:
+            raise RpcError(ErrorCode.PEER_INVALID, str(e)) from None
+        if a.node != peer.node_id or b.node != self.node_id:
+            raise RpcError(ErrorCode.PEER_INVALID, "from must be the caller's, to this node's")
+        await self.ensure_user(a.node, a.name)
+
+        def job(c: sqlite3.Connection, fx: Effects) -> str:
+            ids = chat_store.user_ids(c, self.home, [str(a), str(b)])
+            chat_id, _ = self.node.chats.membership.open_private(c, fx, ids[str(a)], ids[str(b)])
+            return chat_id
+
+        return {"chat": await self.node.events.commit(self.db, job)}
+
+    async def fed_media(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        await self._caller(ctx)
+        raise RpcError(ErrorCode.MEDIA_NOT_FOUND, "media fetch between nodes is not built yet")
+
+    # --- admin.peer* ------------------------------------------------------------------------
+    async def admin_peer_add(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        from node.client.connection import Client
+
+        url = p["url"]
+        try:
+            async with Client.connect(
+                url, pin=p.get("pin"), identity=self.identity, timeout=self.link_timeout
+            ) as client:
+                key = client.node_key
+                info = await client.call("system.info", {}, timeout=self.link_timeout)
+        except RpcError as e:
+            if e.code == ErrorCode.NODE_KEY_MISMATCH:
+                raise
+            raise RpcError(ErrorCode.PEER_UNREACHABLE, e.message) from None
+        if fingerprint(key) == self.node_id:
+            raise RpcError(ErrorCode.PEER_INVALID, f"{url} is this node itself")
+        peer = await self.db.write(lambda c: peers.remember(c, key, info["name"], "peer", url))
+        await self._reload_directory()
+        self._start_link(peer.node_id, url)
+        log.event(_log, "peer.added", peer=peer.node_id[:12], name=peer.name, url=url)
+        return await self._info(peer)
+
+    async def admin_peer_list(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        return {"peers": [await self._info(x) for x in await self.db.read(peers.all_peers)]}
+
+    async def admin_peer_approve(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        peer = await self.db.read(lambda c: peers.find(c, p["peer"]))
+        peer = await self.db.write(lambda c: peers.set_state(c, peer.node_id, "peer"))
+        await self._reload_directory()
+        if peer.url:
+            self._start_link(peer.node_id, peer.url)
+        log.event(_log, "peer.approved", peer=peer.node_id[:12], name=peer.name)
+        return await self._info(peer)
+
+    async def admin_peer_block(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        peer = await self.db.read(lambda c: peers.find(c, p["peer"]))
+        peer = await self.db.write(lambda c: peers.set_state(c, peer.node_id, "blocked"))
+        await self._reload_directory()
+        self._stop_link(peer.node_id)
+        for s in list(self.node.gateway.sessions.values()):
+            if s.peer_identity is not None and fingerprint(s.peer_identity) == peer.node_id:
+                s.close(ErrorCode.PEER_BLOCKED)
+        log.event(_log, "peer.blocked", peer=peer.node_id[:12], name=peer.name)
+        return await self._info(peer)
+
+    async def admin_peer_remove(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        peer = await self.db.read(lambda c: peers.find(c, p["peer"]))
+        await self.db.write(lambda c: peers.forget_link(c, peer.node_id))
+        await self._reload_directory()
+        self._stop_link(peer.node_id)
+        return {"removed": peer.node_id}
+
+    async def _info(self, peer: peers.Peer) -> dict[str, Any]:
+        link = self.links.get(peer.node_id)
+
+        def counts(c: sqlite3.Connection) -> tuple[int, int]:
+            chats = c.execute(
+                "SELECT count(*) FROM chats WHERE home = ?", (peer.node_id,)
+            ).fetchone()[0]
+            outbox = c.execute(
+                "SELECT count(*) FROM fed_outbox WHERE home = ?", (peer.node_id,)
+            ).fetchone()[0]
+            return int(chats), int(outbox)
+
+        chats, outbox = await self.db.read(counts)
+        return {
+            "node_id": peer.node_id,
+            "name": peer.name,
+            "url": peer.url,
+            "state": peer.state,
+            "link": link.state if link else "down",
+            "first_seen": peer.first_seen,
+            "last_seen": peer.last_seen,
+            "replicated_chats": chats,
+            "lag": sum(link.lag.values()) if link else 0,
+            "outbox": outbox,
+            "last_error": (link.last_error if link else None) or peer.last_error,
+        }
+
+
+def _sender_of(c: sqlite3.Connection, peer: peers.Peer, post: dict[str, Any]) -> int:
+    """The posting user: one of the calling node's own users, known here."""
+    try:
+        a = Address.parse(str(post.get("sender")))
+    except AddressError:
+        raise RpcError(ErrorCode.NOT_A_REPLICA, "sender is not an address") from None
+    if a.node != peer.node_id:
+        raise RpcError(ErrorCode.NOT_A_REPLICA, "a node posts only for its own users")
+    row = c.execute(
+        "SELECT id FROM users WHERE name = ? AND node = ?", (a.name, peer.row)
+    ).fetchone()
+    if row is None:
+        raise RpcError(ErrorCode.NOT_A_REPLICA, f"{a.name} is not a member here")
+    return int(row[0])
+
+
+def _chat(c: sqlite3.Connection, chat_id: str) -> chat_store.Chat | None:
+    return chat_store.get_chat(c, chat_id)
+
+
+def _replicas(c: sqlite3.Connection, chat_id: str) -> set[str]:
+    return replication.replica_nodes(c, chat_id)
+
+
+def _address(c: sqlite3.Connection, user_id: int) -> str | None:
+    return replication.user_address(c, user_id)
