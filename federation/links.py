@@ -109,7 +109,9 @@ class Link:
         async with Client.connect(
             self.url, pin=self.node_id, identity=self.fed.identity, timeout=timeout
         ) as client:
-            await client.call("fed.hello", self.fed.hello_params(), timeout=timeout)
+            hello = await client.call("fed.hello", self.fed.hello_params(), timeout=timeout)
+            if hello.get("state") != "peer":  # it has not approved us yet: nothing to carry
+                raise RpcError(ErrorCode.PEER_PENDING, "waiting for its admin to approve us")
             self.client, self.state, self.last_error = client, "up", None
             log.event(_log, "link.up", peer=self.node_id[:12], url=self.url)
             await self.fed.link_up(self)

@@ -75,19 +75,12 @@ def serve_pull(
     chat = store.get_chat(conn, chat_id)
     if chat is None or chat.home != home.node_id:
         raise RpcError(ErrorCode.CHAT_NOT_FOUND, f"no chat {chat_id} homed here")
-    row = conn.execute(
-        "SELECT min(m.joined_seq), count(*) FROM chat_members m JOIN users u "
-        "ON u.id = m.user_id WHERE m.chat_id = ? AND m.state = 'member' AND u.node = ?",
-        (chat_id, peer.row),
-    ).fetchone()
-    if not row or not row[1]:
-        raise RpcError(ErrorCode.NOT_A_REPLICA, f"node {peer.name} has no members in {chat_id}")
-    visible_from = int(row[0])
+    visible_from, until = _entitled(conn, chat_id, peer)
     start = after or 0
     rows = conn.execute(
-        "SELECT seq, raw, sig, content FROM events WHERE chat_id = ? AND seq > ? "
+        "SELECT seq, raw, sig, content FROM events WHERE chat_id = ? AND seq > ? AND seq <= ? "
         "ORDER BY seq LIMIT ?",
-        (chat_id, start, limit),
+        (chat_id, start, until, limit),
     ).fetchall()
     out: list[list[Any]] = []
     size = 0
@@ -103,7 +96,33 @@ def serve_pull(
     if after is None:
         header = {"id": chat.id, "kind": chat.kind, "home": chat.home, "created": chat.created}
     users, nodes = _directory(conn, named)
-    return {"chat": header, "events": out, "head": chat.last_seq, "users": users, "nodes": nodes}
+    return {"chat": header, "events": out, "head": until, "users": users, "nodes": nodes}
+
+
+def _entitled(conn: sqlite3.Connection, chat_id: str, peer: peers.Peer) -> tuple[int, int]:
+    """What a node may pull of a chat: content from the earliest join of its members, and
+    events up to the head while it has members, else up to the event that removed the
+    last of them (so it learns of the removal, and of nothing after)."""
+    rows = conn.execute(
+        "SELECT m.joined_seq, m.state, u.name FROM chat_members m JOIN users u "
+        "ON u.id = m.user_id WHERE m.chat_id = ? AND u.node = ?",
+        (chat_id, peer.row),
+    ).fetchall()
+    current = [int(r[0]) for r in rows if r[1] == "member"]
+    head = int(conn.execute("SELECT last_seq FROM chats WHERE id = ?", (chat_id,)).fetchone()[0])
+    if current:
+        return min(current), head
+    gone = {canonical(str(r[2]), peer.node_id) for r in rows if r[1] != "member"}
+    if gone:
+        for seq, raw in conn.execute(
+            "SELECT seq, raw FROM events WHERE chat_id = ? AND kind IN ('leave', 'remove', "
+            "'ban') ORDER BY seq DESC",
+            (chat_id,),
+        ):
+            body = events.open_event(bytes(raw)).get("body")
+            if isinstance(body, dict) and body.get("user") in gone:
+                return min(int(r[0]) for r in rows), int(seq)
+    raise RpcError(ErrorCode.NOT_A_REPLICA, f"node {peer.name} has no members in {chat_id}")
 
 
 def _addresses(ev: dict[str, Any]) -> set[str]:

@@ -220,7 +220,8 @@ class Node:
                     try:
                         yield node
                     finally:
-                        node.gateway.shutting_down = True
+                        with trio.CancelScope(shield=True):
+                            await node.gateway.close_all(timeout=1.0)
                         nursery.cancel_scope.cancel()
             log.event(_log, "node.stopped", node_id=node.node_id)
         finally:

@@ -206,6 +206,17 @@ class Gateway:
         self._pending = 0  # connections still in their handshake
         self.shutting_down = False
 
+    async def close_all(self, timeout: float) -> None:
+        """Close every session with NODE_SHUTDOWN while their readers still run, so each
+        close handshake completes (cancelled first, a session's close would wait out its
+        timeout for a reply nobody reads: 2 s per node shutdown with live peers)."""
+        self.shutting_down = True
+        for s in list(self.sessions.values()):
+            s.close(ErrorCode.NODE_SHUTDOWN)
+        with trio.move_on_after(timeout):
+            while self.sessions:
+                await trio.sleep(0.005)
+
     async def heartbeats(self) -> None:
         """Ping every session that has been quiet for a ping interval and close the ones
         silent past the idle timeout. One sweeper for all sessions instead of a heartbeat
@@ -229,6 +240,9 @@ class Gateway:
         try:
             ws = await request.accept()
         except ConnectionClosed:
+            return
+        if self.shutting_down:
+            await _close(ws, ErrorCode.NODE_SHUTDOWN)
             return
         if len(self.sessions) + self._pending >= cfg.get("limits", "max_sessions"):
             await _close(ws, ErrorCode.TOO_MANY_SESSIONS)
