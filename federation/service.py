@@ -81,6 +81,7 @@ class Federation:
             "fed.pull": self.fed_pull,
             "fed.post": self.fed_post,
             "fed.startPrivate": self.fed_start_private,
+            "fed.act": self.fed_act,
             "fed.media": self.fed_media,
             "admin.peerAdd": self.admin_peer_add,
             "admin.peerList": self.admin_peer_list,
@@ -198,9 +199,9 @@ class Federation:
                         link.poke(chat_id, head)
 
     # --- replica side: pull and apply -----------------------------------------------------
-    async def pull_chat(self, link: Link, chat_id: str, head: int) -> None:
-        """Pull a chat homed at ``link``'s peer until this node has ``head`` (or the
-        home's head, whichever is later)."""
+    async def pull_chat(self, link: Link, chat_id: str, head: int | None) -> None:
+        """Pull a chat homed at ``link``'s peer until this node has ``head`` (None: until
+        it has what the home has now)."""
         lock = self._pull_locks.setdefault(chat_id, trio.Lock())
         async with lock:
             while True:
@@ -208,7 +209,7 @@ class Federation:
                 if chat is not None and chat.home != link.node_id:
                     return
                 after = chat.last_seq if chat else None
-                if after is not None and after >= head:
+                if after is not None and head is not None and after >= head:
                     return
                 try:
                     pulled = await link.call(
@@ -230,9 +231,9 @@ class Federation:
                         replication.apply_batch, home=self.home, home_id=link.node_id, batch=batch
                     )
                     await self.node.events.commit(self.db, apply)
-                head = max(head, batch.head)
+                head = max(head or 0, batch.head)
                 link.lag[chat_id] = head - ((after or 0) + len(batch.items))
-                if not batch.items:
+                if not batch.items or (after or 0) + len(batch.items) >= batch.head:
                     return
 
     async def _key_of(self, node_id: str) -> bytes:
@@ -351,8 +352,21 @@ class Federation:
             raise RpcError(ErrorCode.PEER_UNREACHABLE, f"node {home[:12]} is not a peer here")
         answer = await link.call("fed.startPrivate", {"from": me, "to": other})
         chat_id = str(answer["chat"])
-        await self.pull_chat(link, chat_id, 1)
+        await self.pull_chat(link, chat_id, None)
         return chat_id
+
+    async def act(self, home: str, sender: str, method: str, params: dict[str, Any]) -> Any:
+        link = self.links.get(home)
+        if link is None:
+            raise RpcError(ErrorCode.PEER_UNREACHABLE, f"node {home[:12]} is not a peer here")
+        result = await link.call("fed.act", {"sender": sender, "method": method, "params": params})
+        # read your writes: the change is replicated here before the caller hears of it
+        chat_id = params.get("chat")
+        if chat_id is None and isinstance(result, dict) and isinstance(result.get("chat"), dict):
+            chat_id = result["chat"].get("id")
+        if isinstance(chat_id, str):
+            await self.pull_chat(link, chat_id, None)
+        return result
 
     # --- fed.* handlers (a peer's calls on the link it dialled) -----------------------------
     async def _caller(self, ctx: CallContext, *, hello: bool = False) -> peers.Peer | None:
@@ -459,6 +473,29 @@ class Federation:
 
         return {"chat": await self.node.events.commit(self.db, job)}
 
+    async def fed_act(self, ctx: CallContext, p: dict[str, Any]) -> Any:
+        peer = await self._caller(ctx)
+        assert peer is not None and ctx.session is not None
+        try:
+            a = Address.parse(p["sender"])
+        except AddressError as e:
+            raise RpcError(ErrorCode.NOT_A_REPLICA, str(e)) from None
+        if a.node != peer.node_id:
+            raise RpcError(ErrorCode.NOT_A_REPLICA, "a node acts only for its own users")
+        params = p["params"]
+        if not isinstance(params, dict):
+            raise RpcError(ErrorCode.PARAMS_INVALID, "params must be a map")
+        await self.ensure_user(a.node, a.name)
+        uid = await self.db.read(
+            lambda c: c.execute(
+                "SELECT id FROM users WHERE name = ? AND node = ?", (a.name, peer.row)
+            ).fetchone()
+        )
+        if uid is None:
+            raise RpcError(ErrorCode.NOT_A_REPLICA, f"{a.name} is unknown here")
+        sub = CallContext("ws", RemoteUser(int(uid[0]), ctx.session), {"forwarded": True})
+        return await self.node.router.dispatch(sub, p["method"], params, present=False)
+
     async def fed_media(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         await self._caller(ctx)
         raise RpcError(ErrorCode.MEDIA_NOT_FOUND, "media fetch between nodes is not built yet")
@@ -542,6 +579,32 @@ class Federation:
             "outbox": outbox,
             "last_error": (link.last_error if link else None) or peer.last_error,
         }
+
+
+class RemoteUser:
+    """The caller of a call a peer makes for one of its users (fed.act): a signed-in user
+    without a session of its own here (pushes to it go nowhere: its node has the
+    replica and pushes to its sessions)."""
+
+    role = "client"
+    transcript_hash = b""
+    peer_identity: bytes | None = None
+    device_id: int | None = None
+    device_name = ""
+
+    def __init__(self, user_id: int, link: Caller) -> None:
+        self.user_id: int | None = user_id
+        self.id = link.id
+        self.ip = link.ip
+
+    def push(self, updates: Any) -> bool:
+        return False
+
+    def resync(self) -> None:
+        return None
+
+    def close(self, reason: ErrorCode) -> None:
+        return None
 
 
 def _sender_of(c: sqlite3.Connection, peer: peers.Peer, post: dict[str, Any]) -> int:

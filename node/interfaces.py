@@ -168,3 +168,8 @@ class Federated(Protocol):
         """Ask ``home`` (another node) to open the private chat of canonical addresses
         ``me`` and ``other``; answers its id once this node replicates it."""
         ...
+
+    async def act(self, home: str, sender: str, method: str, params: dict[str, Any]) -> Any:
+        """Make a call (an edit, a pin, a join...) on ``home`` as this node's user
+        ``sender``; answers the home's result once this node replicated what it did."""
+        ...

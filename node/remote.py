@@ -41,3 +41,6 @@ class RemoteSlot:
 
     async def start_private(self, home: str, me: str, other: str) -> str:
         return await self._need().start_private(home, me, other)
+
+    async def act(self, home: str, sender: str, method: str, params: dict[str, Any]) -> Any:
+        return await self._need().act(home, sender, method, params)

@@ -44,7 +44,12 @@ class Router:
         at start-up that it serves its whole share of the schema)."""
         return sorted(n for n, m in METHODS.items() if m.part in parts and n not in self.handlers)
 
-    async def dispatch(self, ctx: CallContext, name: str, params: dict[str, Any]) -> Any:
+    async def dispatch(
+        self, ctx: CallContext, name: str, params: dict[str, Any], *, present: bool = True
+    ) -> Any:
+        """Check access, parameters and rate, then run the handler. ``present=False``
+        keeps addresses canonical (a call made for a peer node, which presents them its
+        own way)."""
         method = METHODS.get(name)
         if method is None:
             raise RpcError(ErrorCode.METHOD_UNKNOWN, f"no method {name!r}")
@@ -61,6 +66,7 @@ class Router:
         method.validate(params)
         if ctx.session is not None and self._rate_check is not None:
             self._rate_check(method.rate_group, _limit_keys(ctx.session, params))
+        ctx.extra["call"] = (name, params)  # what a replica forwards to a chat's home
         try:
             result = await handler(ctx, params)
         except RpcError:
@@ -68,7 +74,7 @@ class Router:
         except Exception:
             _log.exception("handler failed", extra={"kv": {"method": name}})
             raise RpcError(ErrorCode.INTERNAL) from None
-        return result if self._present is None else self._present(result)
+        return result if self._present is None or not present else self._present(result)
 
 
 def _limit_keys(session: Caller, params: dict[str, Any]) -> dict[str, str | None]:

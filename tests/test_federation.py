@@ -159,36 +159,39 @@ async def test_peer_add_checks_the_pin_and_reachability(tmp_path: Path) -> None:
 
 
 async def test_private_chat_across_nodes_from_either_side(tmp_path: Path) -> None:
-    async with cluster(tmp_path, 2) as (a, b):
-        async with signed_in(a, "alice") as al, signed_in(b, "bob") as bo:
-            started = await bo.call("chats.startPrivate", {"user": "alice@n1"})
-            chat_id = started["chat"]["id"]
-            assert started["chat"]["peer"] == "alice@n1"
-            again = await al.call("chats.startPrivate", {"user": "bob@n2"})
-            assert again["chat"]["id"] == chat_id  # one chat, whoever starts it
-            sent = await al.call(
-                "messages.send", {"chat": chat_id, "random_id": rid(), "text": "hi bob"}
-            )
-            home_is_a = sent["pending"] is False
+    async with (
+        cluster(tmp_path, 2) as (a, b),
+        signed_in(a, "alice") as al,
+        signed_in(b, "bob") as bo,
+    ):
+        started = await bo.call("chats.startPrivate", {"user": "alice@n1"})
+        chat_id = started["chat"]["id"]
+        assert started["chat"]["peer"] == "alice@n1"
+        again = await al.call("chats.startPrivate", {"user": "bob@n2"})
+        assert again["chat"]["id"] == chat_id  # one chat, whoever starts it
+        sent = await al.call(
+            "messages.send", {"chat": chat_id, "random_id": rid(), "text": "hi bob"}
+        )
+        home_is_a = sent["pending"] is False
+        got = await next_of(bo, "chat.event")
+        while got["event"]["kind"] != "message":
             got = await next_of(bo, "chat.event")
-            while got["event"]["kind"] != "message":
-                got = await next_of(bo, "chat.event")
-            assert got["event"]["body"]["text"] == "hi bob"
-            assert got["event"]["sender"] == "alice@n1"
-            reply = await bo.call(
-                "messages.send", {"chat": chat_id, "random_id": rid(), "text": "hi alice"}
-            )
-            assert reply["pending"] is home_is_a  # queued for the other node, or sequenced
+        assert got["event"]["body"]["text"] == "hi bob"
+        assert got["event"]["sender"] == "alice@n1"
+        reply = await bo.call(
+            "messages.send", {"chat": chat_id, "random_id": rid(), "text": "hi alice"}
+        )
+        assert reply["pending"] is home_is_a  # queued for the other node, or sequenced
+        ev = await next_of(al, "chat.event")
+        while ev["event"]["kind"] != "message" or ev["event"]["sender"] != "bob@n2":
             ev = await next_of(al, "chat.event")
-            while ev["event"]["kind"] != "message" or ev["event"]["sender"] != "bob@n2":
-                ev = await next_of(al, "chat.event")
-            assert ev["event"]["body"]["text"] == "hi alice"
+        assert ev["event"]["body"]["text"] == "hi alice"
 
-            async def same() -> bool:
-                return await chain(a, chat_id) == await chain(b, chat_id) != []
+        async def same() -> bool:
+            return await chain(a, chat_id) == await chain(b, chat_id) != []
 
-            await until(same)
-            assert await texts(al, chat_id) == await texts(bo, chat_id) == ["hi bob", "hi alice"]
+        await until(same)
+        assert await texts(al, chat_id) == await texts(bo, chat_id) == ["hi bob", "hi alice"]
 
 
 async def test_group_on_three_nodes_edits_deletes_pins_and_one_chain(tmp_path: Path) -> None:
@@ -281,25 +284,28 @@ async def test_channel_with_remote_subscribers(tmp_path: Path) -> None:
 
 
 async def test_removing_the_last_member_of_a_node_stops_its_replication(tmp_path: Path) -> None:
-    async with cluster(tmp_path, 2) as (a, b):
-        async with signed_in(a, "alice") as al, signed_in(b, "bob") as bo:
-            g = await al.call("chats.createGroup", {"title": "G", "members": ["bob@n2"]})
-            chat_id = g["chat"]["id"]
-            await al.call("messages.send", {"chat": chat_id, "random_id": rid(), "text": "before"})
-            await al.call("chats.kick", {"chat": chat_id, "user": "bob@n2"})
-            await al.call("messages.send", {"chat": chat_id, "random_id": rid(), "text": "after"})
+    async with (
+        cluster(tmp_path, 2) as (a, b),
+        signed_in(a, "alice") as al,
+        signed_in(b, "bob") as bo,
+    ):
+        g = await al.call("chats.createGroup", {"title": "G", "members": ["bob@n2"]})
+        chat_id = g["chat"]["id"]
+        await al.call("messages.send", {"chat": chat_id, "random_id": rid(), "text": "before"})
+        await al.call("chats.kick", {"chat": chat_id, "user": "bob@n2"})
+        await al.call("messages.send", {"chat": chat_id, "random_id": rid(), "text": "after"})
 
-            async def kicked() -> bool:
-                rows = await chain(b, chat_id)
-                return len(rows) >= 3  # create, "before", the kick
+        async def kicked() -> bool:
+            rows = await chain(b, chat_id)
+            return len(rows) >= 3  # create, "before", the kick
 
-            await until(kicked)
-            await trio.sleep(0.3)
-            assert len(await chain(b, chat_id)) == 3  # "after" never reached b
-            assert len(await chain(a, chat_id)) == 4
-            with pytest.raises(RpcError) as e:
-                await bo.call("chats.history", {"chat": chat_id})
-            assert e.value.code in ("CHAT_NOT_FOUND", "CHAT_FORBIDDEN", "NOT_A_MEMBER")
+        await until(kicked)
+        await trio.sleep(0.3)
+        assert len(await chain(b, chat_id)) == 3  # "after" never reached b
+        assert len(await chain(a, chat_id)) == 4
+        with pytest.raises(RpcError) as e:
+            await bo.call("chats.history", {"chat": chat_id})
+        assert e.value.code in ("CHAT_NOT_FOUND", "CHAT_FORBIDDEN", "NOT_A_MEMBER")
 
 
 async def test_a_peer_is_trusted_for_nothing_it_cannot_prove(tmp_path: Path) -> None:
@@ -397,3 +403,54 @@ async def test_forged_altered_and_reordered_events_are_refused(tmp_path: Path) -
         # signed by the home, but not this chat's continuation: refused at apply
         with pytest.raises(RpcError):
             replication.verify_pulled(pulled, "otherchat", key, events.GENESIS, 0)
+
+
+async def test_remote_members_edit_pin_leave_and_join_by_invite(tmp_path: Path) -> None:
+    """Changes by a replica's users are made on the chat's home, as them, and are
+    replicated back before their call returns (read your writes)."""
+    async with cluster(tmp_path, 3) as nodes:
+        a, b, c = nodes
+        async with (
+            signed_in(a, "alice") as al,
+            signed_in(b, "bob") as bo,
+            signed_in(c, "carol") as ca,
+        ):
+            g = await al.call("chats.createGroup", {"title": "G", "members": ["bob@n2"]})
+            chat_id = g["chat"]["id"]
+            await al.call("chats.setRole", {"chat": chat_id, "user": "bob@n2", "role": "admin"})
+            await has_chat(b, chat_id)
+            await bo.call("messages.send", {"chat": chat_id, "random_id": rid(), "text": "b"})
+
+            async def bob_sequenced() -> bool:
+                return await texts(bo, chat_id) == ["b"]
+
+            await until(bob_sequenced)
+            seq = (await bo.call("chats.history", {"chat": chat_id}))["events"][-1]["seq"]
+            edited = await bo.call("messages.edit", {"chat": chat_id, "seq": seq, "text": "b!"})
+            assert isinstance(edited["seq"], int)
+            assert await texts(bo, chat_id) == ["b!"]  # already here when the call returned
+            await bo.call("messages.pin", {"chat": chat_id, "seq": seq})
+            await bo.call("chats.edit", {"chat": chat_id, "title": "Renamed by bob"})
+            assert (await bo.call("chats.get", {"chat": chat_id}))["chat"]["title"] == (
+                "Renamed by bob"
+            )
+            invite = (await bo.call("chats.createInvite", {"chat": chat_id}))["invite"]
+            assert invite.endswith("." + a.node_id)  # the link names the chat's home
+            joined = await ca.call("chats.join", {"invite": invite})
+            assert joined["chat"]["id"] == chat_id
+            assert (await ca.call("chats.get", {"chat": chat_id}))["chat"]["title"] == (
+                "Renamed by bob"
+            )
+            await ca.call("chats.leave", {"chat": chat_id})
+            with pytest.raises(RpcError) as e:  # carol is no member any more
+                await ca.call("messages.edit", {"chat": chat_id, "seq": seq, "text": "x"})
+            assert e.value.code in ("NOT_A_MEMBER", "CHAT_NOT_FOUND", "MESSAGE_NOT_EDITABLE")
+            with pytest.raises(RpcError) as e:  # not bob's message to edit, on any node
+                await al.call("messages.edit", {"chat": chat_id, "seq": seq, "text": "x"})
+            assert e.value.code == "MESSAGE_NOT_EDITABLE"
+
+            async def same() -> bool:
+                chains = [await chain(x, chat_id) for x in (a, b)]
+                return chains[0] == chains[1]
+
+            await until(same)

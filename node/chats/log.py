@@ -56,6 +56,16 @@ class LogError(Exception):
     """An event that this node cannot sequence or fold into its state."""
 
 
+class HomeElsewhere(RpcError):
+    """A change asked of a replica: only the chat's home sequences it. The chats service
+    forwards the call to the home (federation) when it can; otherwise the caller reads
+    CHAT_WRITE_FORBIDDEN."""
+
+    def __init__(self, chat_id: str, home: str) -> None:
+        super().__init__(ErrorCode.CHAT_WRITE_FORBIDDEN, f"chat {chat_id} lives on node {home}")
+        self.home = home
+
+
 @dataclass(frozen=True)
 class Draft:
     """What a handler wants in the log: the kind, who (None: the node itself), the signed
@@ -89,10 +99,7 @@ def sequence(
     if draft.kind not in KINDS:
         raise LogError(f"unknown event kind {draft.kind!r}")
     if chat.home != home.node_id:  # a replica: only its home changes the chat
-        raise RpcError(
-            ErrorCode.CHAT_WRITE_FORBIDDEN,
-            f"chat {chat.id} lives on node {chat.home}: only messages are forwarded there",
-        )
+        raise HomeElsewhere(chat.id, chat.home)
     seq, ts = chat.last_seq + 1, time.time()
     record, committed = (None, None)
     if draft.content is not None:

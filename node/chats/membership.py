@@ -332,16 +332,29 @@ class Membership(Handlers):
 
         def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
             chat, _ = store.need_admin(c, p["chat"], uid)
+            if chat.home != self.home.node_id:
+                raise log.HomeElsewhere(chat.id, chat.home)
             token = store.create_invite(c, chat.id, uid, p.get("uses"), p.get("expires_in"))
-            return {"invite": token}
+            # the link names the chat's home, so a user of any node can join with it
+            return {"invite": f"{token}.{self.home.node_id}"}
 
         return await self.write(ctx, job)
 
     async def join(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = caller(ctx)
+        token, _, home = p["invite"].rpartition(".")
+        if not token:  # an invite made before links named their home
+            token, home = home, self.home.node_id
+        if home != self.home.node_id:
+            me = await self.db.read(lambda c: store.address(c, self.home, uid))
+            assert me is not None
+            joined: dict[str, Any] = await self.shared.remote.act(
+                home, me, "chats.join", {"invite": p["invite"]}
+            )
+            return joined
 
         def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
-            chat = store.get_chat(c, store.use_invite(c, p["invite"]))
+            chat = store.get_chat(c, store.use_invite(c, token))
             if chat is None:
                 raise RpcError(ErrorCode.CHAT_INVITE_INVALID)
             done = self._admit(c, fx, chat, uid, [uid], kind="join")

@@ -86,8 +86,25 @@ class Chats:
     # --- plumbing -----------------------------------------------------------------------
     async def write(self, ctx: CallContext, job: Callable[[sqlite3.Connection, Effects], T]) -> T:
         """Run a change as one write job; once committed, what it caused is published in
-        commit order (pushes, replication) while this task goes on to reply."""
-        return await self.events.commit(self.db, job, ctx.session)
+        commit order (pushes, replication) while this task goes on to reply.
+
+        A change of a chat homed on another node fails in the job (HomeElsewhere: nothing
+        was written); the call is then made on the home, as this user, through federation,
+        and answers what the home answered once this node has the result replicated."""
+        try:
+            return await self.events.commit(self.db, job, ctx.session)
+        except log.HomeElsewhere as e:
+            call = ctx.extra.get("call")
+            if call is None or ctx.extra.get("forwarded") or ctx.session is None:
+                raise  # a call a peer made here for its user is never forwarded on
+            if ctx.session.user_id is None:
+                raise
+            uid = ctx.session.user_id
+            me = await self.db.read(lambda c: store.address(c, self.home, uid))
+            assert me is not None
+            method, params = call
+            result: T = await self.shared.remote.act(e.home, me, method, params)
+            return result
 
     def _compact_after(self, fx: Effects, origin: Caller | None) -> None:
         if fx.erased:

@@ -32,6 +32,21 @@ CHAT_ID = Str(1, 64, r"[a-z0-9]+")
 ADDRESS = Str(3, 200)
 USER_NAME = Str(1, 64)
 PULL_LIMIT_MAX = 5_000
+FORWARDABLE = (
+    "messages.edit",
+    "messages.delete",
+    "messages.pin",
+    "messages.unpin",
+    "chats.edit",
+    "chats.addMembers",
+    "chats.kick",
+    "chats.unban",
+    "chats.setRole",
+    "chats.leave",
+    "chats.createInvite",
+    "chats.join",
+)
+"""Calls a replica forwards to a chat's home for its users (fed.act)."""
 POKE_MAX = 1_000
 
 PeerInfo = Struct(
@@ -154,6 +169,22 @@ FED_METHODS: list[Method] = [
             name="Posted",
         ),
         (E.PEER_PENDING,),
+        access="node",
+        part="federation",
+        rate_group="federation",
+    ),
+    Method(
+        "fed.act",
+        "A call of one of the caller's users on a chat homed here (edit, delete, pin, "
+        "title, members, roles, leave, invites, join by invite), made as that user: the same "
+        "handler, checks and answer as for a local user (addresses canonical).",
+        {
+            "sender": Field(ADDRESS, "canonical address of a user of the calling node"),
+            "method": Field(Enum(FORWARDABLE)),
+            "params": Field(AnyValue(), "the method's own parameters (validated as such)"),
+        },
+        AnyValue(),
+        (E.NOT_A_REPLICA, E.PEER_PENDING),
         access="node",
         part="federation",
         rate_group="federation",
