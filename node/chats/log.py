@@ -104,20 +104,34 @@ def sequence(
     record, committed = (None, None)
     if draft.content is not None:
         record, committed = events.seal_content(draft.content)
+    sender = store.address(conn, home, draft.sender_id)
     sealed = events.seal_event(
         home.key,
         chat=chat.id,
         seq=seq,
         kind=draft.kind,
-        sender=store.address(conn, home, draft.sender_id),
+        sender=sender,
         ts=ts,
         body=draft.body,
         random_id=draft.random_id,
         prev=chat.last_hash,
         content_hash=committed,
     )
-    ev = apply(conn, home, sealed, record, fx, chat=chat)
+    # what apply would decode, hash and look up again is at hand: it was just made from it
+    made = _Made(seq, ts, draft, draft.content, sender)
+    ev = apply(conn, home, sealed, record, fx, chat=chat, _made=made)
     return Sequenced(sealed, record, seq, ts, ev)
+
+
+@dataclass(frozen=True)
+class _Made:
+    """An event :func:`sequence` just sealed, as :func:`apply` would read it back."""
+
+    seq: int
+    ts: float
+    draft: Draft
+    content: dict[str, Any] | None
+    sender: str | None
 
 
 def receive(
@@ -177,11 +191,34 @@ def apply(
     fx: Effects | None = None,
     *,
     chat: Chat | None = None,
+    _made: _Made | None = None,
 ) -> dict[str, Any]:
     """Fold one event (this node's or a peer's; verified by the caller) into the derived
     state; returns it as clients see it and queues its push on ``fx``. Events must come in
-    seq order. ``content`` is the event's content record, or None (never any, or erased)."""
+    seq order. ``content`` is the event's content record, or None (never any, or erased).
+
+    ``_made`` is for :func:`sequence` only: the event it has just sealed, so the bytes
+    need not be decoded and hashed again, nor the sender looked up by the address just
+    made from its id (the same fields, the same checks; measured ~10% of a send's job)."""
     fx = fx if fx is not None else Effects()
+    if _made is not None and chat is not None:
+        d = _made.draft
+        return _fold(
+            conn,
+            home,
+            sealed,
+            content,
+            fx,
+            chat,
+            d.kind,
+            d.body,
+            _made.content,
+            _made.seq,
+            _made.ts,
+            d.random_id,
+            _made.sender,
+            d.sender_id,
+        )
     try:
         ev = events.open_event(sealed.raw)
         cbody = events.open_content(content) if content is not None else None
@@ -205,6 +242,28 @@ def apply(
         raise LogError(f"seq {seq}: malformed ts or rid")
     sender = ev.get("sender")
     sender_id = None if sender is None else user_id(conn, home, sender)
+    return _fold(
+        conn, home, sealed, content, fx, chat, kind, body, cbody, seq, ts, rid, sender, sender_id
+    )
+
+
+def _fold(
+    conn: sqlite3.Connection,
+    home: Home,
+    sealed: Sealed,
+    content: bytes | None,
+    fx: Effects,
+    chat: Chat,
+    kind: str,
+    body: dict[str, Any],
+    cbody: dict[str, Any] | None,
+    seq: int,
+    ts: float,
+    rid: int | None,
+    sender: str | None,
+    sender_id: int | None,
+) -> dict[str, Any]:
+    """Store one checked event and fold it into the derived state by its kind."""
     target = body.get("target") if isinstance(body.get("target"), int) else None
     cur = conn.execute(
         "INSERT INTO events(chat_id, seq, kind, sender_id, ts, random_id, target_seq, raw, "

@@ -14,7 +14,7 @@ import itertools
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
@@ -31,6 +31,9 @@ ADMIN_ROLES = ("owner", "admin")
 UNREAD_CAP = 9999
 
 
+ADDRESS_CACHE = 50_000
+
+
 @dataclass(frozen=True)
 class Home:
     """What a write job needs to know about this node to sequence and sign events."""
@@ -39,6 +42,9 @@ class Home:
     node_id: str
     edit_window: float
     max_group_members: int
+    # user id -> canonical address: a user's name and node never change and ids are never
+    # reused (AUTOINCREMENT), so this cache is never stale; used from the writer thread
+    addresses: dict[int, str] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass
@@ -135,11 +141,19 @@ def address(conn: sqlite3.Connection, home: Home, user_id: int | None) -> str | 
     """A user's canonical address (``name@<node id>``), as signed events carry it."""
     if user_id is None:
         return None
+    cached = home.addresses.get(user_id)
+    if cached is not None:
+        return cached
     row = conn.execute(
         "SELECT u.name, n.fingerprint FROM users u JOIN nodes n ON n.id = u.node WHERE u.id = ?",
         (user_id,),
     ).fetchone()
-    return canonical(row[0], row[1]) if row else None
+    if row is None:
+        return None
+    if len(home.addresses) >= ADDRESS_CACHE:
+        home.addresses.clear()
+    home.addresses[user_id] = found = canonical(row[0], row[1])
+    return found
 
 
 def user_ids(conn: sqlite3.Connection, home: Home, names: list[str]) -> dict[str, int]:
