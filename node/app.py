@@ -42,6 +42,7 @@ from .updates import Hub
 _log = log.get("node")
 WS_MESSAGE_QUEUE = 8  # messages trio-websocket buffers per connection before backpressure
 WS_RECEIVE_BUFFER = 64 * 1024
+LOCK_PATIENCE = 0.5  # seconds a starting node waits out a "is it running?" probe (lock.py)
 
 
 class Part(Protocol):
@@ -154,7 +155,7 @@ class Node:
         on the database (the data-folder lock keeps a node from starting meanwhile)."""
         check_writable(config.data_dir)
         lock = DataDirLock(config.data_dir)
-        if not lock.acquire():
+        if not lock.acquire(patience=LOCK_PATIENCE):
             raise ConfigError(f"{config.data_dir}: a node is running on it; use its socket")
         try:
             identity = load_or_create_key(config.key_path)
@@ -169,7 +170,7 @@ class Node:
     async def start(cls, config: Config, parts: Sequence[Part] = ()) -> AsyncIterator[Node]:
         check_writable(config.data_dir)
         lock = DataDirLock(config.data_dir)
-        if not lock.acquire():
+        if not lock.acquire(patience=LOCK_PATIENCE):
             raise ConfigError(f"{config.data_dir}: another node is already running on it")
         try:
             identity = load_or_create_key(config.key_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 LOCK_FILE = "node.lock"
@@ -19,14 +20,24 @@ class DataDirLock:
         self.path = data_dir / LOCK_FILE
         self._fd: int | None = None
 
-    def acquire(self) -> bool:
-        """True if we now hold the lock; False if another process does."""
+    def acquire(self, patience: float = 0.0) -> bool:
+        """True if we now hold the lock; False if another process does.
+
+        ``patience``: keep trying for that long. :func:`node_running` probes by taking the
+        lock for an instant, so a node starting while someone asks "is it running?" (the
+        CLI, a cluster waiting for it) could find it taken by the question; a starting node
+        gives such a probe a moment (measured: a probe holds it for microseconds)."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    return False
+                time.sleep(0.01)
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd

@@ -1,0 +1,164 @@
+"""Federation under crashes: real node processes (federation/cluster.py), kill -9, restarts.
+
+What is checked is what the nodes wrote: each node's SQLite file, read-only, after the
+dust settles; acknowledged means durable, on the home and on the replica, and a post is
+sequenced exactly once however often it was forwarded."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections import Counter
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import trio
+from nacl.signing import SigningKey
+
+from federation.cluster import Cluster
+from node.client import Client
+from node.protocol.errors import RpcError
+
+WAIT = 30.0
+
+
+def read(data: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """A query on a node's database (running or not), read-only."""
+    conn = sqlite3.connect(f"file:{data / 'fedgram.db'}?mode=ro", uri=True, timeout=5)
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def chain(data: Path, chat_id: str) -> list[tuple[int, bytes]]:
+    rows = read(data, "SELECT seq, hash FROM events WHERE chat_id = ? ORDER BY seq", chat_id)
+    return [(int(s), bytes(h)) for s, h in rows]
+
+
+def posts(data: Path, chat_id: str) -> Counter[tuple[str, int]]:
+    """(sender name, random_id) of every message in the chat, counted."""
+    rows = read(
+        data,
+        "SELECT u.name, e.random_id FROM events e JOIN users u ON u.id = e.sender_id "
+        "WHERE e.chat_id = ? AND e.kind = 'message'",
+        chat_id,
+    )
+    return Counter((str(n), int(r)) for n, r in rows)
+
+
+async def until(pred: Any, timeout: float = WAIT) -> None:
+    with trio.fail_after(timeout):
+        while not pred():
+            await trio.sleep(0.05)
+
+
+async def sign_in(stack: AsyncExitStack, cluster: Cluster, i: int, name: str) -> Client:
+    """A signed-in SDK client of user ``name`` on node ``i``, closed with ``stack``."""
+    code = await cluster.add_user(i, name)
+    client = await stack.enter_async_context(Client.connect(cluster.node(i).url))
+    await client.sign_in(name, code, SigningKey.generate(), "dev")
+    return client
+
+
+async def group_with(cluster: Cluster, alice: Client, member: str) -> str:
+    g = await alice.call("chats.createGroup", {"title": "G", "members": [member]})
+    chat_id = str(g["chat"]["id"])
+    await until(lambda: chain(cluster.node(2).data, chat_id) != [])
+    return chat_id
+
+
+async def test_replica_down_for_1000_messages_catches_up_exactly(tmp_path: Path) -> None:
+    async with (
+        Cluster.running(tmp_path / "c", 2, log_level="warning") as cluster,
+        AsyncExitStack() as stack,
+    ):
+        await cluster.add_user(2, "bob")
+        alice = await sign_in(stack, cluster, 1, "alice")
+        chat_id = await group_with(cluster, alice, "bob@n2")
+        cluster.kill(2)  # kill -9 of the replica
+        await cluster.wait_exit(2)
+        for i in range(1000):
+            await alice.call(
+                "messages.send",
+                {"chat": chat_id, "random_id": secrets.randbits(63), "text": f"m{i}"},
+            )
+        home, replica = cluster.node(1).data, cluster.node(2).data
+        before = len(chain(replica, chat_id))
+        await cluster.restart(2)
+        # kill -9 again in the middle of its catch-up, if we can catch it there
+        with trio.move_on_after(5):
+            while len(chain(replica, chat_id)) in (before, 0):
+                await trio.sleep(0.002)
+        caught = len(chain(replica, chat_id))
+        cluster.kill(2)
+        await cluster.wait_exit(2)
+        await cluster.restart(2)
+        await until(lambda: chain(replica, chat_id) == chain(home, chat_id))
+        assert len(chain(home, chat_id)) == 1001  # create + 1000
+        assert before <= caught <= 1001
+        assert sum(posts(replica, chat_id).values()) == 1000
+
+
+async def test_outbox_and_home_survive_kill_9_nothing_lost_nothing_twice(tmp_path: Path) -> None:
+    async with (
+        Cluster.running(tmp_path / "c", 2, log_level="warning") as cluster,
+        AsyncExitStack() as stack,
+    ):
+        home, replica = cluster.node(1).data, cluster.node(2).data
+        alice = await sign_in(stack, cluster, 1, "alice")
+        bob = await sign_in(stack, cluster, 2, "bob")
+        chat_id = await group_with(cluster, alice, "bob@n2")
+        # 1. the home is down: bob's posts are acknowledged as pending (outbox) ...
+        cluster.kill(1)
+        await cluster.wait_exit(1)
+        queued = [secrets.randbits(63) for _ in range(100)]
+        for r in queued:
+            sent = await bob.call("messages.send", {"chat": chat_id, "random_id": r, "text": "q"})
+            assert sent["pending"] is True and sent["seq"] is None
+        # ... and survive kill -9 of the replica that holds them
+        cluster.kill(2)
+        await cluster.wait_exit(2)
+        assert len(read(replica, "SELECT id FROM fed_outbox")) == 100
+        await cluster.restart(2)
+        await cluster.restart(1)
+        await until(lambda: len(posts(home, chat_id)) == 100)
+
+        # 2. kill -9 of the home in the middle of a burst from both sides
+        alice = await sign_in(stack, cluster, 1, "alice")
+        bob = await sign_in(stack, cluster, 2, "bob")
+        acked: list[tuple[str, int]] = []
+
+        async def burst(client: Client, name: str) -> None:
+            for _ in range(300):
+                r = secrets.randbits(63)
+                try:
+                    await client.call(
+                        "messages.send", {"chat": chat_id, "random_id": r, "text": name}
+                    )
+                except RpcError:
+                    return  # its node went away: what was acknowledged is what counts
+                acked.append((name, r))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(burst, alice, "alice")
+            nursery.start_soon(burst, bob, "bob")
+            await trio.sleep(0.4)
+            cluster.kill(1)
+        await cluster.wait_exit(1)
+        await cluster.restart(1)
+        want = Counter(acked) + Counter(("bob", r) for r in queued)
+
+        def settled() -> bool:
+            got = posts(home, chat_id)
+            return all(got[k] >= 1 for k in want) and chain(replica, chat_id) == chain(
+                home, chat_id
+            )
+
+        await until(settled)
+        got = posts(home, chat_id)
+        assert all(got[k] == 1 for k in want), "a post was lost or sequenced twice"
+        assert max(got.values()) == 1
+        assert read(replica, "SELECT count(*) FROM fed_outbox") == [(0,)]
+        assert len([k for k in acked if k[0] == "alice"]) > 0  # the burst did run
