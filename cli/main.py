@@ -19,7 +19,9 @@ from .admin_cmds import invite_app, user_app
 from .chat_admin_cmds import chat_app
 from .client_cmds import client_app
 from .common import NO_NODE, DataOpt, JsonOpt, fail, print_json, report_errors, run_async
+from .dev_cluster import cluster as dev_cluster
 from .media_cmds import media_app
+from .peer_cmds import peer_app, user_lookup
 
 app = typer.Typer(
     name="fedgram",
@@ -30,11 +32,14 @@ app = typer.Typer(
 )
 dev_app = typer.Typer(help="Development tools.", no_args_is_help=True)
 app.add_typer(dev_app, name="dev")
+dev_app.command("cluster")(dev_cluster)
 app.add_typer(user_app, name="user")
 app.add_typer(invite_app, name="invite")
 app.add_typer(client_app, name="client")
 app.add_typer(chat_app, name="chat")
 app.add_typer(media_app, name="media")
+app.add_typer(peer_app, name="peer")
+user_app.command("lookup")(user_lookup)
 
 ListenOpt = Annotated[
     str | None, typer.Option("--listen", help="host:port for the gateway (port 0: any free).")

@@ -13,6 +13,12 @@ an admin's approval. Talking to a node goes through its admin socket
 
 Every wait is bounded: start-up, readiness, links coming up and stopping each have a
 timeout, and a node that does not stop within ``stop_timeout`` of SIGTERM gets SIGKILL.
+
+No orphans: on Linux each node asks the kernel for SIGTERM when the process that started
+it dies (PR_SET_PDEATHSIG, set by a tiny launcher before it execs the node), so a cluster
+that is itself killed -9, or a test runner that dies, does not leave nodes behind. The
+signal follows the *thread* that forked, so nodes are forked from the trio thread itself
+(a plain Popen, a few milliseconds), not from a worker thread that may end any time.
 """
 
 from __future__ import annotations
@@ -39,10 +45,28 @@ from node.protocol.errors import ErrorCode, RpcError
 DEMO_USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy")
 LOG_FILE = "node.log"
 DEFAULT_BASE_PORT = 7600
+POLL = 0.05  # seconds between looks at a process or an admin socket
+
+# argv: PARENT_PID ARGS...: die with the parent (Linux), then become `python ARGS...`
+_LAUNCHER = """
+import os, signal, sys
+if sys.platform.startswith("linux"):
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)  # the cluster went away before the signal was armed
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
 
 
 class ClusterError(Exception):
     """A node could not be set up, did not start, or did not become ready in time."""
+
+
+def _first(group: BaseExceptionGroup[Exception]) -> Exception:
+    """The first failure of nodes started side by side: what the caller reports."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def demo_user(index: int) -> str:
@@ -76,7 +100,7 @@ class ClusterNode:
     port: int
     node_id: str = ""
     url: str = ""
-    process: trio.Process | None = field(default=None, repr=False)
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -85,7 +109,16 @@ class ClusterNode:
 
     @property
     def running(self) -> bool:
-        return self.process is not None and self.process.returncode is None
+        return self.process is not None and self.process.poll() is None
+
+    async def wait(self) -> int:
+        """Until the process ends (unbounded: callers put the bound); its exit code."""
+        proc = self.process
+        if proc is None:
+            raise ClusterError(f"{self.name} was never started")
+        while (code := proc.poll()) is None:
+            await trio.sleep(POLL)
+        return code
 
     def log_tail(self, lines: int = 1) -> str:
         """The last lines the node wrote (why it failed to start, usually)."""
@@ -155,9 +188,12 @@ class Cluster:
         failure the nodes already started are stopped before the error is raised."""
         try:
             self.prepare()
-            async with trio.open_nursery() as nursery:
-                for node in self.nodes:
-                    nursery.start_soon(self._start_node, node)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for node in self.nodes:
+                        nursery.start_soon(self._start_node, node)
+            except ExceptionGroup as group:
+                raise _first(group) from None  # one reason, not a group of N
             if peer:
                 await self.peer_all()
         except BaseException:
@@ -251,26 +287,27 @@ class Cluster:
     async def add_user(self, i: int, name: str) -> str:
         """Create user ``name`` on node ``i`` (already there is fine: a reused cluster) and
         return a fresh login code for it."""
+        return str((await self.add_user_code(i, name))["code"])
+
+    async def add_user_code(self, i: int, name: str) -> dict[str, Any]:
+        """:meth:`add_user`, answering admin.userCode's ``{code, expires_in}``."""
         try:
             await self.admin(i, "admin.userAdd", {"name": name})
         except RpcError as e:
             if e.code != ErrorCode.NAME_TAKEN:
                 raise
-        return str((await self.admin(i, "admin.userCode", {"name": name}))["code"])
+        return dict(await self.admin(i, "admin.userCode", {"name": name}))
 
     def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to node ``i``'s process (SIGKILL: a crash; SIGSTOP: a hang)."""
         proc = self.node(i).process
-        if proc is not None and proc.returncode is None:
+        if proc is not None and proc.poll() is None:
             proc.send_signal(sig)
 
     async def wait_exit(self, i: int, timeout: float | None = None) -> int:
         """Wait for node ``i``'s process to end; its exit code."""
-        proc = self.node(i).process
-        if proc is None:
-            raise ClusterError(f"n{i} was never started")
         with trio.fail_after(timeout or self.stop_timeout):
-            return await proc.wait()
+            return await self.node(i).wait()
 
     async def restart(self, i: int) -> None:
         """Stop node ``i`` (if running) and start it again on the same folder and port;
@@ -287,8 +324,9 @@ class Cluster:
         # the node's stdout and stderr go to its log: never to our stdout (a reader of the
         # cluster's output must see only the cluster's), never to a pipe nobody reads
         node._log = open(node.log_path, "ab")  # noqa: SIM115 - closed in _stop_node
-        node.process = await trio.lowlevel.open_process(
-            [sys.executable, "-m", "cli", "run", "--data", str(node.data)],
+        run = ["-m", "cli", "run", "--data", str(node.data)]
+        node.process = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *run],
             stdin=subprocess.DEVNULL,
             stdout=node._log,
             stderr=subprocess.STDOUT,
@@ -302,7 +340,7 @@ class Cluster:
         assert proc is not None
         with trio.move_on_after(self.start_timeout):
             while True:
-                if proc.returncode is not None or proc.poll() is not None:
+                if proc.poll() is not None:
                     raise ClusterError(
                         f"{node.name} exited with code {proc.returncode} while starting: "
                         f"{node.log_tail() or 'no output'} (log: {node.log_path})"
@@ -316,7 +354,7 @@ class Cluster:
                     else:
                         node.url, node.node_id = str(st["url"]), str(st["node_id"])
                         return
-                await trio.sleep(0.05)
+                await trio.sleep(POLL)
         raise ClusterError(
             f"{node.name} did not answer on its admin socket within {self.start_timeout:.0f}s "
             f"(log: {node.log_path})"
@@ -325,15 +363,15 @@ class Cluster:
     async def _stop_node(self, node: ClusterNode) -> None:
         proc = node.process
         try:
-            if proc is None or proc.returncode is not None:
+            if proc is None or proc.poll() is not None:
                 return
             proc.send_signal(signal.SIGTERM)
             with trio.move_on_after(self.stop_timeout):
-                await proc.wait()
+                await node.wait()
                 return
             proc.kill()  # it did not stop in time: no more waiting
             with trio.move_on_after(self.stop_timeout):
-                await proc.wait()
+                await node.wait()
         finally:
             if node._log is not None:
                 node._log.close()
