@@ -92,6 +92,9 @@ class Link:
                     self._down(f"{e.code}: {e.message}")
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
                     self._down(f"connection: {e}")
+                except Exception as e:  # a bug must cost this link a retry, not the node
+                    _log.exception("link failed", extra={"kv": {"peer": self.node_id[:12]}})
+                    self._down(f"internal: {e!r}")
                 attempt += 1
                 delay = min(self.fed.retry_max, BACKOFF_FIRST * 2 ** min(attempt, 16))
                 with trio.move_on_after(delay * random.uniform(0.5, 1.0)):

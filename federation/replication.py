@@ -247,7 +247,10 @@ def apply_batch(
     if chat.home != home_id:
         raise RpcError(ErrorCode.EVENT_INVALID, f"chat {chat.id} is homed on {chat.home}")
     skip = chat.last_seq - (batch.first_seq - 1)  # another pull got there first
-    if skip < 0 or (skip == 0 and chat.last_hash != batch.prev_hash):
+    joint = batch.prev_hash if skip == 0 else None
+    if 0 < skip <= len(batch.items):
+        joint = batch.items[skip - 1][0].hash  # must be the event we already have there
+    if skip < 0 or joint is None or joint != chat.last_hash:
         raise RpcError(ErrorCode.EVENT_INVALID, f"chat {chat.id}: batch does not follow the head")
     for sealed, content in batch.items[skip:]:
         try:

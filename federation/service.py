@@ -177,26 +177,33 @@ class Federation:
             self._dirty_wake = trio.Event()
             dirty, self._dirty = self._dirty, {}
             changed, self._membership = self._membership, set()
-            for chat_id, head in dirty.items():
-                home = self._homes.get(chat_id)
-                if home is None:
-                    chat = await self.db.read(functools.partial(_chat, chat_id=chat_id))
-                    if chat is None:
-                        continue
-                    home = self._homes[chat_id] = chat.home
-                if home != self.node_id:
-                    continue  # a replica's applied events: only the home pokes
-                before = self._replicas.get(chat_id)
-                if before is None or chat_id in changed:
-                    now = await self.db.read(functools.partial(_replicas, chat_id=chat_id))
-                    self._replicas[chat_id] = now
-                    targets = now | (before or set())  # leavers learn of their leave
-                else:
-                    targets = before
-                for node_id in targets:
-                    link = self.links.get(node_id)
-                    if link is not None:
-                        link.poke(chat_id, head)
+            try:
+                await self._poke_replicas(dirty, changed)
+            except Exception:  # a failed round (the disk, a bug) must not stop the next
+                _log.exception("poking replicas failed")
+                self._membership |= changed  # recompute those chats' replicas next time
+
+    async def _poke_replicas(self, dirty: dict[str, int], changed: set[str]) -> None:
+        for chat_id, head in dirty.items():
+            home = self._homes.get(chat_id)
+            if home is None:
+                chat = await self.db.read(functools.partial(_chat, chat_id=chat_id))
+                if chat is None:
+                    continue
+                home = self._homes[chat_id] = chat.home
+            if home != self.node_id:
+                continue  # a replica's applied events: only the home pokes
+            before = self._replicas.get(chat_id)
+            if before is None or chat_id in changed:
+                now = await self.db.read(functools.partial(_replicas, chat_id=chat_id))
+                self._replicas[chat_id] = now
+                targets = now | (before or set())  # leavers learn of their leave
+            else:
+                targets = before
+            for node_id in targets:
+                link = self.links.get(node_id)
+                if link is not None:
+                    link.poke(chat_id, head)
 
     # --- replica side: pull and apply -----------------------------------------------------
     async def pull_chat(self, link: Link, chat_id: str, head: int | None) -> None:
