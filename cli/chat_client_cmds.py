@@ -241,13 +241,16 @@ def send(
     profile: ProfileOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Send a message; prints its seq."""
+    """Send a message; prints its seq, or "pending" when the chat lives on another node (the
+    post is stored here and forwarded; its seq arrives with the chat's updates)."""
     params: dict[str, Any] = {"text": text, "random_id": random_id or secrets.randbits(63)}
     if reply_to is not None:
         params["reply_to"] = reply_to
     r = _call(profile, "messages.send", params, chat)
     if json:
         print_json(r)
+    elif r.get("pending"):
+        typer.echo(f"pending (random id {params['random_id']})")
     else:
         typer.echo(r["seq"])
 
