@@ -69,7 +69,7 @@ def in_parallel(*calls: tuple[str, ...]) -> list[subprocess.CompletedProcess[str
 
 
 def until(node: NodeProcess, what: str, ok: Callable[[list[dict[str, Any]]], bool]) -> Any:
-    """Poll `peer list --json` on ``node`` until ``ok`` holds (or fail, saying what)."""
+    """Poll the peer list of ``node`` until ``ok`` holds (or fail, saying what)."""
     deadline = time.monotonic() + WAIT
     while True:
         got = peers(node)
