@@ -104,6 +104,7 @@ class Node:
         self.chats.register(self.router)
         self.hub.chat_loader = self.chats.chats_of
         self.accounts.removal.append(self.chats.on_user_removed)
+        self.accounts.before_removal.append(self.chats.leave_remote_chats)
         self.background.append(compaction.run)
         self.media = Media(config, db)
         self.media.register(self.router)

@@ -454,3 +454,14 @@ async def test_remote_members_edit_pin_leave_and_join_by_invite(tmp_path: Path) 
                 return chains[0] == chains[1]
 
             await until(same)
+
+
+async def test_removing_a_user_leaves_the_chats_homed_elsewhere(tmp_path: Path) -> None:
+    async with cluster(tmp_path, 2) as (a, b), signed_in(a, "alice") as al:
+        await admin(b, "admin.userAdd", {"name": "bob"})
+        g = await al.call("chats.createGroup", {"title": "G", "members": ["bob@n2"]})
+        chat_id = g["chat"]["id"]
+        await has_chat(b, chat_id)
+        assert (await admin(b, "admin.userRemove", {"name": "bob"})) == {"removed": "bob"}
+        members = (await al.call("chats.members", {"chat": chat_id}))["members"]
+        assert [m["user"] for m in members if m["state"] == "member"] == ["alice@n1"]

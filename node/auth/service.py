@@ -28,7 +28,7 @@ import secrets
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -109,8 +109,10 @@ class Accounts:
         self.hub = sessions
         self.directory = directory
         self.events = events
-        # other services' shares of a user's removal (see UserRemoval)
+        # other services' shares of a user's removal (see UserRemoval), and what they do
+        # before it that cannot be part of the job (telling other nodes)
         self.removal: list[UserRemoval] = []
+        self.before_removal: list[Callable[[int], Awaitable[None]]] = []
         acc = config.values["accounts"]
         self.policy: str = acc["registration"]
         self.code_ttl: int = acc["code_ttl"]
@@ -562,6 +564,9 @@ class Accounts:
 
     async def admin_user_remove(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         name = canonical_name(p["name"])
+        found = await self.db.read(lambda c: store.need_user(c, name))
+        for step in self.before_removal:
+            await step(found.id)
 
         def job(conn: sqlite3.Connection, fx: Effects) -> int:
             u = store.need_user(conn, name)

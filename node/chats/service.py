@@ -24,9 +24,11 @@ from typing import TypeVar
 
 from nacl.signing import SigningKey
 
+from .. import log as log_
 from ..config import Config
 from ..interfaces import CallContext, Caller, CommittedEvents, Effects, Sessions, Storage
 from ..nodes import Directory
+from ..protocol.errors import RpcError
 from ..remote import RemoteSlot
 from ..rpc import Router
 from . import log, store
@@ -39,6 +41,7 @@ from .store import Home
 from .sync import Sync
 
 T = TypeVar("T")
+_log = log_.get("chats")
 
 
 class Chats:
@@ -110,6 +113,26 @@ class Chats:
         if fx.erased:
             self.compaction.erased()
 
+    async def leave_remote_chats(self, user_id: int) -> None:
+        """Before a user is removed from this node: leave the chats homed on other nodes
+        through their homes (best effort: a home that cannot be reached keeps them as a
+        member until it learns otherwise; this node stops replicating for them anyway)."""
+
+        def remote_chats(c: sqlite3.Connection) -> tuple[str | None, list[tuple[str, str]]]:
+            rows = c.execute(
+                "SELECT c.id, c.home FROM chat_members m JOIN chats c ON c.id = m.chat_id "
+                "WHERE m.user_id = ? AND m.state = 'member' AND c.home != ?",
+                (user_id, self.home.node_id),
+            ).fetchall()
+            return store.address(c, self.home, user_id), [(str(a), str(b)) for a, b in rows]
+
+        me, chats = await self.db.read(remote_chats)
+        for chat_id, home in chats:
+            try:
+                await self.shared.remote.act(home, str(me), "chats.leave", {"chat": chat_id})
+            except RpcError as e:
+                log_.event(_log, "remote.leave_failed", chat=chat_id, why=str(e.code))
+
     def on_user_removed(self, conn: sqlite3.Connection, fx: Effects, user_id: int) -> None:
         """Inside the job that deletes a user from the node: they leave every chat (an event
         each, so the other members see it), and a group or channel they owned passes to an
@@ -121,6 +144,8 @@ class Chats:
         for chat_id, role in rows:
             chat = store.get_chat(conn, chat_id)
             assert chat is not None
+            if chat.home != self.home.node_id:
+                continue  # left through its home before (leave_remote_chats)
             user = store.address(conn, self.home, user_id)
             log.sequence(conn, self.home, chat, log.Draft("leave", user_id, {"user": user}), fx)
             if role != "owner":
