@@ -98,11 +98,10 @@ def test_add_with_open_peering_links_both_ways_and_lookup(
     until(b, "link up to n1", lambda ps: bool(ps) and one(ps, a)["link"] == "up")
     admin_call(b, "admin.userAdd", {"name": "bob", "display_name": "Bob B"})
 
-    listed, table, found, line, missing = in_parallel(
+    listed, table, found, missing = in_parallel(
         ("peer", "list", "--json", "--data", db),
         ("peer", "list", "--data", da),
         ("user", "lookup", "bob@n2", "--json", "--data", da),
-        ("user", "lookup", "bob@n2", "--data", da),
         ("user", "lookup", "nobody@n2", "--data", da),
     )
     p = one(json.loads(listed.stdout), a)
@@ -116,7 +115,6 @@ def test_add_with_open_peering_links_both_ways_and_lookup(
     u = json.loads(found.stdout)
     assert u == {**u, "address": "bob@n2", "node_id": b.node_id, "local": False}
     assert u["display_name"] == "Bob B"
-    assert "bob@n2" in line.stdout and "Bob B" in line.stdout and b.node_id in line.stdout
     one_clear_line(missing, "USER_NOT_FOUND")
     assert missing.returncode == 1
 
@@ -184,9 +182,5 @@ def test_bad_input_is_one_clear_line_with_its_exit_code(node_process: Any, tmp_p
 
     # a stopped node is managed offline, like the other admin commands
     a.stop()
-    listed, nothing = in_parallel(
-        ("peer", "list", "--data", da), ("peer", "list", "--data", str(tmp_path / "nothing"))
-    )
+    listed = fedgram("peer", "list", "--data", da)
     assert listed.returncode == 0 and listed.stdout.startswith("no peers")
-    one_clear_line(nothing, "no config")
-    assert nothing.returncode == 2

@@ -153,6 +153,12 @@ async def test_cluster_kill_and_restart_a_node(tmp_path: Path) -> None:
         assert gone(pid)
     assert not any(node_running(d) for d in (n1.data, n2.data))
 
+    # started again on the same folder: the same nodes (keys, ports, peers, users)
+    async with Cluster.running(tmp_path, 2, 0, log_level="warning") as again:
+        assert [x.node_id for x in again.nodes] == [n1.node_id, n2.node_id]
+        assert again.urls == [n1.url, n2.url]
+        assert (await again.add_user(2, "bob")).isdigit()
+
 
 async def test_cluster_start_failure_stops_what_started(tmp_path: Path) -> None:
     busy = free_ports(1)[0]
