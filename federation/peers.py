@@ -93,10 +93,16 @@ def remember(
     name_hint: str,
     state: str,
     url: str | None = None,
+    *,
+    url_from_admin: bool = False,
 ) -> Peer:
     """Record a node by its key (insert, or raise its state: known < pending < peer; a
     blocked node stays blocked unless ``state`` is 'peer' from an admin) and where to
-    dial it. Returns it."""
+    dial it. Returns it.
+
+    Where to dial: what an admin gave (``url_from_admin``) replaces what was known; what a
+    node announces of itself is used only while nothing is known (an admin may reach it
+    through a proxy or a NAT address it cannot know)."""
     node_id = fingerprint(key)
     now = time.time()
     row = conn.execute("SELECT id, state FROM nodes WHERE fingerprint = ?", (node_id,)).fetchone()
@@ -125,9 +131,14 @@ def remember(
             new = "peer"
         conn.execute("UPDATE nodes SET state = ?, last_seen = ? WHERE id = ?", (new, now, node_row))
     if url is not None or state in ("peer", "pending"):
+        keep = (
+            "COALESCE(excluded.url, fed_peers.url)"
+            if url_from_admin
+            else "COALESCE(fed_peers.url, excluded.url)"
+        )
         conn.execute(
             "INSERT INTO fed_peers(node, url, added) VALUES (?, ?, ?) "
-            "ON CONFLICT(node) DO UPDATE SET url = COALESCE(excluded.url, fed_peers.url)",
+            f"ON CONFLICT(node) DO UPDATE SET url = {keep}",
             (node_row, url, now),
         )
     peer = get(conn, node_id)

@@ -396,7 +396,7 @@ class Federation:
         assert s is not None and s.peer_identity is not None
         key = s.peer_identity
         state = "peer" if self.peering == "open" or (peer and peer.state == "peer") else "pending"
-        url = p.get("url")
+        url = _dialable(p.get("url"))  # announced: used only if nothing better is known
         peer = await self.db.write(lambda c: peers.remember(c, key, p["name"], state, url))
         await self._reload_directory()
         if peer.state == "peer" and peer.url:
@@ -511,7 +511,9 @@ class Federation:
     async def admin_peer_add(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         from node.client.connection import Client
 
-        url = p["url"]
+        url = _dialable(p["url"])
+        if url is None:
+            raise RpcError(ErrorCode.PEER_INVALID, f"{p['url']!r} is not a ws:// node URL")
         try:
             async with Client.connect(
                 url, pin=p.get("pin"), identity=self.identity, timeout=self.link_timeout
@@ -524,7 +526,9 @@ class Federation:
             raise RpcError(ErrorCode.PEER_UNREACHABLE, e.message) from None
         if fingerprint(key) == self.node_id:
             raise RpcError(ErrorCode.PEER_INVALID, f"{url} is this node itself")
-        peer = await self.db.write(lambda c: peers.remember(c, key, info["name"], "peer", url))
+        peer = await self.db.write(
+            lambda c: peers.remember(c, key, info["name"], "peer", url, url_from_admin=True)
+        )
         await self._reload_directory()
         self._start_link(peer.node_id, url)
         log.event(_log, "peer.added", peer=peer.node_id[:12], name=peer.name, url=url)
@@ -611,6 +615,19 @@ class RemoteUser:
         return None
 
     def close(self, reason: ErrorCode) -> None:
+        return None
+
+
+def _dialable(url: object) -> str | None:
+    """A node URL this node can dial (ws:// or wss://, a host, a port), else None."""
+    from node.client.errors import UrlInvalid
+    from node.client.urls import check_url
+
+    if not isinstance(url, str):
+        return None
+    try:
+        return check_url(url)
+    except UrlInvalid:
         return None
 
 

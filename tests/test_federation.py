@@ -23,7 +23,7 @@ from node.protocol.errors import RpcError
 from tests.conftest import make_config
 from tests.helpers import admin, next_of, signed_in
 
-WAIT = 10.0
+WAIT = 20.0  # generous: the box runs other work meanwhile
 
 
 @asynccontextmanager
@@ -465,3 +465,26 @@ async def test_removing_a_user_leaves_the_chats_homed_elsewhere(tmp_path: Path) 
         assert (await admin(b, "admin.userRemove", {"name": "bob"})) == {"removed": "bob"}
         members = (await al.call("chats.members", {"chat": chat_id}))["members"]
         assert [m["user"] for m in members if m["state"] == "member"] == ["alice@n1"]
+
+
+async def test_the_admins_peer_url_wins_over_the_announced_one(tmp_path: Path) -> None:
+    """A peer reached through a proxy announces its direct URL; the admin's URL stays (it
+    may be the only way there), and what is not a ws:// URL is refused or ignored."""
+    from federation.faultproxy import FaultProxy
+
+    async with cluster(tmp_path, 2, link=False) as (a, b):
+        port = int(b.url.rsplit(":", 1)[1].strip("/"))
+        async with FaultProxy.open("127.0.0.1", port) as proxy:
+            via = f"ws://127.0.0.1:{proxy.port}/"
+            await admin(a, "admin.peerAdd", {"url": via})
+            await links_up(a, 1)
+            await links_up(b, 1)  # b dialled a back, and announced its own URL
+            peers = (await admin(a, "admin.peerList"))["peers"]
+            assert [p["url"] for p in peers] == [via]
+            with pytest.raises(RpcError) as e:
+                await admin(a, "admin.peerAdd", {"url": "http://127.0.0.1:1"})
+            assert e.value.code == "PEER_INVALID"
+        async with Client.connect(a.url, identity=SigningKey.generate()) as stranger:
+            await stranger.call("fed.hello", {"name": "odd", "url": "http://x:1", "version": "0"})
+        odd = [p for p in (await admin(a, "admin.peerList"))["peers"] if p["name"] == "odd"]
+        assert odd and odd[0]["url"] is None  # not dialled, and no retry loop about it
