@@ -16,6 +16,10 @@ from node.app import Node
 from node.config import Config, validate
 
 REPO = Path(__file__).resolve().parent.parent
+# The CLI and node processes the tests start may cache their bytecode (__pycache__ is
+# ignored by git): with PYTHONDONTWRITEBYTECODE set, as on some machines, every `fedgram`
+# call recompiled the whole package (~0.2-0.3 s of each ~1 s call).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 def make_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
