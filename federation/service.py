@@ -238,6 +238,9 @@ class Federation:
                         replication.apply_batch, home=self.home, home_id=link.node_id, batch=batch
                     )
                     await self.node.events.commit(self.db, apply)
+                    known = self.node.directory.book.petnames
+                    if any(n not in known and n != self.node_id for n in batch.nodes):
+                        await self._reload_directory()  # a third node's users: name it
                 head = max(head or 0, batch.head)
                 link.lag[chat_id] = head - ((after or 0) + len(batch.items))
                 if not batch.items or (after or 0) + len(batch.items) >= batch.head:

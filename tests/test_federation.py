@@ -237,6 +237,9 @@ async def test_group_on_three_nodes_edits_deletes_pins_and_one_chain(tmp_path: P
             await until(converged)
             for x in (al, bo, ca):
                 assert sorted(await texts(x, chat_id)) == ["a1!", "b1", "b2", "c1"]
+                members = (await x.call("chats.members", {"chat": chat_id}))["members"]
+                # every node names the others by their petnames, a third node's too
+                assert sorted(m["user"] for m in members) == ["alice@n1", "bob@n2", "carol@n3"]
                 dialog = (await x.call("chats.get", {"chat": chat_id}))["chat"]
                 assert dialog["title"] == "Trio!" and dialog["pinned_seq"] == first
                 assert dialog["members"] == 3
