@@ -34,6 +34,7 @@ from node.storage import Schema
 
 from . import peers, replication
 from .links import Link
+from .media import FedMedia
 from .schema import SCHEMA
 
 if TYPE_CHECKING:
@@ -73,6 +74,8 @@ class Federation:
         self.retry_max = float(cfg.get("federation", "retry_max"))
         self.public_url: str = cfg.get("federation", "public_url")
         node.remote.impl = self
+        self.media = FedMedia(self)
+        node.media.remote = node.remote  # files this node lacks are fetched through us
         node.events.subscribe(self._committed)
         for name, fn in {
             "fed.hello": self.fed_hello,
@@ -378,6 +381,11 @@ class Federation:
             await self.pull_chat(link, chat_id, None)
         return result
 
+    async def fetch_media(
+        self, node_id: str, sha256: str, offset: int, length: int
+    ) -> tuple[bytes, int]:
+        return await self.media.fetch(node_id, sha256, offset, length)
+
     # --- fed.* handlers (a peer's calls on the link it dialled) -----------------------------
     async def _caller(self, ctx: CallContext, *, hello: bool = False) -> peers.Peer | None:
         s = ctx.session
@@ -507,8 +515,9 @@ class Federation:
         return await self.node.router.dispatch(sub, p["method"], params, present=False)
 
     async def fed_media(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
-        await self._caller(ctx)
-        raise RpcError(ErrorCode.MEDIA_NOT_FOUND, "media fetch between nodes is not built yet")
+        peer = await self._caller(ctx)
+        assert peer is not None
+        return await self.media.serve(peer, p)
 
     # --- admin.peer* ------------------------------------------------------------------------
     async def admin_peer_add(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:

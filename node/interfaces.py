@@ -173,3 +173,12 @@ class Federated(Protocol):
         """Make a call (an edit, a pin, a join...) on ``home`` as this node's user
         ``sender``; answers the home's result once this node replicated what it did."""
         ...
+
+    async def fetch_media(
+        self, node_id: str, sha256: str, offset: int, length: int
+    ) -> tuple[bytes, int]:
+        """One range of the file with SHA-256 ``sha256`` (hex) from node ``node_id``
+        (fed.media): its bytes and the whole file's size as that node says, unverified (the
+        caller verifies the assembled file). Raises RpcError (PEER_UNREACHABLE,
+        MEDIA_NOT_FOUND, NOT_A_REPLICA...)."""
+        ...

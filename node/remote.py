@@ -44,3 +44,8 @@ class RemoteSlot:
 
     async def act(self, home: str, sender: str, method: str, params: dict[str, Any]) -> Any:
         return await self._need().act(home, sender, method, params)
+
+    async def fetch_media(
+        self, node_id: str, sha256: str, offset: int, length: int
+    ) -> tuple[bytes, int]:
+        return await self._need().fetch_media(node_id, sha256, offset, length)

@@ -5,7 +5,10 @@ Layout under the data folder's ``media/``:
 * ``ab/cd/<sha256>``: finished files, content-addressed, so identical bytes exist once;
 * ``tmp/u<user>-<upload>``: an upload in progress, each part written at its own offset
   (index x part size) and fsynced before the database records it, so an acknowledged part
-  survives a crash and a half-written one is never counted.
+  survives a crash and a half-written one is never counted;
+* ``tmp/fetch-<sha256>/``: a file being fetched from another node: ``data`` (parts written
+  in order, each fsynced) and ``done`` (how many parts are durable, replaced atomically after
+  each), so a fetch cut by a dropped link or a restart resumes after its last durable part.
 
 A finished file becomes visible only complete: hashed and verified, fsynced, renamed into
 place, and the directory fsynced.
@@ -131,6 +134,56 @@ def read_range(path: Path, offset: int, limit: int) -> bytes:
     with open(path, "rb") as f:
         f.seek(offset)
         return f.read(limit)
+
+
+def fetch_dir(root: Path, sha256_hex: str) -> Path:
+    return root / "tmp" / f"fetch-{sha256_hex}"
+
+
+def fetch_progress(folder: Path, size: int) -> int:
+    """How many parts of a fetch of a ``size``-byte file are durable in ``folder`` (0: start
+    over; a record for another size, or an unreadable one, is no progress)."""
+    try:
+        text = (folder / "done").read_text()
+        parts, recorded = (int(x) for x in text.split())
+    except (OSError, ValueError):
+        return 0
+    return parts if recorded == size and parts >= 0 else 0
+
+
+def fetch_write(folder: Path, index: int, part_size: int, size: int, data: bytes) -> None:
+    """Part ``index`` of a fetch, made durable, then recorded as done (the record is written
+    aside and renamed over: a crash leaves the old count or the new, never a torn one)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_part(folder / "data", index * part_size, data)
+    tmp = folder / "done.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(f"{index + 1} {size}")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / "done")
+        _fsync_dir(folder)
+    except OSError as e:
+        if _full(e):
+            raise DiskFull(str(e)) from None
+        raise
+
+
+def fetch_data(folder: Path) -> Path:
+    """The fetched bytes (created empty if no part was written: an empty file has none)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "data"
+    path.touch(exist_ok=True)
+    return path
+
+
+def read_blob(root: Path, sha256_hex: str, offset: int, limit: int) -> tuple[bytes, int]:
+    """A range of a stored file and the file's size (FileNotFoundError if absent)."""
+    with open(blob_path(root, sha256_hex), "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        f.seek(offset)
+        return f.read(limit), size
 
 
 def remove_tree(path: Path) -> None:

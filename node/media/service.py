@@ -9,6 +9,16 @@ Modules: ``store`` (SQL), ``files`` (the media folder, blocking, run in threads)
 (a part write never overlaps its upload's completion), ``budget`` (quota and the cap on
 uploads in progress, checked before a part touches the disk, without a read per part).
 
+Files of other nodes: a message replicated here names its attachments by content address;
+the chat log makes a media row for one this node lacks (store.refer), so readers get a
+media id at once. The first ``media.info``/``media.download`` of it by a reader makes the
+node fetch the bytes through federation (``remote.fetch_media``, i.e. ``fed.media``): from
+the chat's home first, then from the sender's node, in parts of ``FETCH_PART`` bytes kept on
+disk as they come (a cut fetch resumes), verified (size and SHA-256: a peer is trusted for
+nothing it cannot prove) before the file is placed in the store, where it is then served
+like any other. Readers asking meanwhile share the one fetch; each waits at most
+``FETCH_WAIT`` seconds, then gets MEDIA_FETCHING (retry_after) while it goes on.
+
 Garbage: an unfinished upload lives ``upload_ttl`` from its first part. A finished media
 row older than ``upload_ttl`` that no readable message carries (never attached, or only by
 messages deleted for everyone) is dropped; a file goes once no media row names its hash.
@@ -25,7 +35,7 @@ import trio
 
 from .. import log
 from ..config import Config
-from ..interfaces import CallContext, Storage
+from ..interfaces import CallContext, Federated, Storage
 from ..protocol.errors import ErrorCode, RpcError
 from ..rpc import Router
 from . import files, store
@@ -38,6 +48,19 @@ IO_THREADS = 8  # concurrent part writes/reads; each holds at most one part in m
 # uploads one user may have in progress: each is a file and rows for upload_ttl, and empty
 # parts cost no quota, so without a cap they could pile up unbounded
 MAX_UPLOADS_PER_USER = 1000
+FETCH_PART = 512 * 1024  # a fed.media range (its schema's cap)
+# how long a reader's call waits for a fetch before MEDIA_FETCHING: under the SDK's default
+# call timeout (30 s), so a client hears a clear, retryable answer rather than TIMEOUT
+FETCH_WAIT = 20.0
+FETCH_RETRY_AFTER = 2.0
+
+
+class _Fetch:
+    """One fetch of a file in progress, shared by every reader asking for it meanwhile."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.error: RpcError | None = None
 
 
 def _uid(ctx: CallContext) -> int:
@@ -60,6 +83,12 @@ class Media:
         self._gc_lock = trio.Lock()
         self._guards = UploadGuards()
         self._budgets = Budgets(self.quota, MAX_UPLOADS_PER_USER)
+        # filled when federation is attached (it wires the node's remote slot here): where
+        # files this node lacks come from
+        self.remote: Federated | None = None
+        self._fetches: dict[str, _Fetch] = {}  # sha256 hex -> its fetch in progress
+        self._present: set[str] = set()  # blobs known on disk (saves a stat per chunk)
+        self._nursery: trio.Nursery | None = None  # fetches outlive the call that began them
 
     def register(self, router: Router) -> None:
         for name, fn in {
@@ -230,6 +259,7 @@ class Media:
         meta: dict[str, Any] = await self.db.read(
             lambda c: store.need_readable(c, uid, p["media_id"])
         )
+        await self._ensure_local(meta["sha256"], meta["size"])
         return meta
 
     async def download(self, ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -237,26 +267,141 @@ class Media:
         meta = await self.db.read(lambda c: store.need_readable(c, uid, p["media_id"]))
         offset, limit = p["offset"], min(p["limit"], self.chunk_max)
         data = b""
+        await self._ensure_local(meta["sha256"], meta["size"])
         if offset < meta["size"]:
             path = files.blob_path(self.root, meta["sha256"])
             try:
                 data = await self._thread(files.read_range, path, offset, limit)
             except FileNotFoundError:  # collected between the row read and the file read
+                self._present.discard(meta["sha256"])
                 raise RpcError(ErrorCode.MEDIA_NOT_FOUND, "the file is gone") from None
         return {"data": data, "size": meta["size"], "eof": offset + len(data) >= meta["size"]}
+
+    # --- files held by other nodes ----------------------------------------------------------
+    async def _ensure_local(self, sha: str, size: int) -> None:
+        """Return once the file is in this node's store, fetching it from another node
+        first if need be (the caller may read it: checked before, so only a reader makes
+        the node fetch anything)."""
+        if sha in self._present:
+            return
+        if await self._thread(files.blob_path(self.root, sha).exists):
+            self._present.add(sha)
+            return
+        fetch = self._fetches.get(sha)
+        if fetch is None:
+            fetch = self._fetches[sha] = _Fetch()
+            if self._nursery is not None:
+                self._nursery.start_soon(self._run_fetch, fetch, sha, size)
+            else:  # not running (a bare service in a test): fetch in the caller's task
+                await self._run_fetch(fetch, sha, size)
+        with trio.move_on_after(FETCH_WAIT):
+            await fetch.done.wait()
+        if not fetch.done.is_set():
+            raise RpcError(
+                ErrorCode.MEDIA_FETCHING,
+                "this node is still fetching the file from the node that holds it",
+                retry_after=FETCH_RETRY_AFTER,
+            )
+        if fetch.error is not None:
+            e = fetch.error
+            raise RpcError(e.code, e.message, e.retry_after)
+        self._present.add(sha)
+
+    async def _run_fetch(self, fetch: _Fetch, sha: str, size: int) -> None:
+        try:
+            await self._fetch(sha, size)
+        except RpcError as e:
+            fetch.error = e
+        except Exception as e:  # a failed fetch answers its readers; the node goes on
+            _log.exception("media fetch failed")
+            fetch.error = RpcError(ErrorCode.INTERNAL, f"fetching the file failed: {e}")
+        finally:
+            del self._fetches[sha]  # the next reader after a failure tries again
+            fetch.done.set()
+
+    async def _fetch(self, sha: str, size: int) -> None:
+        """Fetch from each node that may hold the file, best first, until one gives bytes
+        that verify. The best error is kept: a mismatch (someone served wrong bytes) over an
+        unreachable node (try again later) over a node that lacks it."""
+        if self.remote is None:  # a node that does not federate has only its own files
+            raise RpcError(ErrorCode.MEDIA_NOT_FOUND, "the file is not on this node")
+        if size > self.file_max:  # an address from elsewhere: this node's limit holds too
+            raise RpcError(ErrorCode.FILE_TOO_BIG, f"files here are at most {self.file_max} bytes")
+        sources = await self.db.read(lambda c: store.sources(c, bytes.fromhex(sha)))
+        errors: list[RpcError] = []
+        for node_id in sources:
+            try:
+                await self._fetch_from(node_id, sha, size)
+                log.event(_log, "media.fetched", sha256=sha[:16], size=size, peer=node_id[:12])
+                return
+            except RpcError as e:
+                log.event(
+                    _log, "media.fetch_failed", sha256=sha[:16], peer=node_id[:12], why=e.code
+                )
+                errors.append(e)
+        for code in (ErrorCode.CHECKSUM_MISMATCH, ErrorCode.DISK_FULL, ErrorCode.PEER_UNREACHABLE):
+            for err in errors:
+                if err.code == code:
+                    retry = FETCH_RETRY_AFTER if code == ErrorCode.PEER_UNREACHABLE else None
+                    raise RpcError(code, err.message, retry)
+        if errors:
+            raise RpcError(ErrorCode.MEDIA_NOT_FOUND, f"no node holds it: {errors[-1].message}")
+        raise RpcError(ErrorCode.MEDIA_NOT_FOUND, "no other node is known to hold the file")
+
+    async def _fetch_from(self, node_id: str, sha: str, size: int) -> None:
+        assert self.remote is not None
+        folder = files.fetch_dir(self.root, sha)
+        count = -(-size // FETCH_PART)
+        start = await self._thread(files.fetch_progress, folder, size)
+        try:
+            for i in range(min(start, count), count):
+                offset = i * FETCH_PART
+                want = min(FETCH_PART, size - offset)
+                data, total = await self.remote.fetch_media(node_id, sha, offset, want)
+                if total != size or len(data) != want:
+                    raise files.Mismatch(
+                        f"node {node_id[:12]} has {total} bytes under this SHA-256 (gave "
+                        f"{len(data)} at {offset}), the message says {size}"
+                    )
+                await self._thread(files.fetch_write, folder, i, FETCH_PART, size, data)
+            data_path = await self._thread(files.fetch_data, folder)
+            await self._thread(files.verify, data_path, size, sha)
+            async with self._gc_lock:  # the row exists: from here the blob is live
+                await self._thread(files.place, data_path, self.root, sha)
+        except files.Mismatch as e:
+            # what a peer cannot prove is not kept: the next attempt starts from nothing
+            await self._thread(files.remove_tree, folder)
+            raise RpcError(
+                ErrorCode.CHECKSUM_MISMATCH, f"node {node_id[:12]} served a different file: {e}"
+            ) from None
+        except files.DiskFull:
+            raise RpcError(ErrorCode.DISK_FULL) from None
+        await self._thread(files.remove_tree, folder)
+
+    async def read_blob(self, sha: str, offset: int, length: int) -> tuple[bytes, int]:
+        """A range of a stored file and its size, for a peer (federation's fed.media): read
+        in a thread. MEDIA_NOT_FOUND if this node does not hold the bytes (it never fetches
+        for a peer: a file is asked of the nodes that have it)."""
+        try:
+            data, size = await self._thread(files.read_blob, self.root, sha, offset, length)
+        except FileNotFoundError:
+            raise RpcError(ErrorCode.MEDIA_NOT_FOUND, "this node does not hold the file") from None
+        return data, size
 
     # --- housekeeping ---------------------------------------------------------------------
     async def run(self) -> None:
         """The node's sweep loop: expiry and garbage collection every gc_interval."""
-        while True:
-            await trio.sleep(self.gc_interval)
-            try:
-                r = await self.gc()
-            except Exception:  # a failed sweep (disk, database) must not take the node down
-                _log.exception("media gc failed")
-                continue
-            if any(r.values()):
-                log.event(_log, "media.gc", **r)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery  # fetches run here, whoever started them
+            while True:
+                await trio.sleep(self.gc_interval)
+                try:
+                    r = await self.gc()
+                except Exception:  # a failed sweep (disk, database) must not take it down
+                    _log.exception("media gc failed")
+                    continue
+                if any(r.values()):
+                    log.event(_log, "media.gc", **r)
 
     async def gc(self) -> dict[str, int]:
         cutoff = time.time() - self.upload_ttl
@@ -265,8 +410,10 @@ class Media:
             dropped = await self.db.write(lambda c: store.drop_unattached(c, cutoff))
             live = await self.db.read(store.live_blobs)
             active = await self.db.read(store.active_uploads)
-            removed, freed = await self._thread(self._sweep_disk, live, active)
+            fetching = {files.fetch_dir(self.root, sha).name for sha in self._fetches}
+            removed, freed = await self._thread(self._sweep_disk, live, active, fetching)
             self._budgets.clear()
+            self._present.clear()
         return {
             "expired_uploads": len(expired),
             "dropped_media": dropped,
@@ -274,7 +421,12 @@ class Media:
             "freed_bytes": freed,
         }
 
-    def _sweep_disk(self, live: set[str], active: set[tuple[int, str]]) -> tuple[int, int]:
+    def _sweep_disk(
+        self,
+        live: set[str],
+        active: set[tuple[int, str]],
+        fetching: frozenset[str] | set[str] = frozenset(),
+    ) -> tuple[int, int]:
         """Delete files no media row refers to, and upload leftovers nobody owns any more.
         A leftover must also be quiet for a grace period: its upload may have started after
         ``active`` was read."""
@@ -285,10 +437,13 @@ class Media:
                 removed += 1
         grace = min(60.0, self.upload_ttl)
         keep = {files.upload_path(self.root, u, up).name for u, up in active}
+        keep |= fetching
         tmp = self.root / "tmp"
         for entry in list(tmp.iterdir()) if tmp.exists() else []:
             try:
-                if entry.name in keep or time.time() - entry.stat().st_mtime < grace:
+                # a cut fetch waits for its next reader as long as an unfinished upload does
+                quiet = self.upload_ttl if entry.name.startswith("fetch-") else grace
+                if entry.name in keep or time.time() - entry.stat().st_mtime < quiet:
                     continue
                 freed += files.tree_size(entry)
             except FileNotFoundError:  # a failed complete removed it meanwhile

@@ -100,19 +100,34 @@ def refer(
     """Derived state of a message carrying ``items`` (content addresses, see
     :func:`describe`): each is bound to the local media row holding those bytes with the
     same description (the sender's own upload first, else the oldest), so that the chat's
-    readers may download it. A node that does not hold the bytes yet records nothing: the
-    reference stays in the message's content, and is bound once the file is fetched."""
+    readers may download it.
+
+    A node without such a row (a replica, or the home of a chat whose sender uploaded on
+    their own node) makes one with no uploader: its bytes may not be here yet, but the
+    readers need a media id now, and the first of them to ask makes the node fetch the
+    file from a node that holds it (service.Media), verified against this very address.
+    Such a row charges nobody's quota; it lives as long as a readable message carries it."""
     for item in items:
+        sha, size, mime, name = _address(item)
         row = conn.execute(
             "SELECT id FROM media WHERE sha256 = ? AND size = ? AND mime = ? AND name = ? "
             "ORDER BY uploader_id IS ? DESC, created, id LIMIT 1",
-            (*_address(item), sender_id),
+            (sha, size, mime, name, sender_id),
         ).fetchone()
         if row is not None:
+            media_id = row[0]
+        else:
+            media_id = new_media_id()
+            w, h = item.get("width"), item.get("height")
+            dims = (w, h) if isinstance(w, int) and isinstance(h, int) else (None, None)
             conn.execute(
-                "INSERT OR IGNORE INTO media_refs(media_id, chat_id, seq) VALUES (?, ?, ?)",
-                (row[0], chat_id, seq),
+                f"INSERT INTO media({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                (media_id, sha, size, mime, name, *dims, time.time()),
             )
+        conn.execute(
+            "INSERT OR IGNORE INTO media_refs(media_id, chat_id, seq) VALUES (?, ?, ?)",
+            (media_id, chat_id, seq),
+        )
 
 
 def unrefer(conn: sqlite3.Connection, chat_id: str, seq: int, items: list[dict[str, Any]]) -> None:
@@ -148,6 +163,46 @@ def with_local_ids(
             media_id = row[0] if row else media_id
         out.append({**item, "media_id": media_id})
     return out
+
+
+def sources(conn: sqlite3.Connection, sha256: bytes) -> list[str]:
+    """The other nodes that may hold a file, best first: the homes of the chats whose
+    messages carry it (every post passed through them), then the nodes of those messages'
+    senders (a file uploaded on the sender's own node may never have been fetched by the
+    home). Node ids (fingerprints), without this node."""
+    homes = conn.execute(
+        "SELECT DISTINCT c.home FROM media m JOIN media_refs r ON r.media_id = m.id "
+        "JOIN chats c ON c.id = r.chat_id WHERE m.sha256 = ?",
+        (sha256,),
+    ).fetchall()
+    senders = conn.execute(
+        "SELECT DISTINCT n.fingerprint FROM media m JOIN media_refs r ON r.media_id = m.id "
+        "JOIN events e ON e.chat_id = r.chat_id AND e.seq = r.seq "
+        "JOIN users u ON u.id = e.sender_id JOIN nodes n ON n.id = u.node "
+        "WHERE m.sha256 = ? AND n.state != 'self'",
+        (sha256,),
+    ).fetchall()
+    me = conn.execute("SELECT fingerprint FROM nodes WHERE state = 'self'").fetchone()
+    out: list[str] = []
+    for (node_id,) in [*homes, *senders]:
+        if node_id and node_id not in out and (me is None or node_id != me[0]):
+            out.append(str(node_id))
+    return out
+
+
+def node_may_fetch(conn: sqlite3.Connection, node_row: int, sha256: bytes) -> bool:
+    """A peer may read a file's bytes only if one of its users is a current member of a
+    chat with a readable (not deleted) message carrying it, sent since they joined: the
+    same rule as a local reader's (:func:`may_read`), for any of the peer's users."""
+    row = conn.execute(
+        "SELECT 1 FROM media m JOIN media_refs r ON r.media_id = m.id "
+        "JOIN chat_members cm ON cm.chat_id = r.chat_id AND cm.state = 'member' "
+        "JOIN users u ON u.id = cm.user_id AND u.node = ? "
+        "JOIN events e ON e.chat_id = r.chat_id AND e.seq = r.seq AND e.deleted = 0 "
+        "WHERE m.sha256 = ? AND r.seq >= cm.joined_seq LIMIT 1",
+        (node_row, sha256),
+    ).fetchone()
+    return row is not None
 
 
 def used_bytes(conn: sqlite3.Connection, user_id: int) -> int:

@@ -202,13 +202,24 @@ FED_METHODS: list[Method] = [
     ),
     Method(
         "fed.media",
-        "A byte range of a file referenced by a chat the caller replicates (by SHA-256).",
+        "A byte range of a stored file, by SHA-256, for a node that may read it: one of its "
+        "users is a current member of a chat with a readable message carrying that file "
+        "(NOT_A_REPLICA otherwise, checked first). MEDIA_NOT_FOUND if this node does not "
+        "hold the bytes (it never fetches them for a peer: the caller asks the next node, "
+        "the chat's home first, then the sender's). Nothing served is trusted: the caller "
+        "assembles the ranges and checks size and SHA-256 before keeping the file.",
         {
             "sha256": Field(Str(64, 64, r"[0-9a-f]{64}")),
             "offset": Field(Int(0)),
             "length": Field(Int(1, 512 * 1024)),
         },
-        Struct({"data": Field(Bytes(0, 512 * 1024)), "size": Field(Int())}, name="MediaRange"),
+        Struct(
+            {
+                "data": Field(Bytes(0, 512 * 1024), "at most length bytes (fewer at the end)"),
+                "size": Field(Int(), "the whole file's, in bytes"),
+            },
+            name="MediaRange",
+        ),
         (E.MEDIA_NOT_FOUND, E.NOT_A_REPLICA, E.PEER_PENDING),
         access="node",
         part="federation",

@@ -25,6 +25,17 @@ MediaInfo = Struct(
     name="MediaInfo",
 )
 
+# media.info/download of a file held elsewhere (fetched through federation's fed.media)
+FETCH_ERRORS = (
+    E.MEDIA_NOT_FOUND,
+    E.MEDIA_FORBIDDEN,
+    E.MEDIA_FETCHING,
+    E.PEER_UNREACHABLE,
+    E.CHECKSUM_MISMATCH,
+    E.FILE_TOO_BIG,
+    E.DISK_FULL,
+)
+
 MEDIA_METHODS: list[Method] = [
     Method(
         "media.uploadPart",
@@ -80,15 +91,19 @@ MEDIA_METHODS: list[Method] = [
     ),
     Method(
         "media.info",
-        "Metadata of a media the caller may read.",
+        "Metadata of a media the caller may read. A file sent from another node is fetched "
+        "(verified) on the first media.info or media.download: the call waits up to 20 s "
+        "for it, then answers MEDIA_FETCHING (retry after retry_after) while it goes on; "
+        "PEER_UNREACHABLE if no node holding it can be reached, CHECKSUM_MISMATCH if the "
+        "bytes served did not match the message's SHA-256 (nothing was kept).",
         {"media_id": Field(MEDIA_ID)},
         MediaInfo,
-        (E.MEDIA_NOT_FOUND, E.MEDIA_FORBIDDEN),
+        FETCH_ERRORS,
     ),
     Method(
         "media.download",
         "A chunk of a media the caller may read (its uploader, or a member who can read a "
-        "message carrying it).",
+        "message carrying it). A file from another node is fetched first, as for media.info.",
         {
             "media_id": Field(MEDIA_ID),
             "offset": Field(Int(0)),
@@ -98,7 +113,7 @@ MEDIA_METHODS: list[Method] = [
             {"data": Field(Bytes()), "size": Field(Int(), "whole file"), "eof": Field(Bool())},
             name="Chunk",
         ),
-        (E.MEDIA_NOT_FOUND, E.MEDIA_FORBIDDEN),
+        FETCH_ERRORS,
         rate_group="media",
     ),
     Method(

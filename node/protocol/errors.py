@@ -83,6 +83,7 @@ class ErrorCode(StrEnum):
     QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
     MEDIA_NOT_FOUND = "MEDIA_NOT_FOUND"
     MEDIA_FORBIDDEN = "MEDIA_FORBIDDEN"
+    MEDIA_FETCHING = "MEDIA_FETCHING"
     DISK_FULL = "DISK_FULL"
     # federation
     FEDERATION_OFF = "FEDERATION_OFF"
@@ -185,6 +186,8 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.MEDIA_NOT_FOUND: "No such media.",
     ErrorCode.MEDIA_FORBIDDEN: "The caller may not read this media (not its uploader and in no "
     "chat that references it).",
+    ErrorCode.MEDIA_FETCHING: "The file is on another node and this node is still fetching "
+    "it (it waited 20 s); retry after retry_after seconds.",
     ErrorCode.DISK_FULL: "The node's disk is full; nothing partial was kept. Try again later.",
     ErrorCode.FEDERATION_OFF: 'This node does not federate ([federation] peering = "off", or '
     "it runs without federation).",

@@ -1,0 +1,62 @@
+"""Media between nodes: serving ranges of stored files to peers (``fed.media``) and asking a
+peer for one (the remote slot's ``fetch_media``).
+
+The node's media service (node/media/service.py) decides what to fetch, from whom, keeps
+the parts, verifies and stores the file; this part only carries ranges over the links.
+
+Trust: a peer gets the bytes of a file only if one of its users is a current member of a
+chat with a readable message carrying that SHA-256 (knowing a hash is not a right to its
+content); what a peer serves is trusted for nothing (the fetching node checks size and
+SHA-256 before keeping anything).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from node.media import store as media_store
+from node.protocol.errors import ErrorCode, RpcError
+
+from . import peers
+
+if TYPE_CHECKING:
+    from .service import Federation
+
+RANGE_MAX = 512 * 1024  # fed.media's schema cap
+
+
+class FedMedia:
+    """Both ends of ``fed.media`` for one node."""
+
+    def __init__(self, fed: Federation) -> None:
+        self.fed = fed
+        self.ranges_served = 0  # answered ranges (tests check a file is fetched once)
+
+    async def serve(self, peer: peers.Peer, p: dict[str, Any]) -> dict[str, Any]:
+        """A range for ``peer``: NOT_A_REPLICA unless it may read the file (checked first, so
+        a stranger cannot learn whether a hash is stored here), MEDIA_NOT_FOUND if this node
+        lacks the bytes. Read in a thread."""
+        sha: str = p["sha256"]
+        allowed = await self.fed.db.read(
+            lambda c: media_store.node_may_fetch(c, peer.row, bytes.fromhex(sha))
+        )
+        if not allowed:
+            raise RpcError(ErrorCode.NOT_A_REPLICA, "no chat your users are in carries this file")
+        length = min(int(p["length"]), RANGE_MAX)
+        data, size = await self.fed.node.media.read_blob(sha, int(p["offset"]), length)
+        self.ranges_served += 1
+        return {"data": data, "size": size}
+
+    async def fetch(self, node_id: str, sha256: str, offset: int, length: int) -> tuple[bytes, int]:
+        """Ask ``node_id`` for a range over our link to it; the answer is checked for shape
+        only (the caller verifies the bytes)."""
+        link = self.fed.links.get(node_id)
+        if link is None:
+            raise RpcError(ErrorCode.PEER_UNREACHABLE, f"node {node_id[:12]} is not a peer here")
+        answer = await link.call(
+            "fed.media", {"sha256": sha256, "offset": offset, "length": length}
+        )
+        data, size = answer.get("data"), answer.get("size")
+        if not isinstance(data, bytes) or not isinstance(size, int) or len(data) > length:
+            raise RpcError(ErrorCode.CHECKSUM_MISMATCH, f"node {node_id[:12]}: malformed range")
+        return data, size
