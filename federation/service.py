@@ -33,6 +33,7 @@ from node.protocol.identity import fingerprint
 from node.storage import Schema
 
 from . import peers, replication
+from .discovery import Discovery, Seen
 from .links import Link
 from .media import FedMedia
 from .schema import SCHEMA
@@ -73,6 +74,8 @@ class Federation:
         self.link_timeout = float(cfg.get("federation", "link_timeout"))
         self.retry_max = float(cfg.get("federation", "retry_max"))
         self.public_url: str = cfg.get("federation", "public_url")
+        self.discovery: Discovery | None = None
+        self._discover = bool(cfg.get("federation", "discovery")) and self.peering != "off"
         node.remote.impl = self
         self.media = FedMedia(self)
         node.media.remote = node.remote  # files this node lacks are fetched through us
@@ -108,6 +111,25 @@ class Federation:
                 if p.state == "peer" and p.url:
                     self._start_link(p.node_id, p.url)
             nursery.start_soon(self._dispatch)
+            if self._discover:  # the port is known only once the node listens: now
+                node = self.node
+                self.discovery = Discovery(
+                    self.node_id, node.config.name, node.host, node.port, self.url()
+                )
+                nursery.start_soon(self.discovery.run, self._discovered)
+
+    async def _discovered(self, seen: Seen) -> None:
+        """A node announced itself on the LAN: with open peering it becomes a peer (it must
+        prove the key its announced id names); else it waits in ``peer list`` for an
+        admin's ``peer approve``."""
+        if await self.db.read(lambda c: peers.get(c, seen.node_id)) is not None:
+            return
+        log.event(_log, "peer.discovered", peer=seen.node_id[:12], name=seen.name, url=seen.url)
+        if self.peering == "open":
+            try:
+                await self._add_peer(seen.url, seen.node_id)
+            except RpcError as e:
+                log.event(_log, "peer.discovered_unreachable", peer=seen.node_id[:12], why=e.code)
 
     def _start_link(self, node_id: str, url: str) -> Link:
         link = self.links.get(node_id)
@@ -161,12 +183,14 @@ class Federation:
 
     # --- home side: poke the replicas of what committed -----------------------------------
     def _committed(self, fx: Effects, origin: Caller | None) -> None:
+        for chat_id, _, _ in fx.membership:
+            self._membership.add(chat_id)
         for chat_id, ev in fx.chat_events:
+            if self._replicas.get(chat_id) == set() and chat_id not in self._membership:
+                continue  # homed here, no member elsewhere: nothing to tell anyone
             seq = ev.get("seq")
             if isinstance(seq, int):
                 self._dirty[chat_id] = max(seq, self._dirty.get(chat_id, 0))
-        for chat_id, _, _ in fx.membership:
-            self._membership.add(chat_id)
         while self._outbox_homes:
             link = self.links.get(self._outbox_homes.popleft())
             if link is not None:
@@ -521,14 +545,18 @@ class Federation:
 
     # --- admin.peer* ------------------------------------------------------------------------
     async def admin_peer_add(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        return await self._info(await self._add_peer(p["url"], p.get("pin")))
+
+    async def _add_peer(self, raw_url: str, pin: str | None) -> peers.Peer:
+        """Dial a node, learn (or check) its key, and make it a peer with that URL."""
         from node.client.connection import Client
 
-        url = _dialable(p["url"])
+        url = _dialable(raw_url)
         if url is None:
-            raise RpcError(ErrorCode.PEER_INVALID, f"{p['url']!r} is not a ws:// node URL")
+            raise RpcError(ErrorCode.PEER_INVALID, f"{raw_url!r} is not a ws:// node URL")
         try:
             async with Client.connect(
-                url, pin=p.get("pin"), identity=self.identity, timeout=self.link_timeout
+                url, pin=pin, identity=self.identity, timeout=self.link_timeout
             ) as client:
                 key = client.node_key
                 info = await client.call("system.info", {}, timeout=self.link_timeout)
@@ -544,12 +572,21 @@ class Federation:
         await self._reload_directory()
         self._start_link(peer.node_id, url)
         log.event(_log, "peer.added", peer=peer.node_id[:12], name=peer.name, url=url)
-        return await self._info(peer)
+        return peer
 
     async def admin_peer_list(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
-        return {"peers": [await self._info(x) for x in await self.db.read(peers.all_peers)]}
+        known = await self.db.read(peers.all_peers)
+        out = [await self._info(x) for x in known]
+        ids = {x.node_id for x in known}
+        for seen in self.discovery.seen.values() if self.discovery else ():
+            if seen.node_id not in ids:
+                out.append(_discovered_info(seen))
+        return {"peers": out}
 
     async def admin_peer_approve(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        seen = self._seen_by_ref(p["peer"])
+        if seen is not None:  # heard of on the LAN: dial it, it must prove the id's key
+            return await self._info(await self._add_peer(seen.url, seen.node_id))
         peer = await self.db.read(lambda c: peers.find(c, p["peer"]))
         peer = await self.db.write(lambda c: peers.set_state(c, peer.node_id, "peer"))
         await self._reload_directory()
@@ -575,6 +612,19 @@ class Federation:
         await self._reload_directory()
         self._stop_link(peer.node_id)
         return {"removed": peer.node_id}
+
+    def _seen_by_ref(self, ref: str) -> Seen | None:
+        """A node only discovered on the LAN (not in the nodes table), by id, prefix, name."""
+        if self.discovery is None:
+            return None
+        ids = set(self.node.directory.book.petnames)
+        found = [
+            s
+            for s in self.discovery.seen.values()
+            if s.node_id not in ids
+            and (s.node_id == ref or s.name == ref or (len(ref) >= 6 and s.node_id.startswith(ref)))
+        ]
+        return found[0] if len(found) == 1 else None
 
     async def _info(self, peer: peers.Peer) -> dict[str, Any]:
         link = self.links.get(peer.node_id)
@@ -628,6 +678,22 @@ class RemoteUser:
 
     def close(self, reason: ErrorCode) -> None:
         return None
+
+
+def _discovered_info(seen: Seen) -> dict[str, Any]:
+    return {
+        "node_id": seen.node_id,
+        "name": seen.name,
+        "url": seen.url,
+        "state": "discovered",
+        "link": "down",
+        "first_seen": seen.first_seen,
+        "last_seen": seen.last_seen,
+        "replicated_chats": 0,
+        "lag": 0,
+        "outbox": 0,
+        "last_error": None,
+    }
 
 
 def _dialable(url: object) -> str | None:

@@ -211,6 +211,12 @@ SPEC: dict[str, dict[str, Key]] = {
         "retry_max": Key(
             float, 60.0, "Longest wait between attempts to reach a peer that is down.", _positive
         ),
+        "discovery": Key(
+            bool,
+            False,
+            "Announce this node on the local network (mDNS, _fedgram._tcp) and list the "
+            "nodes seen there (they become peers only when approved, or with peering = open).",
+        ),
     },
 }
 

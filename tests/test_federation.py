@@ -491,3 +491,45 @@ async def test_the_admins_peer_url_wins_over_the_announced_one(tmp_path: Path) -
             await stranger.call("fed.hello", {"name": "odd", "url": "http://x:1", "version": "0"})
         odd = [p for p in (await admin(a, "admin.peerList"))["peers"] if p["name"] == "odd"]
         assert odd and odd[0]["url"] is None  # not dialled, and no retry loop about it
+
+
+async def test_lan_discovery_lists_nodes_and_approval_makes_them_peers(tmp_path: Path) -> None:
+    """Two nodes announce themselves over mDNS on the loopback interface; each lists the
+    other as discovered, and approving it dials it and checks the key its id names."""
+    async with AsyncExitStack() as stack:
+        nodes = [
+            await stack.enter_async_context(
+                Node.start(
+                    make_config(
+                        tmp_path / f"d{i}",
+                        node={"name": f"d{i}", "listen": "127.0.0.1:0", "log_level": "warning"},
+                        federation={"peering": "approve", "discovery": i < 3},
+                    ),
+                    parts=[Federation()],
+                )
+            )
+            for i in (1, 2, 3)
+        ]
+        a, b, quiet = nodes  # d3 runs with discovery off (the default): it says nothing
+
+        async def a_sees_b() -> bool:
+            peers = (await admin(a, "admin.peerList"))["peers"]
+            return [(p["node_id"], p["state"]) for p in peers] == [(b.node_id, "discovered")]
+
+        await until(a_sees_b, 20)
+        await trio.sleep(1)
+        assert quiet.node_id not in {
+            p["node_id"] for p in (await admin(a, "admin.peerList"))["peers"]
+        }
+        approved = await admin(a, "admin.peerApprove", {"peer": "d2"})
+        assert approved["node_id"] == b.node_id and approved["state"] == "peer"
+
+        # b had not approved a: it lists a as pending (from a's hello) until its admin does
+        async def b_has_a_pending() -> bool:
+            peers = (await admin(b, "admin.peerList"))["peers"]
+            return [(p["node_id"], p["state"]) for p in peers] == [(a.node_id, "pending")]
+
+        await until(b_has_a_pending)
+        await admin(b, "admin.peerApprove", {"peer": a.node_id})
+        await links_up(a, 1)
+        await links_up(b, 1)

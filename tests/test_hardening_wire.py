@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -14,6 +15,7 @@ import pytest
 import trio
 from nacl.signing import SigningKey
 
+from federation import Federation
 from node.app import Node
 from node.client import Client, RpcError
 from node.protocol.api import METHODS
@@ -22,8 +24,10 @@ from node.protocol.handshake import Initiator, device_proof
 from node.protocol.schema import (
     INT64_MAX,
     INT64_MIN,
+    AnyValue,
     Bytes,
     DictOf,
+    Enum,
     Int,
     List,
     Nullable,
@@ -32,6 +36,7 @@ from node.protocol.schema import (
 )
 from node.protocol.seal import Opener, Sealer
 from node.wslimits import HANDSHAKE_MAX_FRAGMENTS, HANDSHAKE_MAX_FRAMES, MAX_FRAGMENTS
+from tests.conftest import make_config
 from tests.helpers import add_user, admin, fresh_code, send, signed_in
 from tests.rawws import BINARY, PING, PONG, RawWS, fragmented, frame
 
@@ -244,6 +249,7 @@ class Fixture:
 
     def __init__(self, chat: str, seq: int, media_id: str, invite: str, devices: set[int]) -> None:
         self.devices = devices  # the caller's own: revoking one would end the fuzz
+        self.peer: Client | None = None  # a node's link, for federation's methods
         self.sent = 1000
         self.by_name: dict[str, Any] = {
             "chat": chat,
@@ -261,6 +267,16 @@ class Fixture:
             "seq": seq,
             "parts": 1,
             "size": 0,
+            # federation's methods (a peer's link, and admin.peer*)
+            "sender": "bob",
+            "from": "bob",
+            "to": "bob",
+            "address": "bob",
+            "method": "messages.edit",
+            "params": {},
+            "url": "ws://127.0.0.1:9/",
+            "peer": "nosuchnode",
+            "version": "0",
         }
         self.chat = chat
 
@@ -276,6 +292,10 @@ class Fixture:
             return b"\x00" * t.min_len
         if isinstance(t, Nullable):
             return self.valid(name, t.inner)
+        if isinstance(t, Enum):
+            return t.values[0]
+        if isinstance(t, AnyValue):
+            return None
         if isinstance(t, Struct):
             return {k: self.valid(k, f.type) for k, f in t.fields.items() if f.required}
         if isinstance(t, List):
@@ -372,10 +392,20 @@ def test_every_integer_parameter_is_bounded_to_int64_and_the_fuzz_sees_them_all(
 
 
 async def test_integer_edge_values_in_every_method_never_answer_internal(
-    node: Node, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with signed_in(node, "alice") as c:
+    """Every integer parameter of every method, at and beyond its bounds: users' methods
+    from a signed-in client, admin methods on the admin socket, federation's from a node's
+    link (a node with federation, peering open: the caller is a peer)."""
+    config = make_config(tmp_path / "n", federation={"peering": "open"})
+    async with (
+        Node.start(config, parts=[Federation()]) as node,
+        signed_in(node, "alice") as c,
+        Client.connect(node.url, identity=SigningKey.generate()) as peer,
+    ):
+        await peer.call("fed.hello", {"name": "fuzzer", "url": None, "version": "0"})
         fx = await fixture(node, c)
+        fx.peer = peer
         answers: dict[str, int] = {}
         with caplog.at_level("ERROR", logger="fedgram"):
             for method, path, t in cases():
@@ -385,7 +415,7 @@ async def test_integer_edge_values_in_every_method_never_answer_internal(
                     if path[-1] == "device_id" and value in fx.devices:
                         continue
                     params = fx.params(method, path, value)
-                    code = await call(node, c, method, params)
+                    code = await call(node, c, method, params, fx.peer)
                     where = f"{method} {path}={value}"
                     assert code != "INTERNAL", where
                     if not t.min <= value <= t.max:
@@ -410,11 +440,17 @@ async def test_integer_edge_values_in_every_method_never_answer_internal(
         assert answers.get("OK", 0) > 0 and answers.get("PARAMS_INVALID", 0) > 0
 
 
-async def call(node: Node, c: Client, method: str, params: dict[str, Any]) -> str:
-    """The answer's error code, or OK. Admin methods go the admin socket's way."""
+async def call(
+    node: Node, c: Client, method: str, params: dict[str, Any], peer: Client | None = None
+) -> str:
+    """The answer's error code, or OK. Admin methods go the admin socket's way, federation's
+    over the fixture's node link."""
     try:
         if METHODS[method].access == "admin":
             await admin(node, method, params)
+        elif METHODS[method].access == "node":
+            assert peer is not None, f"{method} needs a node's link"
+            await peer.call(method, params)
         else:
             await c.call(method, params)
         return "OK"

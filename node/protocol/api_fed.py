@@ -54,7 +54,10 @@ PeerInfo = Struct(
         "node_id": Field(Str(), "the peer's identity fingerprint"),
         "name": Field(Str(), "its petname here"),
         "url": Field(Nullable(Str()), "where this node dials it (null: it dials us)"),
-        "state": Field(Enum(("peer", "pending", "blocked", "known"))),
+        "state": Field(
+            Enum(("peer", "pending", "blocked", "known", "discovered")),
+            "discovered: heard of on the LAN, not approved",
+        ),
         "link": Field(Enum(("up", "down", "connecting")), "this node's link to it"),
         "first_seen": Field(Float()),
         "last_seen": Field(Float()),
