@@ -174,6 +174,7 @@ class Batch:
     prev_hash: bytes
     first_seq: int
     items: list[tuple[Sealed, bytes | None]]
+    decoded: list[dict[str, Any]]  # the events of ``items``, as verification decoded them
     head: int
     users: dict[str, Any]
     nodes: dict[str, Any]
@@ -201,8 +202,9 @@ def verify_pulled(
             ):
                 raise ChainError("an event entry is not [raw, sig, content]")
             items.append((Sealed(raw, events.event_hash(raw), sig), content))
+        decoded: list[dict[str, Any]] = []
         if items:
-            events.verify_batch(
+            decoded = events.verify_batch(
                 prev_hash, items, VerifyKey(home_key), chat=chat_id, first_seq=after + 1
             )
         header = pulled.get("chat")
@@ -216,7 +218,7 @@ def verify_pulled(
             raise ChainError("malformed users, nodes or head")
     except (ChainError, ValueError, TypeError, KeyError, DecodeError) as e:
         raise RpcError(ErrorCode.EVENT_INVALID, f"chat {chat_id}: {e}") from None
-    return Batch(chat_id, header, prev_hash, after + 1, items, head, users, nodes)
+    return Batch(chat_id, header, prev_hash, after + 1, items, decoded, head, users, nodes)
 
 
 def apply_batch(
@@ -252,9 +254,9 @@ def apply_batch(
         joint = batch.items[skip - 1][0].hash  # must be the event we already have there
     if skip < 0 or joint is None or joint != chat.last_hash:
         raise RpcError(ErrorCode.EVENT_INVALID, f"chat {chat.id}: batch does not follow the head")
-    for sealed, content in batch.items[skip:]:
+    for (sealed, content), ev in zip(batch.items[skip:], batch.decoded[skip:], strict=True):
         try:
-            log.apply(conn, home, sealed, content, fx, chat=chat)
+            log.apply(conn, home, sealed, content, fx, chat=chat, decoded=ev)
         except log.LogError as e:
             raise RpcError(ErrorCode.EVENT_INVALID, f"chat {chat.id}: {e}") from None
     if chat.kind == "private":

@@ -235,43 +235,59 @@ class Federation:
     # --- replica side: pull and apply -----------------------------------------------------
     async def pull_chat(self, link: Link, chat_id: str, head: int | None) -> None:
         """Pull a chat homed at ``link``'s peer until this node has ``head`` (None: until
-        it has what the home has now)."""
+        it has what the home has now).
+
+        Pipelined: batch k+1 is pulled and verified while batch k is applied (the writer
+        thread, the verify thread and the link work side by side during a catch-up); at
+        most one verified batch waits."""
         lock = self._pull_locks.setdefault(chat_id, trio.Lock())
         async with lock:
-            while True:
-                chat = await self.db.read(lambda c: chat_store.get_chat(c, chat_id))
-                if chat is not None and chat.home != link.node_id:
-                    return
-                after = chat.last_seq if chat else None
-                if after is not None and head is not None and after >= head:
-                    return
-                try:
-                    pulled = await link.call(
-                        "fed.pull",
-                        {"chat": chat_id, "after": after, "limit": replication.PULL_EVENTS},
-                    )
-                except RpcError as e:
-                    if e.code in (ErrorCode.NOT_A_REPLICA, ErrorCode.CHAT_NOT_FOUND):
-                        log.event(_log, "pull.refused", chat=chat_id, why=e.code)
-                        return  # no members there any more: keep what we have
-                    raise
-                prev = chat.last_hash if chat else bytes(32)
-                peer_key = await self._key_of(link.node_id)
-                batch = await trio.to_thread.run_sync(
-                    replication.verify_pulled, pulled, chat_id, peer_key, prev, after or 0
-                )
-                if batch.items:
-                    apply = functools.partial(
-                        replication.apply_batch, home=self.home, home_id=link.node_id, batch=batch
-                    )
-                    await self.node.events.commit(self.db, apply)
-                    known = self.node.directory.book.petnames
-                    if any(n not in known and n != self.node_id for n in batch.nodes):
-                        await self._reload_directory()  # a third node's users: name it
-                head = max(head or 0, batch.head)
-                link.lag[chat_id] = head - ((after or 0) + len(batch.items))
-                if not batch.items or (after or 0) + len(batch.items) >= batch.head:
-                    return
+            chat = await self.db.read(lambda c: chat_store.get_chat(c, chat_id))
+            if chat is not None and chat.home != link.node_id:
+                return
+            after = chat.last_seq if chat else None
+            if after is not None and head is not None and after >= head:
+                return
+            prev = chat.last_hash if chat else bytes(32)
+            peer_key = await self._key_of(link.node_id)
+            send, recv = trio.open_memory_channel[replication.Batch](1)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._apply_pulled, link, recv)
+                async with send:
+                    while True:
+                        try:
+                            pulled = await link.call(
+                                "fed.pull",
+                                {"chat": chat_id, "after": after, "limit": replication.PULL_EVENTS},
+                            )
+                        except RpcError as e:
+                            if e.code in (ErrorCode.NOT_A_REPLICA, ErrorCode.CHAT_NOT_FOUND):
+                                log.event(_log, "pull.refused", chat=chat_id, why=e.code)
+                                return  # no members there any more: keep what we have
+                            raise
+                        batch = await trio.to_thread.run_sync(
+                            replication.verify_pulled, pulled, chat_id, peer_key, prev, after or 0
+                        )
+                        got = (after or 0) + len(batch.items)
+                        head = max(head or 0, batch.head)
+                        link.lag[chat_id] = head - got
+                        if batch.items:
+                            await send.send(batch)
+                        if not batch.items or got >= batch.head:
+                            return
+                        after, prev = got, batch.items[-1][0].hash
+
+    async def _apply_pulled(
+        self, link: Link, batches: trio.MemoryReceiveChannel[replication.Batch]
+    ) -> None:
+        async for batch in batches:
+            apply = functools.partial(
+                replication.apply_batch, home=self.home, home_id=link.node_id, batch=batch
+            )
+            await self.node.events.commit(self.db, apply)
+            known = self.node.directory.book.petnames
+            if any(n not in known and n != self.node_id for n in batch.nodes):
+                await self._reload_directory()  # a third node's users: name them
 
     async def _key_of(self, node_id: str) -> bytes:
         peer = await self.db.read(lambda c: peers.get(c, node_id))

@@ -192,6 +192,7 @@ def apply(
     *,
     chat: Chat | None = None,
     _made: _Made | None = None,
+    decoded: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fold one event (this node's or a peer's; verified by the caller) into the derived
     state; returns it as clients see it and queues its push on ``fx``. Events must come in
@@ -199,7 +200,8 @@ def apply(
 
     ``_made`` is for :func:`sequence` only: the event it has just sealed, so the bytes
     need not be decoded and hashed again, nor the sender looked up by the address just
-    made from its id (the same fields, the same checks; measured ~10% of a send's job)."""
+    made from its id (the same fields, the same checks; measured ~10% of a send's job).
+    ``decoded``: the event's bytes already decoded (a replica verified them just before)."""
     fx = fx if fx is not None else Effects()
     if _made is not None and chat is not None:
         d = _made.draft
@@ -220,7 +222,7 @@ def apply(
             d.sender_id,
         )
     try:
-        ev = events.open_event(sealed.raw)
+        ev = decoded if decoded is not None else events.open_event(sealed.raw)
         cbody = events.open_content(content) if content is not None else None
     except DecodeError as e:
         raise LogError(f"undecodable event or content ({e})") from None
@@ -304,9 +306,15 @@ def user_id(conn: sqlite3.Connection, home: Home, addr: Any) -> int:
     """The local user an address in an event names (the inverse of ``store.address``); a
     node learns users before the events that name them."""
     if isinstance(addr, str) and "@" in addr:
+        cached = home.user_ids.get(addr)
+        if cached is not None:
+            return cached
         rows = conn.execute("SELECT id FROM users WHERE name = ?", (addr.partition("@")[0],))
         for (uid,) in rows.fetchall():
             if store.address(conn, home, uid) == addr:
+                if len(home.user_ids) >= store.ADDRESS_CACHE:
+                    home.user_ids.clear()
+                home.user_ids[addr] = int(uid)
                 return int(uid)
     raise LogError(f"unknown user {addr!r}")
 

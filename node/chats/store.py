@@ -45,6 +45,9 @@ class Home:
     # user id -> canonical address: a user's name and node never change and ids are never
     # reused (AUTOINCREMENT), so this cache is never stale; used from the writer thread
     addresses: dict[int, str] = field(default_factory=dict, compare=False, repr=False)
+    # canonical address -> user id, the inverse (log.user_id): a removed user's address may
+    # name someone new later, so a removal clears it (Chats.on_user_removed)
+    user_ids: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass
