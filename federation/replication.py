@@ -256,9 +256,10 @@ def apply_batch(
         raise RpcError(ErrorCode.EVENT_INVALID, f"chat {chat.id}: batch does not follow the head")
     for (sealed, content), ev in zip(batch.items[skip:], batch.decoded[skip:], strict=True):
         try:
-            log.apply(conn, home, sealed, content, fx, chat=chat, decoded=ev)
+            log.apply(conn, home, sealed, content, fx, chat=chat, decoded=ev, write_head=False)
         except log.LogError as e:
             raise RpcError(ErrorCode.EVENT_INVALID, f"chat {chat.id}: {e}") from None
+    log.write_chat_head(conn, chat.id, chat.last_seq, chat.last_hash)  # once a batch
     if chat.kind == "private":
         _private_pair(conn, chat.id)
     return chat.last_seq

@@ -193,6 +193,7 @@ def apply(
     chat: Chat | None = None,
     _made: _Made | None = None,
     decoded: dict[str, Any] | None = None,
+    write_head: bool = True,
 ) -> dict[str, Any]:
     """Fold one event (this node's or a peer's; verified by the caller) into the derived
     state; returns it as clients see it and queues its push on ``fx``. Events must come in
@@ -201,7 +202,9 @@ def apply(
     ``_made`` is for :func:`sequence` only: the event it has just sealed, so the bytes
     need not be decoded and hashed again, nor the sender looked up by the address just
     made from its id (the same fields, the same checks; measured ~10% of a send's job).
-    ``decoded``: the event's bytes already decoded (a replica verified them just before)."""
+    ``decoded``: the event's bytes already decoded (a replica verified them just before).
+    ``write_head=False``: the caller writes the chat's head (last_seq, last_hash) itself
+    once after a batch (the in-memory ``chat`` is advanced either way)."""
     fx = fx if fx is not None else Effects()
     if _made is not None and chat is not None:
         d = _made.draft
@@ -245,7 +248,21 @@ def apply(
     sender = ev.get("sender")
     sender_id = None if sender is None else user_id(conn, home, sender)
     return _fold(
-        conn, home, sealed, content, fx, chat, kind, body, cbody, seq, ts, rid, sender, sender_id
+        conn,
+        home,
+        sealed,
+        content,
+        fx,
+        chat,
+        kind,
+        body,
+        cbody,
+        seq,
+        ts,
+        rid,
+        sender,
+        sender_id,
+        write_head,
     )
 
 
@@ -264,6 +281,7 @@ def _fold(
     rid: int | None,
     sender: str | None,
     sender_id: int | None,
+    write_head: bool = True,
 ) -> dict[str, Any]:
     """Store one checked event and fold it into the derived state by its kind."""
     target = body.get("target") if isinstance(body.get("target"), int) else None
@@ -272,9 +290,8 @@ def _fold(
         "hash, sig, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (chat.id, seq, kind, sender_id, ts, rid, target, *_sealed(sealed), content),
     )
-    conn.execute(
-        "UPDATE chats SET last_seq = ?, last_hash = ? WHERE id = ?", (seq, sealed.hash, chat.id)
-    )
+    if write_head:
+        write_chat_head(conn, chat.id, seq, sealed.hash)
     chat.last_seq, chat.last_hash = seq, sealed.hash
     rowid = int(cur.lastrowid or 0)
     a = _Applying(conn, home, fx, chat, seq, float(ts), sender_id, body, cbody, rowid)
@@ -296,6 +313,10 @@ def _fold(
     }
     fx.chat_events.append((chat.id, out))
     return out
+
+
+def write_chat_head(conn: sqlite3.Connection, chat_id: str, seq: int, h: bytes) -> None:
+    conn.execute("UPDATE chats SET last_seq = ?, last_hash = ? WHERE id = ?", (seq, h, chat_id))
 
 
 def _sealed(s: Sealed) -> tuple[bytes, bytes, bytes]:
