@@ -6,7 +6,7 @@ processes.)"""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -28,9 +28,14 @@ WAIT = 20.0  # generous: the box runs other work meanwhile
 
 @asynccontextmanager
 async def cluster(
-    tmp: Path, n: int, peering: str = "open", link: bool = True
+    tmp: Path,
+    n: int,
+    peering: str = "open",
+    link: bool = True,
+    federation: Callable[[int], dict[str, Any]] | None = None,
 ) -> AsyncIterator[list[Node]]:
-    """N federating nodes n1..nN; with ``link``, each adds every other as a peer."""
+    """N federating nodes n1..nN; with ``link``, each adds every other as a peer.
+    ``federation(i)``: more of node i's [federation] settings."""
     async with AsyncExitStack() as stack:
         nodes = [
             await stack.enter_async_context(
@@ -38,7 +43,7 @@ async def cluster(
                     make_config(
                         tmp / f"n{i}",
                         node={"name": f"n{i}", "listen": "127.0.0.1:0", "log_level": "warning"},
-                        federation={"peering": peering},
+                        federation={"peering": peering, **(federation(i) if federation else {})},
                     ),
                     parts=[Federation()],
                 )
@@ -496,21 +501,11 @@ async def test_the_admins_peer_url_wins_over_the_announced_one(tmp_path: Path) -
 async def test_lan_discovery_lists_nodes_and_approval_makes_them_peers(tmp_path: Path) -> None:
     """Two nodes announce themselves over mDNS on the loopback interface; each lists the
     other as discovered, and approving it dials it and checks the key its id names."""
-    async with AsyncExitStack() as stack:
-        nodes = [
-            await stack.enter_async_context(
-                Node.start(
-                    make_config(
-                        tmp_path / f"d{i}",
-                        node={"name": f"d{i}", "listen": "127.0.0.1:0", "log_level": "warning"},
-                        federation={"peering": "approve", "discovery": i < 3},
-                    ),
-                    parts=[Federation()],
-                )
-            )
-            for i in (1, 2, 3)
-        ]
-        a, b, quiet = nodes  # d3 runs with discovery off (the default): it says nothing
+    discovery = {"discovery": True}
+    async with cluster(
+        tmp_path, 3, "approve", link=False, federation=lambda i: discovery if i < 3 else {}
+    ) as nodes:
+        a, b, quiet = nodes  # n3 runs with discovery off (the default): it says nothing
 
         async def a_sees_b() -> bool:
             peers = (await admin(a, "admin.peerList"))["peers"]
@@ -521,7 +516,7 @@ async def test_lan_discovery_lists_nodes_and_approval_makes_them_peers(tmp_path:
         assert quiet.node_id not in {
             p["node_id"] for p in (await admin(a, "admin.peerList"))["peers"]
         }
-        approved = await admin(a, "admin.peerApprove", {"peer": "d2"})
+        approved = await admin(a, "admin.peerApprove", {"peer": "n2"})
         assert approved["node_id"] == b.node_id and approved["state"] == "peer"
 
         # b had not approved a: it lists a as pending (from a's hello) until its admin does
