@@ -91,10 +91,11 @@ class Discovery:
             lambda: Zeroconf(interfaces=self._interfaces(), ip_version=IPVersion.V4Only)
         )
         try:
+            address = await trio.to_thread.run_sync(self._address)  # may ask the resolver
             info = ServiceInfo(
                 SERVICE,
                 f"{self.node_id}.{SERVICE}",
-                addresses=[socket.inet_aton(self._address())],
+                addresses=[socket.inet_aton(address)],
                 port=self.port,
                 properties={
                     "id": self.node_id,
