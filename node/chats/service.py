@@ -137,7 +137,6 @@ class Chats:
         """Inside the job that deletes a user from the node: they leave every chat (an event
         each, so the other members see it), and a group or channel they owned passes to an
         admin, else to the longest-standing member (a role event by the node itself)."""
-        self.home.user_ids.clear()  # the address may name someone else one day
         rows = conn.execute(
             "SELECT chat_id, role FROM chat_members WHERE user_id = ? AND state = 'member'",
             (user_id,),
@@ -159,3 +158,5 @@ class Chats:
             if heir is not None:
                 body = {"user": store.address(conn, self.home, heir[0]), "role": "owner"}
                 log.sequence(conn, self.home, chat, log.Draft("role", None, body), fx)
+        # the leave events above looked the user up (and cached them) before their row goes
+        self.home.user_ids.clear()
