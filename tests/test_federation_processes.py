@@ -69,7 +69,10 @@ async def group_with(cluster: Cluster, alice: Client, member: str) -> str:
     return chat_id
 
 
-async def test_replica_down_for_1000_messages_catches_up_exactly(tmp_path: Path) -> None:
+async def test_replica_down_for_3000_messages_catches_up_exactly(tmp_path: Path) -> None:
+    """A replica misses 3,000 messages (three pull batches), is killed again in the middle
+    of its catch-up (after a batch is applied, before the last), and ends with the home's
+    exact chain."""
     async with (
         Cluster.running(tmp_path / "c", 2, log_level="warning") as cluster,
         AsyncExitStack() as stack,
@@ -79,26 +82,33 @@ async def test_replica_down_for_1000_messages_catches_up_exactly(tmp_path: Path)
         chat_id = await group_with(cluster, alice, "bob@n2")
         cluster.kill(2)  # kill -9 of the replica
         await cluster.wait_exit(2)
-        for i in range(1000):
-            await alice.call(
-                "messages.send",
-                {"chat": chat_id, "random_id": secrets.randbits(63), "text": f"m{i}"},
-            )
+
+        async def burst(tag: int) -> None:
+            for i in range(600):
+                await alice.call(
+                    "messages.send",
+                    {"chat": chat_id, "random_id": secrets.randbits(63), "text": f"{tag}.{i}"},
+                )
+
+        async with trio.open_nursery() as nursery:
+            for tag in range(5):
+                nursery.start_soon(burst, tag)
         home, replica = cluster.node(1).data, cluster.node(2).data
+        total = len(chain(home, chat_id))
+        assert total == 3001  # create + 3,000
         before = len(chain(replica, chat_id))
         await cluster.restart(2)
-        # kill -9 again in the middle of its catch-up, if we can catch it there
-        with trio.move_on_after(5):
-            while len(chain(replica, chat_id)) in (before, 0):
+        # kill -9 once its first batch is applied (a batch is one transaction)
+        with trio.fail_after(WAIT):
+            while len(chain(replica, chat_id)) == before:
                 await trio.sleep(0.002)
-        caught = len(chain(replica, chat_id))
         cluster.kill(2)
         await cluster.wait_exit(2)
+        caught = len(chain(replica, chat_id))
         await cluster.restart(2)
         await until(lambda: chain(replica, chat_id) == chain(home, chat_id))
-        assert len(chain(home, chat_id)) == 1001  # create + 1000
-        assert before <= caught <= 1001
-        assert sum(posts(replica, chat_id).values()) == 1000
+        assert before < caught < total, "the kill landed in the middle of the catch-up"
+        assert sum(posts(replica, chat_id).values()) == 3000
 
 
 async def test_outbox_and_home_survive_kill_9_nothing_lost_nothing_twice(tmp_path: Path) -> None:
