@@ -254,15 +254,33 @@ def apply_batch(
         joint = batch.items[skip - 1][0].hash  # must be the event we already have there
     if skip < 0 or joint is None or joint != chat.last_hash:
         raise RpcError(ErrorCode.EVENT_INVALID, f"chat {chat.id}: batch does not follow the head")
-    for (sealed, content), ev in zip(batch.items[skip:], batch.decoded[skip:], strict=True):
-        try:
+    run: list[tuple[Sealed, bytes | None, dict[str, Any]]] = []  # plain messages
+    try:
+        for (sealed, content), ev in zip(batch.items[skip:], batch.decoded[skip:], strict=True):
+            if ev.get("kind") == "message" and not _has_media(content):
+                run.append((sealed, content, ev))
+                continue
+            log.apply_messages(conn, home, chat, run, fx)
+            run = []
             log.apply(conn, home, sealed, content, fx, chat=chat, decoded=ev, write_head=False)
-        except log.LogError as e:
-            raise RpcError(ErrorCode.EVENT_INVALID, f"chat {chat.id}: {e}") from None
+        log.apply_messages(conn, home, chat, run, fx)
+    except log.LogError as e:
+        raise RpcError(ErrorCode.EVENT_INVALID, f"chat {chat.id}: {e}") from None
     log.write_chat_head(conn, chat.id, chat.last_seq, chat.last_hash)  # once a batch
     if chat.kind == "private":
         _private_pair(conn, chat.id)
     return chat.last_seq
+
+
+def _has_media(content: bytes | None) -> bool:
+    """Whether a (verified) content record carries media: those messages take the full
+    apply (media references), the rest the bulk path."""
+    if content is None:
+        return False
+    try:
+        return bool(events.open_content(content).get("media"))
+    except DecodeError:
+        return True  # let apply refuse it with its own message
 
 
 def _remember_user(conn: sqlite3.Connection, home: Home, text: str, info: Any) -> None:

@@ -133,9 +133,12 @@ def _state(conn: sqlite3.Connection, chat_id: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("bulk", [False, True], ids=["apply", "apply_messages"])
 async def test_replaying_the_raw_log_with_apply_rebuilds_the_same_chat(
-    node: Node, tmp_path: Path
+    node: Node, tmp_path: Path, bulk: bool
 ) -> None:
+    """``bulk``: runs of plain messages go through ``log.apply_messages`` (what a replica's
+    catch-up uses), everything else through ``apply``: the same chat either way."""
     chat_id = await _busy_chat(node, tmp_path)
     export = await admin(node, "admin.chatExport", {"chat": chat_id})
     kinds = {events.open_event(e["raw"])["kind"] for e in export["events"]}
@@ -175,14 +178,37 @@ async def test_replaying_the_raw_log_with_apply_rebuilds_the_same_chat(
 
         await replica.write(know)
 
+        bulk_runs: list[int] = []
+
         def replay(conn: sqlite3.Connection) -> int:
             fx = Effects()
+            chat = store.get_chat(conn, chat_id)
+            assert chat is not None
+            run: list[tuple[Sealed, bytes | None, dict[str, Any]]] = []
             for e in export["events"]:
                 sealed = Sealed(e["raw"], e["hash"], e["sig"])
-                log.receive(conn, replica_home, sealed, e["content"], home_key, fx)
+                if not bulk:
+                    log.receive(conn, replica_home, sealed, e["content"], home_key, fx)
+                    continue
+                ev = events.verify_next(
+                    chat.last_hash if not run else run[-1][0].hash, sealed, home_key, e["content"]
+                )
+                media = e["content"] and events.open_content(e["content"]).get("media")
+                if ev["kind"] == "message" and not media:
+                    run.append((sealed, e["content"], ev))
+                    continue
+                bulk_runs.append(len(run))
+                log.apply_messages(conn, replica_home, chat, run, fx)
+                run = []
+                log.apply(conn, replica_home, sealed, e["content"], fx, chat=chat, decoded=ev)
+            if bulk:
+                bulk_runs.append(len(run))
+                log.apply_messages(conn, replica_home, chat, run, fx)
+                log.write_chat_head(conn, chat_id, chat.last_seq, chat.last_hash)
             return len(fx.chat_events)
 
         assert await replica.write(replay) == len(export["events"])
+        assert not bulk or max(bulk_runs) >= 2  # runs of plain messages took the bulk path
         copy = await replica.read(lambda c: _state(c, chat_id))
         for key in original:
             assert copy[key] == original[key], key

@@ -109,6 +109,11 @@ async def test_replica_down_for_3000_messages_catches_up_exactly(tmp_path: Path)
         await until(lambda: chain(replica, chat_id) == chain(home, chat_id))
         assert before < caught < total, "the kill landed in the middle of the catch-up"
         assert sum(posts(replica, chat_id).values()) == 3000
+        # what a catch-up stored is searchable there like anything else (the search index)
+        bob = await sign_in(stack, cluster, 2, "bob")
+        found = await bob.call("messages.search", {"query": "3.599", "chat": chat_id})
+        assert [e["body"]["text"] for e in found["results"]] == ["3.599"]
+        assert (await bob.call("chats.get", {"chat": chat_id}))["chat"]["last_seq"] == total
 
 
 async def test_outbox_and_home_survive_kill_9_nothing_lost_nothing_twice(tmp_path: Path) -> None:

@@ -315,6 +315,106 @@ def _fold(
     return out
 
 
+def apply_messages(
+    conn: sqlite3.Connection,
+    home: Home,
+    chat: Chat,
+    run: list[tuple[Sealed, bytes | None, dict[str, Any]]],
+    fx: Effects,
+) -> None:
+    """:func:`apply` for a run of consecutive plain ``message`` events (no media) that a
+    replica received together: the same checks and the same rows (event, search text, the
+    sender's read position, the push), written with one statement per table instead of per
+    event, and the chat's head left to the caller. Why: per-event statements were most of
+    a replica's catch-up time (benchmark: ~100 us per event). Anything else goes through
+    :func:`apply`; so does a run of one."""
+    if len(run) < 2:
+        for sealed, content, ev in run:
+            apply(conn, home, sealed, content, fx, chat=chat, decoded=ev, write_head=False)
+        return
+    rows: list[tuple[Any, ...]] = []
+    texts: list[tuple[int, str]] = []  # (seq, text)
+    read_upto: dict[int, int] = {}
+    outs: list[dict[str, Any]] = []
+    seq = chat.last_seq
+    for sealed, content, ev in run:
+        seq += 1
+        body, ts, rid = ev.get("body"), ev.get("ts"), ev.get("rid")
+        if ev.get("chat") != chat.id or ev.get("seq") != seq or ev.get("kind") != MESSAGE:
+            raise LogError(f"event {ev.get('chat')}/{ev.get('seq')} is not the next of {chat.id}")
+        if not isinstance(body, dict):
+            raise LogError("event body is not a map")
+        if not isinstance(ts, (int, float)) or not (rid is None or isinstance(rid, int)):
+            raise LogError(f"seq {seq}: malformed ts or rid")
+        cbody: dict[str, Any] | None = None
+        if content is not None:
+            if ev.get("content_hash") != events.content_hash(content):
+                raise LogError(f"seq {seq}: content does not match its content_hash")
+            try:
+                cbody = events.open_content(content)
+            except DecodeError as e:
+                raise LogError(f"seq {seq}: undecodable content ({e})") from None
+            if cbody.get("media"):
+                raise LogError(f"seq {seq}: media in a plain run")  # the caller's mistake
+        sender = ev.get("sender")
+        sender_id = None if sender is None else user_id(conn, home, sender)
+        rows.append(
+            (
+                chat.id,
+                seq,
+                MESSAGE,
+                sender_id,
+                ts,
+                rid,
+                None,
+                sealed.raw,
+                sealed.hash,
+                sealed.sig,
+                content,
+            )
+        )
+        text = (cbody or {}).get("text")
+        if text:
+            texts.append((seq, str(text)))
+        if sender_id is not None:
+            read_upto[sender_id] = seq
+        outs.append(
+            {
+                "chat": chat.id,
+                "seq": seq,
+                "kind": MESSAGE,
+                "sender": sender,
+                "ts": ts,
+                "body": {**body, **cbody} if cbody else dict(body),
+                "edited": None,
+                "deleted": False,
+            }
+        )
+    conn.executemany(
+        "INSERT INTO events(chat_id, seq, kind, sender_id, ts, random_id, target_seq, raw, "
+        "hash, sig, content) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    if texts:
+        ids = dict(
+            conn.execute(
+                "SELECT seq, id FROM events WHERE chat_id = ? AND seq BETWEEN ? AND ?",
+                (chat.id, texts[0][0], texts[-1][0]),
+            ).fetchall()
+        )
+        conn.executemany(
+            "INSERT INTO events_fts(rowid, text) VALUES (?, ?)",
+            [(ids[s], t) for s, t in texts],
+        )
+    conn.executemany(
+        "UPDATE chat_members SET read_seq = MAX(read_seq, ?) WHERE chat_id = ? AND user_id = ?",
+        [(upto, chat.id, uid) for uid, upto in read_upto.items()],
+    )
+    last = run[-1][0]
+    chat.last_seq, chat.last_hash = seq, last.hash
+    fx.chat_events.extend((chat.id, out) for out in outs)
+
+
 def write_chat_head(conn: sqlite3.Connection, chat_id: str, seq: int, h: bytes) -> None:
     conn.execute("UPDATE chats SET last_seq = ?, last_hash = ? WHERE id = ?", (seq, h, chat_id))
 
