@@ -254,11 +254,12 @@ def apply_batch(
         joint = batch.items[skip - 1][0].hash  # must be the event we already have there
     if skip < 0 or joint is None or joint != chat.last_hash:
         raise RpcError(ErrorCode.EVENT_INVALID, f"chat {chat.id}: batch does not follow the head")
-    run: list[tuple[Sealed, bytes | None, dict[str, Any]]] = []  # plain messages
+    run: list[tuple[Sealed, bytes | None, dict[str, Any], dict[str, Any] | None]] = []
     try:
         for (sealed, content), ev in zip(batch.items[skip:], batch.decoded[skip:], strict=True):
-            if ev.get("kind") == "message" and not _has_media(content):
-                run.append((sealed, content, ev))
+            cbody = _content_body(content)
+            if ev.get("kind") == "message" and not (cbody or {}).get("media"):
+                run.append((sealed, content, ev, cbody))  # a plain message: the bulk path
                 continue
             log.apply_messages(conn, home, chat, run, fx)
             run = []
@@ -272,15 +273,14 @@ def apply_batch(
     return chat.last_seq
 
 
-def _has_media(content: bytes | None) -> bool:
-    """Whether a (verified) content record carries media: those messages take the full
-    apply (media references), the rest the bulk path."""
+def _content_body(content: bytes | None) -> dict[str, Any] | None:
+    """A verified content record's body (verify_next decoded it once already)."""
     if content is None:
-        return False
+        return None
     try:
-        return bool(events.open_content(content).get("media"))
-    except DecodeError:
-        return True  # let apply refuse it with its own message
+        return events.open_content(content)
+    except DecodeError as e:
+        raise log.LogError(f"undecodable content ({e})") from None
 
 
 def _remember_user(conn: sqlite3.Connection, home: Home, text: str, info: Any) -> None:

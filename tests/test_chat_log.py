@@ -184,7 +184,7 @@ async def test_replaying_the_raw_log_with_apply_rebuilds_the_same_chat(
             fx = Effects()
             chat = store.get_chat(conn, chat_id)
             assert chat is not None
-            run: list[tuple[Sealed, bytes | None, dict[str, Any]]] = []
+            run: list[tuple[Sealed, bytes | None, dict[str, Any], dict[str, Any] | None]] = []
             for e in export["events"]:
                 sealed = Sealed(e["raw"], e["hash"], e["sig"])
                 if not bulk:
@@ -193,9 +193,9 @@ async def test_replaying_the_raw_log_with_apply_rebuilds_the_same_chat(
                 ev = events.verify_next(
                     chat.last_hash if not run else run[-1][0].hash, sealed, home_key, e["content"]
                 )
-                media = e["content"] and events.open_content(e["content"]).get("media")
-                if ev["kind"] == "message" and not media:
-                    run.append((sealed, e["content"], ev))
+                body = events.open_content(e["content"]) if e["content"] else None
+                if ev["kind"] == "message" and not (body or {}).get("media"):
+                    run.append((sealed, e["content"], ev, body))
                     continue
                 bulk_runs.append(len(run))
                 log.apply_messages(conn, replica_home, chat, run, fx)

@@ -319,7 +319,7 @@ def apply_messages(
     conn: sqlite3.Connection,
     home: Home,
     chat: Chat,
-    run: list[tuple[Sealed, bytes | None, dict[str, Any]]],
+    run: list[tuple[Sealed, bytes | None, dict[str, Any], dict[str, Any] | None]],
     fx: Effects,
 ) -> None:
     """:func:`apply` for a run of consecutive plain ``message`` events (no media) that a
@@ -327,9 +327,10 @@ def apply_messages(
     sender's read position, the push), written with one statement per table instead of per
     event, and the chat's head left to the caller. Why: per-event statements were most of
     a replica's catch-up time (benchmark: ~100 us per event). Anything else goes through
-    :func:`apply`; so does a run of one."""
+    :func:`apply`; so does a run of one. Each item: the event, its content record, the
+    event and the content body decoded (the caller decoded both to pick the run)."""
     if len(run) < 2:
-        for sealed, content, ev in run:
+        for sealed, content, ev, _ in run:
             apply(conn, home, sealed, content, fx, chat=chat, decoded=ev, write_head=False)
         return
     rows: list[tuple[Any, ...]] = []
@@ -337,7 +338,7 @@ def apply_messages(
     read_upto: dict[int, int] = {}
     outs: list[dict[str, Any]] = []
     seq = chat.last_seq
-    for sealed, content, ev in run:
+    for sealed, content, ev, cbody in run:
         seq += 1
         body, ts, rid = ev.get("body"), ev.get("ts"), ev.get("rid")
         if ev.get("chat") != chat.id or ev.get("seq") != seq or ev.get("kind") != MESSAGE:
@@ -346,15 +347,12 @@ def apply_messages(
             raise LogError("event body is not a map")
         if not isinstance(ts, (int, float)) or not (rid is None or isinstance(rid, int)):
             raise LogError(f"seq {seq}: malformed ts or rid")
-        cbody: dict[str, Any] | None = None
+        if (content is None) != (cbody is None):
+            raise LogError(f"seq {seq}: content and its decoded body disagree")
         if content is not None:
             if ev.get("content_hash") != events.content_hash(content):
                 raise LogError(f"seq {seq}: content does not match its content_hash")
-            try:
-                cbody = events.open_content(content)
-            except DecodeError as e:
-                raise LogError(f"seq {seq}: undecodable content ({e})") from None
-            if cbody.get("media"):
+            if cbody and cbody.get("media"):
                 raise LogError(f"seq {seq}: media in a plain run")  # the caller's mistake
         sender = ev.get("sender")
         sender_id = None if sender is None else user_id(conn, home, sender)
