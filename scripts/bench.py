@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from node.client import Client
 from node.client.admin import AdminClient
 from scripts.light_receiver import LightReceiver
-from scripts.node_process import start_node
+from scripts.node_process import REPO, start_node
 
 T = TypeVar("T")
 BODY_LEN = 100
@@ -306,26 +306,18 @@ async def _lines(stream: trio.abc.ReceiveStream) -> Any:
             yield line.decode()
 
 
-class Worker:
-    """The coordinator's handle on one load process."""
+class JsonWorker:
+    """A load process the coordinator speaks to in JSON lines over its stdin/stdout (the
+    load runs in its own process so its CPU is not the node's, nor the coordinator's)."""
 
-    def __init__(self, nut: NodeUnderTest, names: dict[int, str], chat: str) -> None:
-        spec = json.dumps({"names": names, "chat": chat})
-        self.members = sorted(names)
+    def __init__(self, argv: list[str], label: str) -> None:
+        self.label = label
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--load-worker",
-                spec,
-                "--url",
-                nut.url,
-                "--data",
-                str(nut.data),
-            ],
+            [sys.executable, *argv],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            cwd=REPO,
         )
 
     async def ask(self, cmd: dict[str, Any] | None) -> dict[str, Any]:
@@ -335,12 +327,27 @@ class Worker:
             self.proc.stdin.flush()
         line = await trio.to_thread.run_sync(self.proc.stdout.readline)
         if not line:
-            raise SystemExit(f"load worker {self.members} died ({self.proc.wait()})")
+            raise SystemExit(f"load worker {self.label} died ({self.proc.wait()})")
         reply: dict[str, Any] = json.loads(line)
         return reply
 
     def cpu_s(self) -> float:
         return Proc(self.proc.pid).cpu_s()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+class Worker(JsonWorker):
+    """One load process of the reference workload: some of the group's members."""
+
+    def __init__(self, nut: NodeUnderTest, names: dict[int, str], chat: str) -> None:
+        spec = json.dumps({"names": names, "chat": chat})
+        self.members = sorted(names)
+        argv = [__file__, "--load-worker", spec, "--url", nut.url, "--data", str(nut.data)]
+        super().__init__(argv, str(self.members))
 
 
 async def reference_run(nut: NodeUnderTest, procs: int) -> dict[str, Any]:

@@ -61,7 +61,7 @@ from node import config  # noqa: E402
 from node.client import Client  # noqa: E402
 from node.protocol.errors import RpcError  # noqa: E402
 from node.ratelimit import DEFAULT_RULES  # noqa: E402
-from scripts.bench import Proc, lat, machine, median_of  # noqa: E402
+from scripts.bench import JsonWorker, Proc, lat, machine, median_of  # noqa: E402
 
 BODY_LEN = 100
 POLL = 0.02  # seconds between looks at a node's SQLite
@@ -356,34 +356,13 @@ async def _flood(cmd: dict[str, Any], send: Any) -> dict[str, Any]:
     return {"elapsed_s": time.perf_counter() - t0}
 
 
-class Worker:
-    """The coordinator's handle on one load process."""
+class Worker(JsonWorker):
+    """One load process of this benchmark: some members of some nodes."""
 
     def __init__(self, members: list[dict[str, Any]]) -> None:
         self.keys = {m["key"] for m in members}
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--load-worker", json.dumps({"members": members})],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-        )
-
-    async def ask(self, cmd: dict[str, Any] | None) -> dict[str, Any]:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        if cmd is not None:
-            self.proc.stdin.write(json.dumps(cmd) + "\n")
-            self.proc.stdin.flush()
-        line = await trio.to_thread.run_sync(self.proc.stdout.readline)
-        if not line:
-            raise SystemExit(f"load worker died ({self.proc.wait()})")
-        reply: dict[str, Any] = json.loads(line)
-        return reply
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
+        argv = [__file__, "--load-worker", json.dumps({"members": members})]
+        super().__init__(argv, f"{len(members)} members")
 
 
 class Load:
