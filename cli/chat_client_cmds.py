@@ -241,8 +241,9 @@ def send(
     profile: ProfileOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Send a message; prints its seq, or "pending" when the chat lives on another node (the
-    post is stored here and forwarded; its seq arrives with the chat's updates)."""
+    """Send a message; prints its seq, or "queued" when the chat lives on another node (the
+    post is stored here and forwarded; its seq arrives with the chat's updates; `fedgram
+    client cancel` takes it back while it has not left)."""
     params: dict[str, Any] = {"text": text, "random_id": random_id or secrets.randbits(63)}
     if reply_to is not None:
         params["reply_to"] = reply_to
@@ -250,9 +251,28 @@ def send(
     if json:
         print_json(r)
     elif r.get("pending"):
-        typer.echo(f"pending (random id {params['random_id']})")
+        typer.echo(f"queued (random id {params['random_id']})")
     else:
         typer.echo(r["seq"])
+
+
+@client_app.command()
+def cancel(
+    chat: ChatArg,
+    random_id: Annotated[int, typer.Argument(help="The random id `send` printed as queued.")],
+    profile: ProfileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Take back a queued post (one for a chat on another node that has not left yet)."""
+    r = _call(profile, "messages.cancel", {"random_id": random_id}, chat)
+    if json:
+        print_json(r)
+    elif r["cancelled"]:
+        typer.echo("cancelled")
+    elif r["seq"] is not None:
+        typer.echo(f"already sent (seq {r['seq']})")
+    else:
+        typer.echo("already on its way: it will be sent")
 
 
 @client_app.command()

@@ -62,6 +62,9 @@ class Federation:
         self._nursery: trio.Nursery | None = None
         self._pull_locks: dict[str, trio.Lock] = {}
         self._callers: dict[str, peers.Peer] = {}  # node id -> its row, until the table changes
+        self._outbox_lock = trio.Lock()
+        self._left: set[int] = set()  # outbox rows on their way to the home (not cancellable)
+        self._left_upto = 0  # every row up to this id was queued before this start
 
     # --- attaching ------------------------------------------------------------------------
     def attach(self, node: Node) -> None:
@@ -106,6 +109,9 @@ class Federation:
         return self.public_url or self.node.url
 
     async def run(self) -> None:
+        self._left_upto = await self.db.read(
+            lambda c: int(c.execute("SELECT coalesce(max(id), 0) FROM fed_outbox").fetchone()[0])
+        )
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for p in await self.db.read(peers.all_peers):
@@ -327,7 +333,9 @@ class Federation:
                 (link.node_id, OUTBOX_BATCH),
             ).fetchall()
 
-        rows = await self.db.read(oldest)
+        async with self._outbox_lock:  # a post selected here has left: cancel answers False
+            rows = await self.db.read(oldest)
+            self._left.update(int(r[0]) for r in rows)
         if not rows:
             return 0
         posts = []
@@ -366,7 +374,32 @@ class Federation:
         await self.db.write(
             lambda c: c.executemany("DELETE FROM fed_outbox WHERE id = ?", [(i,) for i in done])
         )
+        self._left.difference_update(done)
         return len(done)
+
+    async def cancel_post(self, chat_id: str, sender_id: int, random_id: int) -> bool | None:
+        """Drop a queued post that has not left for its home (see Federated.cancel_post).
+        A post counts as left from the moment a flush selected it until its home
+        acknowledged it, and every post queued before this node started counts as left
+        (it may have gone out before a crash): the home may sequence those, so they are
+        never reported cancelled."""
+        async with self._outbox_lock:
+            row = await self.db.read(
+                lambda c: c.execute(
+                    "SELECT id FROM fed_outbox WHERE chat_id = ? AND sender_id = ? "
+                    "AND random_id = ?",
+                    (chat_id, sender_id, random_id),
+                ).fetchone()
+            )
+            if row is None:
+                return None
+            post_id = int(row[0])
+            if post_id in self._left or post_id <= self._left_upto:
+                return False
+            await self.db.write(
+                lambda c: c.execute("DELETE FROM fed_outbox WHERE id = ?", (post_id,))
+            )
+            return True
 
     # --- the remote slot (node/remote.py) ---------------------------------------------------
     async def ensure_user(self, node_id: str, name: str) -> None:

@@ -169,6 +169,11 @@ class Federated(Protocol):
         ``me`` and ``other``; answers its id once this node replicates it."""
         ...
 
+    async def cancel_post(self, chat_id: str, sender_id: int, random_id: int) -> bool | None:
+        """Drop a post still in the outbox: True if dropped, False if it already left for
+        the home (it is in flight), None if there is no such post queued."""
+        ...
+
     async def act(self, home: str, sender: str, method: str, params: dict[str, Any]) -> Any:
         """Make a call (an edit, a pin, a join...) on ``home`` as this node's user
         ``sender``; answers the home's result once this node replicated what it did."""

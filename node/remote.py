@@ -45,6 +45,11 @@ class RemoteSlot:
     async def act(self, home: str, sender: str, method: str, params: dict[str, Any]) -> Any:
         return await self._need().act(home, sender, method, params)
 
+    async def cancel_post(self, chat_id: str, sender_id: int, random_id: int) -> bool | None:
+        if self.impl is None:
+            return None  # no federation: nothing was ever queued
+        return await self.impl.cancel_post(chat_id, sender_id, random_id)
+
     async def fetch_media(
         self, node_id: str, sha256: str, offset: int, length: int
     ) -> tuple[bytes, int]:

@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from nacl.signing import SigningKey
 
@@ -177,3 +178,36 @@ async def test_outbox_and_home_survive_kill_9_nothing_lost_nothing_twice(tmp_pat
         assert max(got.values()) == 1
         assert read(replica, "SELECT count(*) FROM fed_outbox") == [(0,)]
         assert len([k for k in acked if k[0] == "alice"]) > 0  # the burst did run
+
+
+async def test_a_queued_post_can_be_cancelled_until_it_may_have_left(tmp_path: Path) -> None:
+    async with (
+        Cluster.running(tmp_path / "c", 2, log_level="warning") as cluster,
+        AsyncExitStack() as stack,
+    ):
+        home = cluster.node(1).data
+        alice = await sign_in(stack, cluster, 1, "alice")
+        bob = await sign_in(stack, cluster, 2, "bob")
+        chat_id = await group_with(cluster, alice, "bob@n2")
+        cluster.kill(1)  # the home is down: posts wait in n2's outbox
+        await cluster.wait_exit(1)
+        rids = [secrets.randbits(63) for _ in range(3)]
+        for r in rids:
+            sent = await bob.call("messages.send", {"chat": chat_id, "random_id": r, "text": "q"})
+            assert sent["pending"] is True
+        took_back = await bob.call("messages.cancel", {"chat": chat_id, "random_id": rids[0]})
+        assert took_back == {"cancelled": True, "seq": None}
+        with pytest.raises(RpcError) as e:  # gone now, and never was: no such queued post
+            await bob.call("messages.cancel", {"chat": chat_id, "random_id": rids[0]})
+        assert e.value.code == "MESSAGE_NOT_FOUND"
+        # after a restart of n2 the others may have left before it stopped: not cancellable
+        await cluster.restart(2)
+        bob = await sign_in(stack, cluster, 2, "bob")
+        kept = await bob.call("messages.cancel", {"chat": chat_id, "random_id": rids[1]})
+        assert kept == {"cancelled": False, "seq": None}
+        await cluster.restart(1)
+        await until(lambda: len(posts(home, chat_id)) == 2)
+        assert set(posts(home, chat_id)) == {("bob", rids[1]), ("bob", rids[2])}
+        await until(lambda: len(posts(cluster.node(2).data, chat_id)) == 2)
+        done = await bob.call("messages.cancel", {"chat": chat_id, "random_id": rids[1]})
+        assert done["cancelled"] is False and isinstance(done["seq"], int)  # sequenced

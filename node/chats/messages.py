@@ -55,6 +55,7 @@ class Messages(Handlers):
             "messages.pin": self.pin,
             "messages.unpin": self.unpin,
             "messages.read": self.read,
+            "messages.cancel": self.cancel,
             "messages.setTyping": self.set_typing,
             "messages.search": self.search,
         }
@@ -85,6 +86,26 @@ class Messages(Handlers):
             return {"seq": done.seq, "ts": done.ts, "duplicate": False, "pending": False}
 
         return await self.write(ctx, job)
+
+    async def cancel(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = caller(ctx)
+        rid: int = p["random_id"]
+
+        def sequenced(c: sqlite3.Connection) -> int | None:
+            store.need_member(c, p["chat"], uid)
+            row = c.execute(
+                "SELECT seq FROM events WHERE chat_id = ? AND sender_id = ? AND random_id = ?",
+                (p["chat"], uid, rid),
+            ).fetchone()
+            return None if row is None else int(row[0])
+
+        seq = await self.db.read(sequenced)
+        if seq is not None:
+            return {"cancelled": False, "seq": seq}
+        dropped = await self.shared.remote.cancel_post(p["chat"], uid, rid)
+        if dropped is None:
+            raise RpcError(ErrorCode.MESSAGE_NOT_FOUND, "no queued post with that random_id")
+        return {"cancelled": dropped, "seq": None}
 
     def _compose(
         self, c: sqlite3.Connection, chat: Chat, m: store.Member, uid: int, p: Params

@@ -379,6 +379,21 @@ CHAT_METHODS: list[Method] = [
         (*_ADMIN_ERRORS, E.MESSAGE_NOT_FOUND),
     ),
     Method(
+        "messages.cancel",
+        "Take back a post that is still queued for the chat's home node (sent with "
+        "pending: true and not yet forwarded). cancelled: false when it has already left "
+        "(it will be sequenced) or was sequenced; MESSAGE_NOT_FOUND when no such post exists.",
+        {"chat": Field(CHAT_ID), "random_id": Field(RANDOM_ID)},
+        Struct(
+            {
+                "cancelled": Field(Bool()),
+                "seq": Field(Nullable(Int()), "its seq when it was already sequenced"),
+            },
+            name="Cancelled",
+        ),
+        (*_MEMBER_ERRORS, E.MESSAGE_NOT_FOUND),
+    ),
+    Method(
         "messages.read",
         "Mark the chat read up to seq (default: everything). Read positions only move "
         "forward and are announced to the caller's other devices.",
