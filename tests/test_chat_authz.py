@@ -31,6 +31,7 @@ CALLS: dict[str, dict[str, Any]] = {
     "messages.pin": {"seq": "{seq}"},
     "messages.unpin": {},
     "messages.read": {},
+    "messages.cancel": {"random_id": 5},
     "messages.setTyping": {},
     "messages.search": {"query": "secret"},
 }
