@@ -61,7 +61,7 @@ from node import config  # noqa: E402
 from node.client import Client  # noqa: E402
 from node.protocol.errors import RpcError  # noqa: E402
 from node.ratelimit import DEFAULT_RULES  # noqa: E402
-from scripts.bench import JsonWorker, Proc, lat, machine, median_of  # noqa: E402
+from scripts.bench import JsonWorker, Proc, _lines, lat, machine, median_of  # noqa: E402
 
 BODY_LEN = 100
 POLL = 0.02  # seconds between looks at a node's SQLite
@@ -183,18 +183,6 @@ class Listener:
             self.dups += 1
         else:
             self.got[key] = (t_ns - sent) / 1e6
-
-
-async def _lines(stream: trio.abc.ReceiveStream) -> Any:
-    buf = b""
-    while True:
-        data = await stream.receive_some(65536)
-        if not data:
-            return
-        buf += data
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            yield line.decode()
 
 
 async def load_worker(spec_text: str) -> None:
