@@ -12,6 +12,10 @@ In-process use (from a trio test)::
         proxy.pause()  # partition: bytes stop, connections stay open
         proxy.resume()  # everything held is delivered, in order
         proxy.cut()  # every live connection is reset, both sides
+        proxy.drop("up", 2.0)  # bytes client -> target vanish for 2 s; sockets stay up
+        proxy.cut_after(100)  # 100 more bytes get through, then a reset mid-frame
+        proxy.dup_connect("hold")  # each new connection gets a replaying twin
+        proxy.heal()  # every fault above cleared at once
 
 Process-level use (for tests that run nodes as subprocesses)::
 
@@ -20,9 +24,10 @@ Process-level use (for tests that run nodes as subprocesses)::
 prints ``{"listen": "127.0.0.1", "port": N}`` as one JSON line, then reads
 commands, one per line, on stdin (``cut``, ``pause``, ``resume``,
 ``block [refuse|blackhole]``, ``unblock``, ``delay SECONDS [up|down|both]``,
-``stats``) and answers each with one JSON line, so the test knows the fault is
-in place before it goes on. It exits when stdin is closed, so it cannot outlive
-the test that started it.
+``drop [up|down|both] [SECONDS]``, ``undrop``, ``cut_after N [up|down|both]``,
+``dup_connect [hold|close|off]``, ``heal``, ``stats``) and answers each with
+one JSON line, so the test knows the fault is in place before it goes on. It
+exits when stdin is closed, so it cannot outlive the test that started it.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import trio
 
 Direction = Literal["up", "down", "both"]
 BlockMode = Literal["refuse", "blackhole"]
+DupMode = Literal["hold", "close"]
 
 #: SO_LINGER on, timeout 0: close() sends RST instead of FIN, the way a crashed
 #: host or a middlebox dropping state looks to the peer.
@@ -96,18 +102,27 @@ def _hard_close(stream: trio.SocketStream | None, *, reset: bool) -> None:
     sock.close()
 
 
+def _directions(direction: str) -> tuple[str, ...]:
+    if direction not in ("up", "down", "both"):
+        raise ValueError(f"unknown direction {direction!r}")
+    return ("up", "down") if direction == "both" else (direction,)
+
+
 class _Link:
-    """One proxied connection: the client side, the target side, one cancel scope."""
+    """One proxied connection: the client side, the target side, one cancel scope, and
+    the duplicate connection dup_connect() opened beside it, if any."""
 
     def __init__(self, client: trio.SocketStream) -> None:
         self.client = client
         self.target: trio.SocketStream | None = None
+        self.dup: trio.SocketStream | None = None
         self.scope = trio.CancelScope()
 
     def abort(self) -> None:
-        """Reset both sides now and stop the link's tasks."""
+        """Reset both sides (and the duplicate) now and stop the link's tasks."""
         _hard_close(self.client, reset=True)
         _hard_close(self.target, reset=True)
+        _hard_close(self.dup, reset=True)
         self.scope.cancel()
 
 
@@ -131,6 +146,9 @@ class FaultProxy:
         listen_port: int = 0,
         chunk_size: int = 65536,
         max_chunks: int = 16,
+        connect_timeout: float = 10.0,
+        dup_replay: int = 4096,
+        dup_hold: float = 30.0,
     ) -> None:
         self.target_host = target_host
         self.target_port = target_port
@@ -138,6 +156,12 @@ class FaultProxy:
         self.port = listen_port  #: the real port once serve() has started
         self.chunk_size = chunk_size
         self.max_chunks = max_chunks
+        #: the longest wait for the target to accept a connection (a hung target host)
+        self.connect_timeout = connect_timeout
+        #: dup_connect(): at most this many of the client's first bytes are replayed ...
+        self.dup_replay = dup_replay
+        #: ... and a held duplicate is closed after this many seconds at most
+        self.dup_hold = dup_hold
         #: bytes delivered client -> target and target -> client
         self.bytes_up = 0
         self.bytes_down = 0
@@ -147,11 +171,22 @@ class FaultProxy:
         self.refused = 0
         #: connections torn down by cut()
         self.cuts = 0
+        #: bytes discarded by drop(), per direction
+        self.dropped_up = 0
+        self.dropped_down = 0
+        #: connections reset mid-stream by cut_after()
+        self.mid_cuts = 0
+        #: duplicate connections opened to the target by dup_connect()
+        self.dups = 0
         self._links: set[_Link] = set()
         self._flow = _Gate()  # closed = pause(): no bytes move on any link
         self._admit = _Gate()  # closed = block(): new connections not forwarded
         self._block_mode: BlockMode = "refuse"
         self._delay: dict[str, float] = {"up": 0.0, "down": 0.0}
+        self._drop_until: dict[str, float] = {"up": 0.0, "down": 0.0}  # trio clock
+        self._cut_budget: int | None = None  # armed cut_after(): bytes still let through
+        self._cut_dirs: tuple[str, ...] = ()
+        self._dup_mode: DupMode | None = None
         self._serve_scope: trio.CancelScope | None = None
 
     # ---------------------------------------------------------------- running
@@ -260,6 +295,63 @@ class FaultProxy:
             if direction in (name, "both"):
                 self._delay[name] = seconds
 
+    def drop(self, direction: Direction = "both", seconds: float | None = None) -> None:
+        """Silently discard every byte read in ``direction`` (for ``seconds``, or until
+        undrop()/heal()); connections stay up.
+
+        Unlike pause(), bytes are lost, not held: the far side's stream has a hole in
+        it. For a WebSocket carrying sealed frames that is a corrupt stream (a frame
+        header read from the middle of a payload, a counter nonce that skipped), which
+        the receiver must detect and answer by closing and reconnecting; a node that
+        instead waits forever or crashes has a bug this fault exists to find.
+        """
+        if seconds is not None and (not math.isfinite(seconds) or seconds < 0):
+            raise ValueError("drop seconds must be a finite number >= 0")
+        until = math.inf if seconds is None else trio.current_time() + seconds
+        for name in _directions(direction):
+            self._drop_until[name] = until
+
+    def undrop(self) -> None:
+        """Stop drop() in both directions."""
+        self._drop_until = {"up": 0.0, "down": 0.0}
+
+    def cut_after(self, nbytes: int, direction: Direction = "both") -> None:
+        """Let the next ``nbytes`` bytes through (in ``direction``, over all connections
+        together), then reset the connection that carried the last of them.
+
+        One-shot: once it fired (or heal() ran) traffic flows normally. With a small
+        ``nbytes`` the reset lands inside a frame (a half-written WebSocket message), the
+        case a clean cut() between frames rarely produces.
+        """
+        if nbytes < 0:
+            raise ValueError("cut_after needs a byte count >= 0")
+        self._cut_dirs = _directions(direction)
+        self._cut_budget = nbytes
+
+    def dup_connect(self, mode: DupMode | None = "hold") -> None:
+        """Each NEW client connection also gets a duplicate connection to the target that
+        replays the client's first bytes (up to ``dup_replay``: the HTTP upgrade, the
+        handshake's hello), like a retransmitting middlebox or a replay attacker.
+
+        ``hold``: the duplicate stays open (what the target sends is read and discarded)
+        until the original ends or ``dup_hold`` seconds pass. ``close``: it is closed as
+        soon as the replay is done. ``None``: stop duplicating.
+        """
+        if mode not in ("hold", "close", None):
+            raise ValueError(f"unknown dup_connect mode {mode!r}")
+        self._dup_mode = mode
+
+    def heal(self) -> None:
+        """Clear every fault at once: resume, unblock, no delay, no drop, cut_after
+        disarmed, no duplicates. Connections that a fault already broke stay broken
+        (their ends must notice and reconnect); the proxy is a clean pipe again."""
+        self.resume()
+        self.unblock()
+        self._delay = {"up": 0.0, "down": 0.0}
+        self.undrop()
+        self._cut_budget = None
+        self._dup_mode = None
+
     @property
     def active(self) -> int:
         """Connections currently open (forwarding, paused or black-holed)."""
@@ -279,7 +371,17 @@ class FaultProxy:
             "blocked": None if self._admit.is_open else self._block_mode,
             "delay_up": self._delay["up"],
             "delay_down": self._delay["down"],
+            "dropping": [d for d in ("up", "down") if self._dropping(d)],
+            "dropped_up": self.dropped_up,
+            "dropped_down": self.dropped_down,
+            "cut_after": self._cut_budget,
+            "mid_cuts": self.mid_cuts,
+            "dup_connect": self._dup_mode,
+            "dups": self.dups,
         }
+
+    def _dropping(self, direction: str) -> bool:
+        return trio.current_time() < self._drop_until[direction]
 
     # -------------------------------------------------------------- internals
 
@@ -295,26 +397,50 @@ class FaultProxy:
                         link.abort()
                         return
                     await self._admit.wait_open()
-                try:
-                    link.target = await trio.open_tcp_stream(self.target_host, self.target_port)
-                except OSError:
-                    # The target is down: tell the client the same way a dead host would.
+                link.target = await self._connect()
+                if link.target is None:
+                    # The target is down (or hung): tell the client the way a dead host would.
                     self.refused += 1
                     link.abort()
                     return
-                await self._forward(link, link.target)
+                await self._forward(link, link.target, self._dup_mode)
         finally:
             self._links.discard(link)
             _hard_close(link.client, reset=False)
             _hard_close(link.target, reset=False)
+            _hard_close(link.dup, reset=False)
 
-    async def _forward(self, link: _Link, target: trio.SocketStream) -> None:
-        """Pump both directions; a clean EOF is passed on as a half-close."""
-        async with trio.open_nursery() as nursery:
-            for src, dst, direction in ((link.client, target, "up"), (target, link.client, "down")):
-                send, recv = trio.open_memory_channel[tuple[float, bytes]](self.max_chunks)
-                nursery.start_soon(self._read_side, link, src, send, direction)
-                nursery.start_soon(self._write_side, link, dst, recv, direction)
+    async def _connect(self) -> trio.SocketStream | None:
+        """A connection to the target, or None if it refused or did not answer in time."""
+        with trio.move_on_after(self.connect_timeout):
+            try:
+                return await trio.open_tcp_stream(self.target_host, self.target_port)
+            except OSError:
+                return None
+        return None
+
+    async def _forward(
+        self, link: _Link, target: trio.SocketStream, dup: DupMode | None = None
+    ) -> None:
+        """Pump both directions; a clean EOF is passed on as a half-close. With ``dup``,
+        the client's first bytes are also copied to a duplicate connection, which ends
+        when the pumps do at the latest."""
+        replay: trio.MemorySendChannel[bytes] | None = None
+        async with trio.open_nursery() as outer:
+            if dup is not None:
+                # bounded: a replay chunk that finds the channel full is not replayed
+                replay, replayed = trio.open_memory_channel[bytes](self.max_chunks)
+                outer.start_soon(self._duplicate, link, dup, replayed)
+            async with trio.open_nursery() as nursery:
+                for src, dst, direction in (
+                    (link.client, target, "up"),
+                    (target, link.client, "down"),
+                ):
+                    send, recv = trio.open_memory_channel[tuple[float, bytes]](self.max_chunks)
+                    copy = replay if direction == "up" else None
+                    nursery.start_soon(self._read_side, link, src, send, direction, copy)
+                    nursery.start_soon(self._write_side, link, dst, recv, direction)
+            outer.cancel_scope.cancel()
 
     async def _read_side(
         self,
@@ -322,19 +448,39 @@ class FaultProxy:
         src: trio.SocketStream,
         out: trio.MemorySendChannel[tuple[float, bytes]],
         direction: str,
+        replay: trio.MemorySendChannel[bytes] | None = None,
     ) -> None:
-        """Read chunks and stamp them with their due time; b"" marks EOF."""
-        async with out:
-            try:
+        """Read chunks and stamp them with their due time; b"" marks EOF. Bytes read
+        while drop() is on are counted and discarded; the first ``dup_replay`` bytes are
+        also handed to ``replay`` (closed once that many went, or at EOF)."""
+        left = self.dup_replay
+        try:
+            async with out:
                 while True:
                     await self._flow.wait_open()
                     data = await src.receive_some(self.chunk_size)
+                    if replay is not None and left > 0 and data:
+                        piece = data[:left]
+                        left -= len(piece)
+                        with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError):
+                            replay.send_nowait(piece)
+                        if left <= 0:
+                            replay.close()
+                    if data and self._dropping(direction):
+                        if direction == "up":
+                            self.dropped_up += len(data)
+                        else:
+                            self.dropped_down += len(data)
+                        continue
                     due = trio.current_time() + self._delay[direction]
                     await out.send((due, data))
                     if not data:
                         return
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                link.abort()  # one side reset: reset the other too, as a real path would
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            link.abort()  # one side reset: reset the other too, as a real path would
+        finally:
+            if replay is not None:
+                replay.close()
 
     async def _write_side(
         self,
@@ -343,7 +489,8 @@ class FaultProxy:
         inbox: trio.MemoryReceiveChannel[tuple[float, bytes]],
         direction: str,
     ) -> None:
-        """Write chunks in order once due and while traffic flows."""
+        """Write chunks in order once due and while traffic flows; an armed cut_after()
+        lets its last bytes through and then resets this link."""
         async with inbox:
             try:
                 async for due, data in inbox:
@@ -352,13 +499,70 @@ class FaultProxy:
                     if not data:
                         await dst.send_eof()
                         return
+                    budget = self._cut_budget
+                    if budget is not None and direction in self._cut_dirs:
+                        if len(data) >= budget:
+                            self._cut_budget = None  # one-shot: disarmed before any await
+                            self.mid_cuts += 1
+                            if budget:
+                                await dst.send_all(data[:budget])
+                                self._count(direction, budget)
+                            self._links.discard(link)  # gone now: `active` is exact
+                            link.abort()
+                            return
+                        self._cut_budget = budget - len(data)
                     await dst.send_all(data)
-                    if direction == "up":
-                        self.bytes_up += len(data)
-                    else:
-                        self.bytes_down += len(data)
+                    self._count(direction, len(data))
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 link.abort()
+
+    def _count(self, direction: str, n: int) -> None:
+        if direction == "up":
+            self.bytes_up += n
+        else:
+            self.bytes_down += n
+
+    async def _duplicate(
+        self, link: _Link, mode: DupMode, replay: trio.MemoryReceiveChannel[bytes]
+    ) -> None:
+        """The duplicate connection of ``link``: replay the client's first bytes to the
+        target, then hold it (draining and discarding what the target answers) or close
+        it. Never touches the original connection; every wait is bounded."""
+        async with replay:
+            dup = await self._connect()
+            if dup is None:
+                return
+            link.dup = dup
+            self.dups += 1
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._drain, dup)
+                    with trio.move_on_after(self.dup_hold):
+                        while True:
+                            # close: a pause in the client's bytes ends the replay
+                            idle = 0.5 if mode == "close" else math.inf
+                            with trio.move_on_after(idle):
+                                try:
+                                    chunk = await replay.receive()
+                                except trio.EndOfChannel:
+                                    break
+                                await dup.send_all(chunk)
+                                continue
+                            break
+                        if mode == "hold":
+                            await trio.sleep_forever()  # until the original ends or dup_hold
+                    nursery.cancel_scope.cancel()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass  # the target closed the duplicate: that is its right
+            finally:
+                link.dup = None
+                _hard_close(dup, reset=False)
+
+    async def _drain(self, stream: trio.SocketStream) -> None:
+        """Read and discard until EOF (so the target never blocks writing to a duplicate)."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            while await stream.receive_some(self.chunk_size):
+                pass
 
 
 # ------------------------------------------------------------- process mode
@@ -377,6 +581,17 @@ def _hostport(text: str) -> tuple[str, int]:
 def _emit(obj: dict[str, Any]) -> None:
     # Plain blocking print: replies are tiny and the reader is the test waiting for them.
     print(json.dumps(obj, sort_keys=True), flush=True)
+
+
+def _direction(text: str) -> Direction:
+    """A direction word from a control line, typed (ValueError for anything else)."""
+    if text == "up":
+        return "up"
+    if text == "down":
+        return "down"
+    if text == "both":
+        return "both"
+    raise ValueError(f"unknown direction {text!r}")
 
 
 def command(proxy: FaultProxy, line: str) -> dict[str, Any]:
@@ -401,12 +616,23 @@ def command(proxy: FaultProxy, line: str) -> dict[str, Any]:
             proxy.unblock()
         elif name == "delay" and len(args) in (1, 2):
             direction = args[1] if len(args) == 2 else "both"
-            if direction not in ("up", "down", "both"):
-                raise ValueError(f"unknown direction {direction!r}")
-            proxy.delay(
-                float(args[0]),
-                "up" if direction == "up" else "down" if direction == "down" else "both",
-            )
+            proxy.delay(float(args[0]), _direction(direction))
+        elif name == "drop" and len(args) <= 2:
+            direction = args[0] if args else "both"
+            seconds = float(args[1]) if len(args) == 2 else None
+            proxy.drop(_direction(direction), seconds)
+        elif name == "undrop" and not args:
+            proxy.undrop()
+        elif name == "cut_after" and len(args) in (1, 2):
+            direction = args[1] if len(args) == 2 else "both"
+            proxy.cut_after(int(args[0]), _direction(direction))
+        elif name == "dup_connect" and len(args) <= 1:
+            mode = args[0] if args else "hold"
+            if mode not in ("hold", "close", "off"):
+                raise ValueError(f"unknown dup_connect mode {mode!r}")
+            proxy.dup_connect("hold" if mode == "hold" else "close" if mode == "close" else None)
+        elif name == "heal" and not args:
+            proxy.heal()
         elif name == "stats" and not args:
             return {"ok": True, "cmd": name, **proxy.stats()}
         else:

@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from pathlib import Path
 
@@ -192,6 +192,152 @@ async def test_delay_adds_latency_and_keeps_order(proxy: FaultProxy) -> None:
     await stream.aclose()
 
 
+async def test_drop_discards_bytes_and_keeps_the_connection(proxy: FaultProxy) -> None:
+    stream = await connect(proxy)
+    await stream.send_all(b"a")
+    assert await read_exactly(stream, 1) == b"a"
+
+    proxy.drop("up")  # until undrop(): client -> target bytes vanish
+    await stream.send_all(b"lost")
+    with trio.move_on_after(0.3) as timeout:
+        await stream.receive_some(100)
+    assert timeout.cancelled_caught, "dropped bytes reached the echo server"
+    assert proxy.dropped_up == 4 and proxy.active == 1
+    assert proxy.stats()["dropping"] == ["up"]
+    proxy.undrop()
+    await stream.send_all(b"back")
+    assert await read_exactly(stream, 4) == b"back"  # the hole stays a hole
+
+    proxy.drop("down", 0.2)  # for a while: the echo of "x" is dropped on its way back
+    await stream.send_all(b"x")
+    with trio.fail_after(2):
+        while proxy.dropped_down < 1:
+            await trio.sleep(0.01)
+    await trio.sleep(0.3)
+    assert proxy.stats()["dropping"] == []
+    await stream.send_all(b"y")
+    assert await read_exactly(stream, 1) == b"y"
+    await until(lambda: proxy.bytes_down == 6)  # counted once send_all returned
+    assert proxy.dropped_down == 1
+    await stream.aclose()
+
+
+async def test_cut_after_lets_n_bytes_through_then_resets(proxy: FaultProxy, echo: Echo) -> None:
+    stream = await connect(proxy)
+    proxy.cut_after(10, "down")
+    payload = bytes(range(100))
+    await stream.send_all(payload)
+    received = bytearray()
+    with trio.fail_after(2), pytest.raises(trio.BrokenResourceError):
+        while data := await stream.receive_some(100):
+            received += data
+    assert bytes(received) == payload[:10]  # sent before the reset: delivered in order
+    assert proxy.mid_cuts == 1 and proxy.bytes_down == 10 and proxy.active == 0
+    await stream.aclose()
+
+    # one-shot: the next connection carries everything
+    fresh = await connect(proxy)
+    await fresh.send_all(payload)
+    assert await read_exactly(fresh, 100) == payload
+    assert proxy.stats()["cut_after"] is None
+    await fresh.aclose()
+
+
+class Recorder:
+    """A TCP server that echoes and keeps, per connection, the bytes it received and
+    whether the connection has ended (so a test sees the duplicate and its fate)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.conns: list[bytearray] = []
+        self.ended: list[int] = []  # indexes of connections that are over
+
+    async def handler(self, stream: trio.SocketStream) -> None:
+        index = len(self.conns)
+        got = bytearray()
+        self.conns.append(got)
+        try:
+            async with stream:
+                while data := await stream.receive_some(65536):
+                    got += data
+                    await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            self.ended.append(index)
+
+
+@pytest.fixture
+async def recorder(nursery: trio.Nursery) -> Recorder:
+    server = Recorder()
+    listeners = await nursery.start(partial(trio.serve_tcp, server.handler, 0, host="127.0.0.1"))
+    server.port = listeners[0].socket.getsockname()[1]
+    return server
+
+
+async def until(pred: Callable[[], bool], timeout: float = 2.0) -> None:
+    with trio.fail_after(timeout):
+        while not pred():
+            await trio.sleep(0.01)
+
+
+async def test_dup_connect_close_replays_first_bytes_then_closes(recorder: Recorder) -> None:
+    async with FaultProxy.open("127.0.0.1", recorder.port, dup_replay=8) as proxy:
+        proxy.dup_connect("close")
+        stream = await connect(proxy)
+        await stream.send_all(b"hello, twice")  # 12 bytes: only the first 8 are replayed
+        assert await read_exactly(stream, 12) == b"hello, twice"
+        await until(lambda: len(recorder.conns) == 2 and 1 in recorder.ended)
+        original, duplicate = recorder.conns
+        assert original == b"hello, twice" and duplicate == b"hello, t"
+        assert proxy.dups == 1 and 0 not in recorder.ended  # the original lives on
+        await stream.send_all(b"!")
+        assert await read_exactly(stream, 1) == b"!"
+        await stream.aclose()
+
+
+async def test_dup_connect_hold_keeps_the_twin_until_the_original_ends(
+    recorder: Recorder,
+) -> None:
+    async with FaultProxy.open("127.0.0.1", recorder.port) as proxy:
+        proxy.dup_connect("hold")
+        stream = await connect(proxy)
+        await stream.send_all(b"GET / HTTP/1.1\r\n\r\n")
+        await read_exactly(stream, 18)
+        await until(lambda: len(recorder.conns) == 2 and recorder.conns[1] == recorder.conns[0])
+        await trio.sleep(0.7)  # longer than close mode's idle wait: still held
+        assert recorder.ended == [] and proxy.active == 1
+        proxy.dup_connect(None)  # off for new connections; this one keeps its twin
+        await stream.aclose()
+        await until(lambda: sorted(recorder.ended) == [0, 1])
+        plain = await connect(proxy)
+        await plain.send_all(b"x")
+        assert await read_exactly(plain, 1) == b"x"
+        assert proxy.dups == 1 and len(recorder.conns) == 3
+        await plain.aclose()
+
+
+async def test_heal_clears_every_fault(proxy: FaultProxy) -> None:
+    stream = await connect(proxy)
+    proxy.pause()
+    proxy.block("blackhole")
+    proxy.delay(5)
+    proxy.drop("both")
+    proxy.cut_after(1)
+    proxy.dup_connect("hold")
+    proxy.heal()
+    stats = proxy.stats()
+    assert not stats["paused"] and stats["blocked"] is None and stats["dropping"] == []
+    assert stats["delay_up"] == stats["delay_down"] == 0 and stats["cut_after"] is None
+    assert stats["dup_connect"] is None
+    for s in (stream, await connect(proxy)):
+        await s.send_all(b"healed")
+        with trio.fail_after(2):
+            assert await read_exactly(s, 6) == b"healed"
+        await s.aclose()
+    assert proxy.dups == 0 and proxy.mid_cuts == 0
+
+
 async def test_target_down_resets_client() -> None:
     # A port nobody listens on: bind, read the port, close.
     with trio.socket.socket() as s:
@@ -253,8 +399,16 @@ async def test_process_mode(echo: Echo) -> None:
 
             assert (await ask("delay 0.01"))["ok"] is True
             assert (await ask("bogus"))["ok"] is False
+            for good in ("drop up 0.5", "undrop", "cut_after 5 down", "dup_connect close"):
+                assert (await ask(good))["ok"] is True, good
+            for bad in ("drop sideways", "cut_after -1", "cut_after x", "dup_connect maybe"):
+                assert (await ask(bad))["ok"] is False, bad
+            faulty = await ask("stats")
+            assert faulty["cut_after"] == 5 and faulty["dup_connect"] == "close"
+            assert await ask("heal") == {"ok": True, "cmd": "heal"}
             stats = await ask("stats")
-            assert stats["bytes_up"] == 11 and stats["cuts"] == 1 and stats["delay_up"] == 0.01
+            assert stats["bytes_up"] == 11 and stats["cuts"] == 1 and stats["delay_up"] == 0
+            assert stats["cut_after"] is None and stats["dup_connect"] is None
 
             await stdin.aclose()  # EOF on stdin: the proxy exits by itself
             assert await proc.wait() == 0
