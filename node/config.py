@@ -186,6 +186,14 @@ SPEC: dict[str, dict[str, Key]] = {
             int, 3600, "Seconds between expiry/garbage-collection sweeps.", _positive
         ),
         "download_chunk_max": Key(int, 512 * 1024, "Largest media.download chunk.", _positive),
+        "fetch_wait": Key(
+            float,
+            20.0,
+            "Seconds a media.info/media.download of a file this node is still fetching from "
+            "another node waits for it before answering MEDIA_FETCHING (retry_after); keep it "
+            "under clients' call timeout (30 s in the SDK).",
+            _positive,
+        ),
     },
     "storage": {
         "readers": Key(int, 4, "SQLite read connections.", _positive),

@@ -2,27 +2,31 @@
 others (fetched through fed.media from the chat's home, else the sender's node), once per
 node, resumably; fed.media answers only peers that may read the file; bytes that do not
 match the message's SHA-256 are never kept. Real nodes (test_federation's ``cluster``),
-real SDK clients."""
+real SDK clients; a cut or stalled link is a real FaultProxy between the nodes."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-import node.media.service as media_service
 from federation import Federation
+from federation.faultproxy import FaultProxy
 from node.app import Node
 from node.client import Client
 from node.client.media import download_file, upload_file
 from node.media import files
-from node.protocol.errors import ErrorCode, RpcError
+from node.media.service import FETCH_PART
+from node.protocol.errors import RpcError
+from tests.conftest import make_config
 from tests.helpers import admin, signed_in
-from tests.test_federation import cluster, has_chat, rid, until
+from tests.test_federation import cluster, has_chat, links_up, rid, until
 
 SIZE = 1536 * 1024  # 1.5 MiB: three fed.media ranges of 512 KiB
 
@@ -225,58 +229,116 @@ async def test_tampered_bytes_are_detected_and_not_kept(tmp_path: Path) -> None:
         assert out.read_bytes() == src.read_bytes()
 
 
-class _Flaky:
-    """The remote slot with a failure (a dropped link) or a delay on chosen calls."""
-
-    def __init__(self, inner: Any, fail_on: set[int], delay: float = 0.0) -> None:
-        self.inner, self.fail_on, self.delay, self.calls = inner, fail_on, delay, 0
-
-    async def fetch_media(
-        self, node_id: str, sha256: str, offset: int, length: int
-    ) -> tuple[bytes, int]:
-        self.calls += 1
-        await trio.sleep(self.delay)
-        if self.calls in self.fail_on:
-            raise RpcError(ErrorCode.PEER_UNREACHABLE, "link dropped (test)")
-        data, size = await self.inner.fetch_media(node_id, sha256, offset, length)
-        return data, size
+# the n2 -> n1 link's one-way latency while a fetch is cut: the request for the second range
+# sits this long in the proxy, so the cut (made as soon as the first range is on n2's disk)
+# lands before n1 ever sees it; and n2's wait for a fetch before MEDIA_FETCHING, longer than
+# that latency (the cut fetch answers its reader with its own error, not MEDIA_FETCHING)
+CUT_LATENCY = 0.5
+FETCH_WAIT = 1.5
 
 
-async def test_cut_fetch_resumes_and_slow_fetch_answers_media_fetching(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@asynccontextmanager
+async def linked_through_proxy(tmp: Path) -> AsyncIterator[tuple[Node, Node, FaultProxy]]:
+    """n1 and n2, where n2 reaches n1 only through a FaultProxy (its admin added n1 by the
+    proxy's URL; n1 dials n2 directly, back on n2's hello). n2 answers MEDIA_FETCHING after
+    ``[media] fetch_wait`` = FETCH_WAIT seconds."""
+    async with AsyncExitStack() as stack:
+        a, b = [
+            await stack.enter_async_context(
+                Node.start(
+                    make_config(
+                        tmp / f"n{i}",
+                        node={"name": f"n{i}", "listen": "127.0.0.1:0", "log_level": "warning"},
+                        federation={"peering": "open"},
+                        **({"media": {"fetch_wait": FETCH_WAIT}} if i == 2 else {}),
+                    ),
+                    parts=[Federation()],
+                )
+            )
+            for i in (1, 2)
+        ]
+        proxy = await stack.enter_async_context(FaultProxy.open("127.0.0.1", a.port))
+        via = f"ws://127.0.0.1:{proxy.port}/"
+        await admin(b, "admin.peerAdd", {"url": via})
+        await links_up(b, 1)
+        await links_up(a, 1)
+        assert [p["url"] for p in (await admin(b, "admin.peerList"))["peers"]] == [via]
+        yield a, b, proxy
+
+
+async def link_to(n: Node, peer: Node) -> dict[str, Any]:
+    peers = (await admin(n, "admin.peerList"))["peers"]
+    [found] = [p for p in peers if p["node_id"] == peer.node_id]
+    return dict(found)
+
+
+async def test_cut_fetch_resumes_and_slow_fetch_answers_media_fetching(tmp_path: Path) -> None:
     async with (
-        cluster(tmp_path, 2) as (a, b),
+        linked_through_proxy(tmp_path) as (a, b, proxy),
         signed_in(a, "alice") as al,
         signed_in(b, "bob") as bo,
     ):
         chat_id = (await al.call("chats.startPrivate", {"user": "bob@n2"}))["chat"]["id"]
         await has_chat(b, chat_id)
         src = tmp_path / "big.bin"
-        src.write_bytes(os.urandom(SIZE))
-        sha = hashlib.sha256(src.read_bytes()).hexdigest()
+        content = os.urandom(SIZE)
+        src.write_bytes(content)
+        sha = hashlib.sha256(content).hexdigest()
         await post_file(al, chat_id, src, "up5")
         item = await media_on(bo, chat_id)
-        slot = b.media.remote
-        # the link drops after the first range: a retryable error, the range kept on disk
-        b.media.remote = _Flaky(slot, fail_on={2})
-        with pytest.raises(RpcError) as e:
-            await bo.call("media.info", {"media_id": item["media_id"]})
-        assert e.value.code == "PEER_UNREACHABLE" and e.value.retry_after
+        folder = files.fetch_dir(b.config.media_dir, sha)
+        assert served(a) == 0 and not stored(b, sha)
+
+        # the link is cut once the first range is on n2's disk (the second one's request
+        # still in the proxy): a retryable error, the range kept on disk
+        async def first_range_kept() -> bool:
+            return files.fetch_progress(folder, SIZE) >= 1
+
+        errors: list[RpcError] = []
+
+        async def reader() -> None:
+            with pytest.raises(RpcError) as e:
+                await bo.call("media.info", {"media_id": item["media_id"]})
+            errors.append(e.value)
+
+        down, connections = proxy.bytes_down, proxy.connections
+        proxy.delay(CUT_LATENCY, "up")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(reader)
+            await until(first_range_kept)
+            assert proxy.cut() >= 1
+            proxy.delay(0)
+        [err] = errors
+        assert err.code == "PEER_UNREACHABLE" and err.retry_after
         assert fetch_leftovers(b) == [f"fetch-{sha}"] and served(a) == 1
-        # a slow fetch: the reader waits a bounded time, then hears MEDIA_FETCHING
-        monkeypatch.setattr(media_service, "FETCH_WAIT", 0.2)
-        b.media.remote = _Flaky(slot, fail_on=set(), delay=0.5)
+        assert FETCH_PART <= proxy.bytes_down - down < 2 * FETCH_PART
+        assert files.fetch_progress(folder, SIZE) == 1  # resumes at offset FETCH_PART
+        assert (folder / "data").read_bytes() == content[:FETCH_PART]
+
+        # n2 dials n1 again through the proxy
+        async def relinked() -> bool:
+            return proxy.connections > connections and (await link_to(b, a))["link"] == "up"
+
+        await until(relinked)
+
+        # a slow peer (the link stalls): the reader waits fetch_wait, then hears MEDIA_FETCHING
+        proxy.pause()
+        down, asked = proxy.bytes_down, trio.current_time()
         with pytest.raises(RpcError) as e:
             await bo.call("media.download", {"media_id": item["media_id"], "offset": 0, "limit": 9})
         assert e.value.code == "MEDIA_FETCHING" and e.value.retry_after
+        assert trio.current_time() - asked >= FETCH_WAIT
+        assert served(a) == 1 and not stored(b, sha)
+        proxy.resume()
 
         async def fetched() -> bool:  # placed, and its parts cleared away
             return stored(b, sha) and fetch_leftovers(b) == []
 
         await until(fetched)
-        # resumed: only the two missing ranges were asked for
+        # resumed: only the two missing ranges were asked for and came over the link
         assert served(a) == 3 and fetch_leftovers(b) == []
+        assert SIZE - FETCH_PART <= proxy.bytes_down - down < SIZE - FETCH_PART // 2
         out = tmp_path / "out.bin"
         await download_file(bo, item["media_id"], out)
-        assert out.read_bytes() == src.read_bytes()
+        got = out.read_bytes()
+        assert got == content and hashlib.sha256(got).hexdigest() == sha

@@ -17,7 +17,8 @@ the chat's home first, then from the sender's node, in parts of ``FETCH_PART`` b
 disk as they come (a cut fetch resumes), verified (size and SHA-256: a peer is trusted for
 nothing it cannot prove) before the file is placed in the store, where it is then served
 like any other. Readers asking meanwhile share the one fetch; each waits at most
-``FETCH_WAIT`` seconds, then gets MEDIA_FETCHING (retry_after) while it goes on.
+``[media] fetch_wait`` seconds (default 20), then gets MEDIA_FETCHING (retry_after) while
+it goes on.
 
 Garbage: an unfinished upload lives ``upload_ttl`` from its first part. A finished media
 row older than ``upload_ttl`` that no readable message carries (never attached, or only by
@@ -49,9 +50,6 @@ IO_THREADS = 8  # concurrent part writes/reads; each holds at most one part in m
 # parts cost no quota, so without a cap they could pile up unbounded
 MAX_UPLOADS_PER_USER = 1000
 FETCH_PART = 512 * 1024  # a fed.media range (its schema's cap)
-# how long a reader's call waits for a fetch before MEDIA_FETCHING: under the SDK's default
-# call timeout (30 s), so a client hears a clear, retryable answer rather than TIMEOUT
-FETCH_WAIT = 20.0
 FETCH_RETRY_AFTER = 2.0
 
 
@@ -79,6 +77,9 @@ class Media:
         self.upload_ttl = float(cfg.get("media", "upload_ttl"))
         self.gc_interval = float(cfg.get("media", "gc_interval"))
         self.chunk_max = int(cfg.get("media", "download_chunk_max"))
+        # how long a reader's call waits for a fetch before MEDIA_FETCHING: under the SDK's
+        # default call timeout (30 s), so a client hears a clear, retryable answer, not TIMEOUT
+        self.fetch_wait = float(cfg.get("media", "fetch_wait"))
         self._io = trio.CapacityLimiter(IO_THREADS)
         self._gc_lock = trio.Lock()
         self._guards = UploadGuards()
@@ -294,7 +295,7 @@ class Media:
                 self._nursery.start_soon(self._run_fetch, fetch, sha, size)
             else:  # not running (a bare service in a test): fetch in the caller's task
                 await self._run_fetch(fetch, sha, size)
-        with trio.move_on_after(FETCH_WAIT):
+        with trio.move_on_after(self.fetch_wait):
             await fetch.done.wait()
         if not fetch.done.is_set():
             raise RpcError(
