@@ -14,6 +14,7 @@ is in the database and survives restarts.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,8 @@ class Link:
         self.node_id = node_id
         self.url = url
         self.state = "down"  # down | connecting | up
+        self.since = time.time()  # when the link last went up or down
+        self.relayed = 0  # events of chats homed elsewhere pulled from this peer (gap fill)
         self.last_error: str | None = None
         self.client: Client | None = None
         self._kick = trio.Event()
@@ -102,10 +105,13 @@ class Link:
                 self._kick = trio.Event()
 
     def _down(self, why: str) -> None:
-        if self.state == "up" or self.last_error != why:
+        was_up = self.state == "up"
+        if was_up or self.last_error != why:
             log.event(_log, "link.down", peer=self.node_id[:12], why=why)
+        if was_up:
+            self.since = time.time()
         self.state, self.client, self.last_error = "down", None, why
-        self.fed.link_failed(self.node_id, why)
+        self.fed.link_failed(self.node_id, why, was_up)
 
     async def _session(self) -> None:
         timeout = self.fed.link_timeout
@@ -116,6 +122,7 @@ class Link:
             if hello.get("state") != "peer":  # it has not approved us yet: nothing to carry
                 raise RpcError(ErrorCode.PEER_PENDING, "waiting for its admin to approve us")
             self.client, self.state, self.last_error = client, "up", None
+            self.since = time.time()
             log.event(_log, "link.up", peer=self.node_id[:12], url=self.url)
             await self.fed.link_up(self)
             async with trio.open_nursery() as nursery:

@@ -71,11 +71,26 @@ def serve_pull(
     after: int | None,
     limit: int,
 ) -> dict[str, Any]:
-    """``fed.pull`` on the home: events after ``after`` for a node with members there."""
+    """``fed.pull``: events after ``after`` for a node with members in the chat.
+
+    The home serves its log; a replica serves its copy (a relay: what it verified and
+    applied, up to its own head), so replicas fill each other's gaps while the home is
+    unreachable. A copy from a relay is as trustworthy as one from the home: the puller
+    checks the chain and the home's signature either way. A relay ships content only where
+    its own copy has it (its members' view); where the puller may see content the relay
+    never received, the batch stops and the rest waits for the home."""
     chat = store.get_chat(conn, chat_id)
-    if chat is None or chat.home != home.node_id:
-        raise RpcError(ErrorCode.CHAT_NOT_FOUND, f"no chat {chat_id} homed here")
+    if chat is None:
+        raise RpcError(ErrorCode.CHAT_NOT_FOUND, f"no chat {chat_id} here")
     visible_from, until = _entitled(conn, chat_id, peer)
+    own_from = 0  # the home holds every event's content (until erased)
+    if chat.home != home.node_id:
+        if peer.node_id == chat.home:
+            raise RpcError(ErrorCode.NOT_A_REPLICA, "the home has the whole log")
+        own_from, own_until = _entitled(conn, chat_id, _self_peer(conn, home))
+        if own_until < chat.last_seq:  # we left: our copy ends at our leave
+            raise RpcError(ErrorCode.NOT_A_REPLICA, f"this node no longer follows {chat_id}")
+        until = min(until, chat.last_seq)
     start = after or 0
     rows = conn.execute(
         "SELECT seq, raw, sig, content FROM events WHERE chat_id = ? AND seq > ? AND seq <= ? "
@@ -85,7 +100,11 @@ def serve_pull(
     out: list[list[Any]] = []
     size = 0
     named: set[str] = set()
+    withheld = False
     for seq, raw, sig, content in rows:
+        if visible_from <= seq < own_from:
+            withheld = True  # content the puller may see that this relay never had:
+            break  # the home's to ship
         shown = content if seq >= visible_from else None
         size += len(raw) + len(sig) + (len(shown) if shown else 0) + 16
         if out and size > PULL_BYTES:
@@ -96,7 +115,17 @@ def serve_pull(
     if after is None:
         header = {"id": chat.id, "kind": chat.kind, "home": chat.home, "created": chat.created}
     users, nodes = _directory(conn, named)
+    if withheld:
+        until = start + len(out)  # "this is all I can give": the puller stops here
     return {"chat": header, "events": out, "head": until, "users": users, "nodes": nodes}
+
+
+def _self_peer(conn: sqlite3.Connection, home: Home) -> peers.Peer:
+    """This node as a Peer (the row its own users hang off), to ask what it is entitled to."""
+    row = conn.execute("SELECT id, public_key, name FROM nodes WHERE state = 'self'").fetchone()
+    return peers.Peer(
+        int(row[0]), home.node_id, bytes(row[1] or b""), str(row[2]), "self", None, 0.0, 0.0, None
+    )
 
 
 def _entitled(conn: sqlite3.Connection, chat_id: str, peer: peers.Peer) -> tuple[int, int]:

@@ -65,6 +65,7 @@ class Federation:
         self._outbox_lock = trio.Lock()
         self._left: set[int] = set()  # outbox rows on their way to the home (not cancellable)
         self._left_upto = 0  # every row up to this id was queued before this start
+        self._replicas_seen: dict[str, set[str]] = {}  # chat homed elsewhere -> its replicas
 
     # --- attaching ------------------------------------------------------------------------
     def attach(self, node: Node) -> None:
@@ -162,9 +163,21 @@ class Federation:
         self.node.directory.replace(await self.db.read(load_nodes))
 
     # --- links ----------------------------------------------------------------------------
-    def link_failed(self, node_id: str, why: str) -> None:
+    def link_failed(self, node_id: str, why: str, was_up: bool) -> None:
         if self._nursery is not None:
             self._nursery.start_soon(self._note_error, node_id, why)
+            if was_up:
+                self._nursery.start_soon(self._home_lost, node_id)
+
+    async def _home_lost(self, node_id: str) -> None:
+        """A peer's link just went down: for the chats homed there, the replicas now fill
+        each other's gaps, so tell them how far this node has each."""
+        homed = await self.db.read(
+            lambda c: c.execute(
+                "SELECT id, last_seq FROM chats WHERE home = ?", (node_id,)
+            ).fetchall()
+        )
+        await self._relay_heads(node_id, [(str(r[0]), int(r[1])) for r in homed])
 
     async def _note_error(self, node_id: str, why: str | None) -> None:
         await self.db.write(lambda c: peers.note_error(c, node_id, why))
@@ -188,12 +201,20 @@ class Federation:
         )
         for chat_id, head in homed:
             link.want_pull(chat_id, head)
+        # as a fellow replica: for chats whose home is unreachable now, tell it our heads
+        down = {n for n, x in self.links.items() if x.state != "up" and n != link.node_id}
+        if down:
+            for chat_id, head in await self.db.read(
+                functools.partial(_shared_chats, peer_row=peer.row, homes=down)
+            ):
+                link.poke(chat_id, head)
         link.outbox_ready()
 
     # --- home side: poke the replicas of what committed -----------------------------------
     def _committed(self, fx: Effects, origin: Caller | None) -> None:
         for chat_id, _, _ in fx.membership:
             self._membership.add(chat_id)
+            self._replicas_seen.pop(chat_id, None)
         for chat_id, ev in fx.chat_events:
             if self._replicas.get(chat_id) == set() and chat_id not in self._membership:
                 continue  # homed here, no member elsewhere: nothing to tell anyone
@@ -243,8 +264,12 @@ class Federation:
 
     # --- replica side: pull and apply -----------------------------------------------------
     async def pull_chat(self, link: Link, chat_id: str, head: int | None) -> None:
-        """Pull a chat homed at ``link``'s peer until this node has ``head`` (None: until
-        it has what the home has now).
+        """Pull a chat from ``link``'s peer until this node has ``head`` (None: until it
+        has what that peer has now).
+
+        The peer is the chat's home, or (gap fill) another replica while the home's link
+        is not up: a relay's copy is verified against the home's key exactly like the
+        home's own. While the home is up, a pull offered by a relay goes to the home.
 
         Pipelined: batch k+1 is pulled and verified while batch k is applied (the writer
         thread, the verify thread and the link work side by side during a catch-up); at
@@ -252,16 +277,23 @@ class Federation:
         lock = self._pull_locks.setdefault(chat_id, trio.Lock())
         async with lock:
             chat = await self.db.read(lambda c: chat_store.get_chat(c, chat_id))
-            if chat is not None and chat.home != link.node_id:
-                return
             after = chat.last_seq if chat else None
             if after is not None and head is not None and after >= head:
                 return
+            home_id = chat.home if chat else link.node_id  # a first pull is from the home
+            if home_id == self.node_id:
+                return  # homed here: nobody's copy is newer than ours
+            if home_id != link.node_id:
+                home_link = self.links.get(home_id)
+                if home_link is not None and home_link.state == "up":
+                    home_link.want_pull(chat_id, head or 0)
+                    return
             prev = chat.last_hash if chat else bytes(32)
-            peer_key = await self._key_of(link.node_id)
+            home_key = await self._key_of(home_id)
+            start = got = after or 0
             send, recv = trio.open_memory_channel[replication.Batch](1)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._apply_pulled, link, recv)
+                nursery.start_soon(self._apply_pulled, home_id, recv)
                 async with send:
                     while True:
                         try:
@@ -270,28 +302,54 @@ class Federation:
                                 {"chat": chat_id, "after": after, "limit": replication.PULL_EVENTS},
                             )
                         except RpcError as e:
-                            if e.code in (ErrorCode.NOT_A_REPLICA, ErrorCode.CHAT_NOT_FOUND):
-                                log.event(_log, "pull.refused", chat=chat_id, why=e.code)
-                                return  # no members there any more: keep what we have
-                            raise
+                            if e.code not in (ErrorCode.NOT_A_REPLICA, ErrorCode.CHAT_NOT_FOUND):
+                                raise
+                            log.event(_log, "pull.refused", chat=chat_id, why=e.code)
+                            break  # no members there any more: keep what we have
                         batch = await trio.to_thread.run_sync(
-                            replication.verify_pulled, pulled, chat_id, peer_key, prev, after or 0
+                            replication.verify_pulled, pulled, chat_id, home_key, prev, got
                         )
-                        got = (after or 0) + len(batch.items)
+                        got += len(batch.items)
                         head = max(head or 0, batch.head)
-                        link.lag[chat_id] = head - got
+                        link.lag[chat_id] = max(0, head - got)
                         if batch.items:
                             await send.send(batch)
                         if not batch.items or got >= batch.head:
-                            return
+                            break
                         after, prev = got, batch.items[-1][0].hash
+            if got > start and home_id != link.node_id:
+                link.relayed += got - start
+                log.event(
+                    _log, "pull.relayed", chat=chat_id, peer=link.node_id[:12], events=got - start
+                )
+            if got > start:
+                await self._relay_heads(home_id, [(chat_id, got)], skip=link.node_id)
+
+    async def _relay_heads(
+        self, home_id: str, heads: list[tuple[str, int]], skip: str | None = None
+    ) -> None:
+        """While a chat's home is unreachable, tell the chat's other replicas how far this
+        node has it (a ``fed.poke`` from a replica): whoever is behind pulls the rest from
+        us. Nothing while the home is up: its own pokes reach everyone."""
+        home_link = self.links.get(home_id)
+        if home_link is not None and home_link.state == "up":
+            return
+        for chat_id, head in heads:
+            others = self._replicas_seen.get(chat_id)
+            if others is None:
+                others = await self.db.read(functools.partial(_replicas, chat_id=chat_id))
+                self._replicas_seen[chat_id] = others
+            for node_id in others - {home_id, skip}:
+                link = self.links.get(node_id)
+                if link is not None and link.state == "up":
+                    link.poke(chat_id, head)
 
     async def _apply_pulled(
-        self, link: Link, batches: trio.MemoryReceiveChannel[replication.Batch]
+        self, home_id: str, batches: trio.MemoryReceiveChannel[replication.Batch]
     ) -> None:
         async for batch in batches:
             apply = functools.partial(
-                replication.apply_batch, home=self.home, home_id=link.node_id, batch=batch
+                replication.apply_batch, home=self.home, home_id=home_id, batch=batch
             )
             await self.node.events.commit(self.db, apply)
             known = self.node.directory.book.petnames
@@ -704,7 +762,9 @@ class Federation:
             "first_seen": peer.first_seen,
             "last_seen": peer.last_seen,
             "replicated_chats": chats,
+            "since": link.since if link else None,
             "lag": sum(link.lag.values()) if link else 0,
+            "relayed": link.relayed if link else 0,
             "outbox": outbox,
             "last_error": (link.last_error if link else None) or peer.last_error,
         }
@@ -746,7 +806,9 @@ def _discovered_info(seen: Seen) -> dict[str, Any]:
         "first_seen": seen.first_seen,
         "last_seen": seen.last_seen,
         "replicated_chats": 0,
+        "since": None,
         "lag": 0,
+        "relayed": 0,
         "outbox": 0,
         "last_error": None,
     }
@@ -787,6 +849,18 @@ def _chat(c: sqlite3.Connection, chat_id: str) -> chat_store.Chat | None:
 
 def _replicas(c: sqlite3.Connection, chat_id: str) -> set[str]:
     return replication.replica_nodes(c, chat_id)
+
+
+def _shared_chats(c: sqlite3.Connection, peer_row: int, homes: set[str]) -> list[tuple[str, int]]:
+    """Chats homed on one of ``homes`` in which the peer has members: (chat, our head)."""
+    marks = ",".join("?" * len(homes))
+    rows = c.execute(
+        "SELECT DISTINCT ch.id, ch.last_seq FROM chats ch JOIN chat_members m "
+        "ON m.chat_id = ch.id JOIN users u ON u.id = m.user_id "
+        f"WHERE u.node = ? AND m.state = 'member' AND ch.home IN ({marks})",
+        (peer_row, *homes),
+    ).fetchall()
+    return [(str(r[0]), int(r[1])) for r in rows]
 
 
 def _address(c: sqlite3.Connection, user_id: int) -> str | None:

@@ -62,7 +62,9 @@ PeerInfo = Struct(
         "first_seen": Field(Float()),
         "last_seen": Field(Float()),
         "replicated_chats": Field(Int(), "chats homed there that this node replicates"),
+        "since": Field(Nullable(Float()), "when the link last went up or down (null: no link)"),
         "lag": Field(Int(), "events those chats are known to be behind their home (last poke)"),
+        "relayed": Field(Int(), "events of chats homed elsewhere filled from this peer's copy"),
         "outbox": Field(Int(), "posts waiting to be forwarded to it"),
         "last_error": Field(Nullable(Str()), "why the link last failed"),
     },
@@ -128,8 +130,10 @@ FED_METHODS: list[Method] = [
     ),
     Method(
         "fed.poke",
-        "Chats homed on the caller that changed: [chat, head seq] each. The callee pulls "
-        "those it replicates and is behind on; it answers at once.",
+        "Chats that changed on the caller: [chat, head seq] each. From a chat's home; or, "
+        "while the home is unreachable, from a fellow replica offering its copy. The callee "
+        "pulls those it replicates and is behind on (from the home whenever its link is "
+        "up); it answers at once.",
         {"chats": Field(List(List(AnyValue(), 2), POKE_MAX))},
         Struct({}, name="Poked"),
         (E.PEER_PENDING,),
@@ -139,8 +143,10 @@ FED_METHODS: list[Method] = [
     ),
     Method(
         "fed.pull",
-        "Events of a chat homed here, after seq ``after`` (null: from where the caller's "
-        "members may start, with the chat's state there). Only for a node with members in it.",
+        "Events of a chat after seq ``after`` (null: from where the caller's members may "
+        "start, with the chat's state there). Served by the chat's home, and by any replica "
+        "from its verified copy (gap fill while the home is unreachable; the caller checks "
+        "the home's signature either way). Only for a node with members in it.",
         {
             "chat": Field(CHAT_ID),
             "after": Field(Nullable(Int(0)), "the caller's head, or null for a first pull"),
@@ -150,7 +156,7 @@ FED_METHODS: list[Method] = [
             {
                 "chat": Field(AnyValue(), "with after=null: the chat's state before events[0]"),
                 "events": Field(List(SealedEvent, PULL_LIMIT_MAX)),
-                "head": Field(Int(), "the chat's last seq at the home"),
+                "head": Field(Int(), "the last seq the callee can serve (its head)"),
                 "users": Field(AnyValue(), "address -> RemoteUser of everyone the events name"),
                 "nodes": Field(AnyValue(), "node id -> {key, name} of the nodes they live on"),
             },
