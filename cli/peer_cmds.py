@@ -37,7 +37,19 @@ def _ago(ts: float | None, now: float) -> str:
     return "now" if secs < 2 else f"{secs}s ago"
 
 
-_COLUMNS = ("NAME", "ID", "URL", "STATE", "LINK", "LAST SEEN", "CHATS", "LAG", "OUTBOX", "ERROR")
+_COLUMNS = (
+    "NAME",
+    "ID",
+    "URL",
+    "STATE",
+    "LINK",
+    "SINCE",
+    "LAST SEEN",
+    "CHATS",
+    "BEHIND",
+    "OUTBOX",
+    "ERROR",
+)
 
 
 def _row(p: dict[str, Any], now: float) -> list[str]:
@@ -47,6 +59,7 @@ def _row(p: dict[str, Any], now: float) -> list[str]:
         p["url"] or "-",  # null: it dials us, we do not dial it
         p["state"],
         p["link"],
+        _ago(p.get("since"), now).removesuffix(" ago") if p.get("since") else "-",
         "now" if p["link"] == "up" else _ago(p["last_seen"], now),  # it is being seen
         str(p["replicated_chats"]),
         str(p["lag"]),

@@ -7,6 +7,7 @@ the admin socket, the links between the nodes and the exit codes are the real on
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -109,8 +110,10 @@ def test_add_with_open_peering_links_both_ways_and_lookup(
     assert p["link"] == "up" and p["last_error"] is None and p["outbox"] == 0
 
     rows = table.stdout.splitlines()
-    assert rows[0].split()[:5] == ["NAME", "ID", "URL", "STATE", "LINK"]
-    assert rows[1].split()[:6] == ["n2", b.node_id[:12], b.url, "peer", "up", "now"]
+    assert rows[0].split()[:6] == ["NAME", "ID", "URL", "STATE", "LINK", "SINCE"]
+    row = rows[1].split()
+    assert row[:5] == ["n2", b.node_id[:12], b.url, "peer", "up"]
+    assert re.fullmatch(r"now|\d+s", row[5]) and row[6] == "now"  # up since, seen now
 
     u = json.loads(found.stdout)
     assert u == {**u, "address": "bob@n2", "node_id": b.node_id, "local": False}
