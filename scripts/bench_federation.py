@@ -24,6 +24,10 @@ Phases (each prints into ONE JSON document on stdout):
    n1's fed.hello keeps n2 dialling the proxy). Bytes both ways on that link (n2's pulls and
    their answers; n1's pokes travel on n1's own link to n2 and are not counted) divided by the
    events replicated: live (one sender on n1 at ``--bytes-rate``) and in catch-up batches.
+5. ``assist``: a third cluster; with the home n1 stopped, a replica (n3) that missed
+   ``--assist-events`` events fills the gap from another replica (n2): events/s; then
+   ``--assist-queued`` posts queued on n2 while n1 is down: seconds from n1's restart until
+   the last of them is sequenced.
 
 CPU per node (and of the load process) per phase from /proc/PID/stat (utime+stime).
 
@@ -770,6 +774,101 @@ async def three_nodes(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     return out
 
 
+# --- phase 5: peer assist (three nodes, the home stopped) ----------------------------------------
+async def assist_phase(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """Gap fill from a fellow replica, and the queued posts' flush when the home returns.
+
+    A group homed on n1 with 4 flooders on n1, a member on n2 and one on n3. n3 is stopped
+    (SIGKILL) while ``--assist-events`` messages are added; n2 replicates them; then n1 is
+    stopped (SIGKILL) and n3 restarted: events/s until n3's head equals n2's (every event
+    from n2's copy, verified against n1's key). Then a client on n2 sends
+    ``--assist-queued`` posts (each answered "pending": queued in n2's outbox); n1 is
+    restarted: seconds from its restart (and from its admin socket answering) until its
+    head includes the last of them."""
+    out: dict[str, Any] = {}
+    async with Cluster.running(
+        folder / "assist", 3, 0, log_level="warning", extra_config=BENCH_EXTRA
+    ) as cluster:
+        flooders = [
+            await member_spec(cluster, 1, f"af{k}", "sender", k, f"af{k}") for k in range(4)
+        ]
+        await cluster.add_user(2, "keeper")
+        await cluster.add_user(3, "gapper")
+        chat = await create_group(
+            cluster,
+            "af0",
+            [
+                *(m["name"] for m in flooders if m["key"] != "af0"),
+                address(cluster, 2, "keeper"),
+                address(cluster, 3, "gapper"),
+            ],
+            "assist",
+        )
+        n1, n2, n3 = (cluster.node(i).data for i in (1, 2, 3))
+        for d in (n2, n3):
+            if not await wait_head(d, chat, 1, 30):
+                raise SystemExit("a replica did not get the group")
+        await fresh_codes(cluster, flooders)
+        cluster.kill(3)
+        await cluster.wait_exit(3)
+        before = head_seq(n3, chat)
+        load = Load(flooders, args.procs)
+        try:
+            await load.start()
+            senders = [[m["key"], 1, m["idx"]] for m in flooders]
+            cmd = {"cmd": "flood", "phase": "assist", "chat": chat, "senders": senders}
+            await load.all({**cmd, "n": args.assist_events, "inflight": args.flood_inflight})
+            await load.all({"cmd": "stop"})
+        finally:
+            load.close()
+        target = head_seq(n1, chat)
+        if not await wait_head(n2, chat, target, 600):
+            raise SystemExit("n2 did not replicate the flood")
+        cluster.kill(1)  # the home is gone from here on
+        await cluster.wait_exit(1)
+        t0 = time.perf_counter()
+        await cluster.restart(3)
+        t_ready = time.perf_counter()
+        filled = await wait_head(n3, chat, target, 600)
+        t_done = time.perf_counter()
+        gap = head_seq(n3, chat) - before
+        out["gap_fill"] = {
+            "events_missed": target - before,
+            "events_filled": gap,
+            "filled": filled,
+            "from": "n2 (a fellow replica); the home n1 stopped",
+            "restart_to_filled_s": round(t_done - t0, 3),
+            "events_per_s_from_restart": round(gap / (t_done - t0), 1),
+            "events_per_s_from_ready": round(gap / max(1e-9, t_done - t_ready), 1),
+        }
+        code = await cluster.add_user(2, "keeper")  # a member on n2: a fresh sign-in code
+        async with Client.connect(cluster.node(2).url) as c:
+            await c.sign_in("keeper", code, SigningKey.generate(), "bench")
+            pending = 0
+            t_q = time.perf_counter()
+            for k in range(args.assist_queued):
+                p = {"chat": chat, "random_id": secrets.randbits(63), "text": f"queued {k}"}
+                r = await c.call("messages.send", p, timeout=60)
+                pending += bool(r.get("pending"))
+            queue_s = time.perf_counter() - t_q
+        t1 = time.perf_counter()
+        await cluster.restart(1)
+        t1_ready = time.perf_counter()
+        want = target + args.assist_queued
+        flushed = await wait_head(n1, chat, want, 600)
+        t1_done = time.perf_counter()
+        out["queued_flush"] = {
+            "posts_queued": args.assist_queued,
+            "answered_pending": pending,
+            "queue_s": round(queue_s, 3),
+            "all_sequenced": flushed,
+            "home_restart_to_last_sequenced_s": round(t1_done - t1, 3),
+            "home_ready_to_last_sequenced_s": round(t1_done - t1_ready, 3),
+            "home_head": head_seq(n1, chat),
+        }
+    return out
+
+
 # --- phase 4: bytes on the wire (two nodes, n2 -> n1 through the fault proxy) ---------------------
 class ProxyProcess:
     """``python -m federation.faultproxy`` in its own process (its CPU is its own)."""
@@ -927,6 +1026,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "catchup_events": args.catchup_events,
             "bytes_events": args.bytes_events,
             "bytes_rate": args.bytes_rate,
+            "assist_events": args.assist_events,
+            "assist_queued": args.assist_queued,
             "procs": args.procs,
             "quick": args.quick,
         },
@@ -937,6 +1038,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             out.update(await three_nodes(args, folder))
         if "bytes" in args.phases:
             out["bytes"] = await bytes_phase(args, folder)
+        if "assist" in args.phases:
+            out["assist"] = await assist_phase(args, folder)
     finally:
         if args.keep:
             print(f"kept {folder}", file=sys.stderr)
@@ -961,9 +1064,15 @@ def main() -> None:
     p.add_argument(
         "--bytes-catchup-events", type=int, default=3000, help="catch-up events through the proxy"
     )
+    p.add_argument(
+        "--assist-events", type=int, default=100_000, help="missed, filled from a replica"
+    )
+    p.add_argument("--assist-queued", type=int, default=1000, help="posts queued, home down")
     p.add_argument("--procs", type=int, default=1, help="load processes (1)")
     p.add_argument(
-        "--phases", default="lag,tput,catchup,bytes", help="any of lag,tput,catchup,bytes"
+        "--phases",
+        default="lag,tput,catchup,bytes,assist",
+        help="any of lag,tput,catchup,bytes,assist",
     )
     p.add_argument("--quick", action="store_true", help="a ~30 s smoke run (small counts)")
     p.add_argument("--keep", action="store_true", help="keep the nodes' temp folder")
@@ -983,6 +1092,7 @@ def main() -> None:
         args.rates = [args.rate or 100.0]
         args.seconds, args.tput_seconds = 3.0, 3.0
         args.catchup_events, args.bytes_events, args.bytes_catchup_events = 3000, 300, 1000
+        args.assist_events, args.assist_queued = 3000, 100
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
