@@ -538,25 +538,31 @@ class FaultProxy:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._drain, dup)
                     with trio.move_on_after(self.dup_hold):
-                        while True:
-                            # close: a pause in the client's bytes ends the replay
-                            idle = 0.5 if mode == "close" else math.inf
-                            with trio.move_on_after(idle):
-                                try:
-                                    chunk = await replay.receive()
-                                except trio.EndOfChannel:
-                                    break
-                                await dup.send_all(chunk)
-                                continue
-                            break
+                        await self._replay(dup, mode, replay)
                         if mode == "hold":
                             await trio.sleep_forever()  # until the original ends or dup_hold
                     nursery.cancel_scope.cancel()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass  # the target closed the duplicate: that is its right
             finally:
                 link.dup = None
                 _hard_close(dup, reset=False)
+
+    async def _replay(
+        self, dup: trio.SocketStream, mode: DupMode, replay: trio.MemoryReceiveChannel[bytes]
+    ) -> None:
+        """Write the replayed bytes to the duplicate until they end (or, in close mode,
+        pause for half a second); a target that closed the duplicate ends it early."""
+        idle = 0.5 if mode == "close" else math.inf
+        try:
+            while True:
+                with trio.move_on_after(idle) as waited:
+                    chunk = await replay.receive()
+                if waited.cancelled_caught:
+                    return
+                await dup.send_all(chunk)
+        except trio.EndOfChannel:
+            return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return  # the target closed the duplicate: that is its right
 
     async def _drain(self, stream: trio.SocketStream) -> None:
         """Read and discard until EOF (so the target never blocks writing to a duplicate)."""
