@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from federation.faultproxy import FaultProxy
+from federation.faultproxy import FaultProxy, _hard_close
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -315,6 +315,36 @@ async def test_dup_connect_hold_keeps_the_twin_until_the_original_ends(
         assert await read_exactly(plain, 1) == b"x"
         assert proxy.dups == 1 and len(recorder.conns) == 3
         await plain.aclose()
+
+
+async def test_a_target_that_slams_the_duplicate_hurts_only_the_duplicate(
+    nursery: trio.Nursery,
+) -> None:
+    """The target resets the twin (as a node may refuse a replayed handshake): the
+    original connection and the proxy carry on."""
+    seen = 0
+
+    async def handler(stream: trio.SocketStream) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == 2:  # the duplicate: reset it before it finished replaying
+            _hard_close(stream, reset=True)
+            return
+        async with stream:
+            while data := await stream.receive_some(65536):
+                await stream.send_all(data)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    async with FaultProxy.open("127.0.0.1", port, dup_replay=1 << 20) as proxy:
+        proxy.dup_connect("hold")
+        stream = await connect(proxy)
+        for _ in range(50):  # keeps replaying into the reset twin
+            await stream.send_all(b"x" * 20000)
+            assert await read_exactly(stream, 20000) == b"x" * 20000
+        await until(lambda: proxy.dups == 1 and seen == 2)
+        assert proxy.active == 1
+        await stream.aclose()
 
 
 async def test_heal_clears_every_fault(proxy: FaultProxy) -> None:
