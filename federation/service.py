@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 _log = log.get("federation")
 OUTBOX_BATCH = 64
+RELAY_TTL = 120.0  # seconds a fellow replica that offered us a head hears of our progress
 USER_TTL = 3600.0  # a cached remote user is asked again after this (display name changes)
 
 
@@ -66,6 +67,7 @@ class Federation:
         self._left: set[int] = set()  # outbox rows on their way to the home (not cancellable)
         self._left_upto = 0  # every row up to this id was queued before this start
         self._replicas_seen: dict[str, set[str]] = {}  # chat homed elsewhere -> its replicas
+        self._relay_to: dict[str, dict[str, float]] = {}  # chat -> replica -> offer until
 
     # --- attaching ------------------------------------------------------------------------
     def attach(self, node: Node) -> None:
@@ -269,7 +271,10 @@ class Federation:
 
         The peer is the chat's home, or (gap fill) another replica while the home's link
         is not up: a relay's copy is verified against the home's key exactly like the
-        home's own. While the home is up, a pull offered by a relay goes to the home.
+        home's own. While the home is up, a pull offered by a relay goes to the home. A
+        fellow replica that offers a head behind ours is offered ours back, and hears of
+        our progress for a while (``RELAY_TTL``): it may be cut off from the home while
+        we are not (a partial partition).
 
         Pipelined: batch k+1 is pulled and verified while batch k is applied (the writer
         thread, the verify thread and the link work side by side during a catch-up); at
@@ -278,15 +283,21 @@ class Federation:
         async with lock:
             chat = await self.db.read(lambda c: chat_store.get_chat(c, chat_id))
             after = chat.last_seq if chat else None
-            if after is not None and head is not None and after >= head:
-                return
             home_id = chat.home if chat else link.node_id  # a first pull is from the home
             if home_id == self.node_id:
                 return  # homed here: nobody's copy is newer than ours
-            if home_id != link.node_id:
+            relay = home_id != link.node_id
+            if relay:  # a fellow replica offered its head: it follows the chat too
+                wanted = self._relay_to.setdefault(chat_id, {})
+                wanted[link.node_id] = trio.current_time() + RELAY_TTL
+            if after is not None and head is not None and after >= head:
+                if relay and after > head:
+                    link.poke(chat_id, after)  # it is behind us: offer our copy back
+                return
+            if relay:
                 home_link = self.links.get(home_id)
                 if home_link is not None and home_link.state == "up":
-                    home_link.want_pull(chat_id, head or 0)
+                    home_link.want_pull(chat_id, head if head is not None else (after or 0) + 1)
                     return
             prev = chat.last_hash if chat else bytes(32)
             home_key = await self._key_of(home_id)
@@ -323,23 +334,30 @@ class Federation:
                     _log, "pull.relayed", chat=chat_id, peer=link.node_id[:12], events=got - start
                 )
             if got > start:
-                await self._relay_heads(home_id, [(chat_id, got)], skip=link.node_id)
+                await self._relay_heads(home_id, [(chat_id, got)])
 
-    async def _relay_heads(
-        self, home_id: str, heads: list[tuple[str, int]], skip: str | None = None
-    ) -> None:
-        """While a chat's home is unreachable, tell the chat's other replicas how far this
-        node has it (a ``fed.poke`` from a replica): whoever is behind pulls the rest from
-        us. Nothing while the home is up: its own pokes reach everyone."""
+    async def _relay_heads(self, home_id: str, heads: list[tuple[str, int]]) -> None:
+        """Offer this node's head of chats homed elsewhere (a ``fed.poke`` from a replica)
+        to the fellow replicas that may need it; whoever is behind pulls the rest from us.
+        While the home is unreachable from here: to every other replica of the chat. While
+        it is up (its own pokes reach everyone it reaches): only to replicas that offered
+        us a head lately, which may be cut off from it."""
         home_link = self.links.get(home_id)
-        if home_link is not None and home_link.state == "up":
-            return
+        home_up = home_link is not None and home_link.state == "up"
+        now = trio.current_time()
         for chat_id, head in heads:
-            others = self._replicas_seen.get(chat_id)
-            if others is None:
-                others = await self.db.read(functools.partial(_replicas, chat_id=chat_id))
-                self._replicas_seen[chat_id] = others
-            for node_id in others - {home_id, skip}:
+            wanted = self._relay_to.get(chat_id, {})
+            for node_id, until in list(wanted.items()):
+                if until < now:
+                    del wanted[node_id]
+            targets = set(wanted)
+            if not home_up:
+                others = self._replicas_seen.get(chat_id)
+                if others is None:
+                    others = await self.db.read(functools.partial(_replicas, chat_id=chat_id))
+                    self._replicas_seen[chat_id] = others
+                targets |= others
+            for node_id in targets - {home_id, self.node_id}:
                 link = self.links.get(node_id)
                 if link is not None and link.state == "up":
                     link.poke(chat_id, head)
