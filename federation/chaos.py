@@ -117,9 +117,10 @@ def plan(
     """The fault schedule of a run, drawn from ``random.Random(seed)`` alone.
 
     About ``seconds / mean_gap`` faults (at least ``min_each`` of every kind, so a short
-    run still meets each), at uniform times, each lasting up to ``max_duration`` and
-    ending before ``seconds``. Two faults with the same undo never overlap on one link (a
-    resume would end both early); at most ``max_down`` nodes are killed at a time, and a
+    run still meets each), at uniform times in the first 90% of the run, each lasting up
+    to ``max_duration`` (one still on at the end is cleared by the final heal). Two
+    faults with the same undo never overlap on one link (a resume would end both
+    early); at most ``max_down`` nodes are killed at a time, and a
     node is not killed again while it restarts. A fault with no free target at its time
     waits for the first one that frees up (or is dropped if that is past the end)."""
     rng = random.Random(seed)
@@ -169,8 +170,7 @@ def plan(
                 start = min(e for s, e in down if s <= start < e)
         if kind == "cut":
             duration = 0.0
-        duration = min(duration, horizon - start)
-        if duration < 0.2 and kind != "cut":
+        if start >= horizon:
             continue  # no room left before the end
         if kind == "kill":
             down.append((start, start + duration + RESTART_MARGIN))
@@ -428,13 +428,12 @@ class Chaos:
         self.cluster.kill(k, signal.SIGKILL)
         self.injected["kill"] += 1
         t = trio.current_time() - self.start_time
-        try:
-            await self.cluster.wait_exit(k, 10)
-            await trio.sleep(f.duration)
-            await self._restart(k)
-        finally:
-            self.down.discard(k)
         self.kills.append({"node": f"n{k}", "at": round(t, 3), "down_for": f.duration})
+        await self.cluster.wait_exit(k, 10)
+        await trio.sleep(f.duration)  # the phase may end here: the final step restarts it
+        with trio.CancelScope(shield=True):  # a start is not left half done
+            await self._restart(k)
+        self.down.discard(k)
 
     async def _restart(self, k: int) -> None:
         """Start node k again; a start that fails (a port not yet released) is retried."""
@@ -447,11 +446,14 @@ class Chaos:
                 await trio.sleep(1.0)
         raise ClusterError(f"n{k} would not restart")
 
-    async def _scheduler(self) -> None:
-        async with trio.open_nursery() as nursery:
-            for f in self.schedule:
-                await trio.sleep_until(self.start_time + f.at)
-                nursery.start_soon(self._inject, f)
+    async def _scheduler(self, until: float) -> None:
+        """Inject the schedule's faults on time until ``until``: what is still on then
+        (a partition, a node still down) is left for the final heal to clear."""
+        with trio.move_on_at(until):
+            async with trio.open_nursery() as nursery:
+                for f in self.schedule:
+                    await trio.sleep_until(self.start_time + f.at)
+                    nursery.start_soon(self._inject, f)
 
     async def _watchdog(self, stop: trio.Event) -> None:
         """A node that is gone without the schedule killing it crashed: record it (with
@@ -499,6 +501,8 @@ class Chaos:
                 self.client_errors[str(e.code)] += 1
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
                 self.client_errors[type(e).__name__] += 1
+            except Exception as e:  # an SDK failure is reported, and must not end the run
+                self.client_errors[f"{type(e).__name__}: {e}"[:200]] += 1
             await trio.sleep(0.2)
 
     async def _resend_unknown(self, timeout: float) -> None:
@@ -583,16 +587,27 @@ class Chaos:
                     async with trio.open_nursery() as work:
                         for u in self.users:
                             work.start_soon(self._sender, u, until)
-                        work.start_soon(self._scheduler)
+                        work.start_soon(self._scheduler, until)
                     stop.set()
                 heal_time = trio.current_time()
                 self.say("healing every link, restarting what is down")
                 for p in self.proxies.values():
                     p.heal()
                 alive_at_end = {x.index: x.running for x in self.cluster.nodes}
+                for node in self.cluster.nodes:  # not killed by the schedule yet not running
+                    if node.index not in self.down and not node.running and node.process:
+                        self.crashed.append(
+                            {
+                                "node": node.name,
+                                "exit_code": node.process.returncode,
+                                "at": round(trio.current_time() - self.start_time, 3),
+                                "log_tail": node.log_tail(5),
+                            }
+                        )
                 for node in self.cluster.nodes:
                     if not node.running:
                         await self._restart(node.index)
+                self.down.clear()
                 await self._resend_unknown(30.0)
                 converged, took = await self._await_convergence()
                 self.say(f"converged: {converged} after {took:.1f}s")
