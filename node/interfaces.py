@@ -187,3 +187,20 @@ class Federated(Protocol):
         caller verifies the assembled file). Raises RpcError (PEER_UNREACHABLE,
         MEDIA_NOT_FOUND, NOT_A_REPLICA...)."""
         ...
+
+
+class SecretRelay(Protocol):
+    """What the node's secret-chat queues ask of federation for a device on another node
+    (docs/secret-chats.md section 4; node/remote.py holds the slot, else FEDERATION_OFF)."""
+
+    def secret_forward(self, conn: sqlite3.Connection, item: dict[str, Any]) -> None:
+        """Inside ``secret.send``'s write job: store one envelope for a device on another
+        node in the durable secret outbox (committed with the job; idempotent by sender,
+        sender device and id) and forward it once the job commits. ``item`` has the
+        fields of a ``fed.secretPut`` item."""
+        ...
+
+    async def secret_keys(self, address: str) -> dict[str, Any]:
+        """``secret.getKeys`` for a user of another node (canonical ``address``), asked of
+        that node directly or through a peer linked to it (``fed.secretKeys``)."""
+        ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from .interfaces import Federated
+from .interfaces import Federated, SecretRelay
 from .protocol.errors import ErrorCode, RpcError
 
 
@@ -19,6 +19,7 @@ class RemoteSlot:
 
     def __init__(self) -> None:
         self.impl: Federated | None = None
+        self.secret: SecretRelay | None = None  # federation's secret-chat relay, when built
 
     def _need(self) -> Federated:
         if self.impl is None:
@@ -54,3 +55,14 @@ class RemoteSlot:
         self, node_id: str, sha256: str, offset: int, length: int
     ) -> tuple[bytes, int]:
         return await self._need().fetch_media(node_id, sha256, offset, length)
+
+    def _relay(self) -> SecretRelay:
+        if self.secret is None:
+            raise RpcError(ErrorCode.FEDERATION_OFF, "this node does not federate")
+        return self.secret
+
+    def secret_forward(self, conn: sqlite3.Connection, item: dict[str, Any]) -> None:
+        self._relay().secret_forward(conn, item)
+
+    async def secret_keys(self, address: str) -> dict[str, Any]:
+        return await self._relay().secret_keys(address)
