@@ -281,6 +281,7 @@ class Chaos:
         self.kills: list[dict[str, Any]] = []
         self.crashed: list[dict[str, Any]] = []
         self.client_errors: Counter[str] = Counter()
+        self.restart_failures: list[dict[str, Any]] = []
         self.down: set[int] = set()  # nodes the schedule has killed and not yet restarted
         self.start_time = 0.0
 
@@ -432,19 +433,24 @@ class Chaos:
         await self.cluster.wait_exit(k, 10)
         await trio.sleep(f.duration)  # the phase may end here: the final step restarts it
         with trio.CancelScope(shield=True):  # a start is not left half done
-            await self._restart(k)
-        self.down.discard(k)
+            if await self._restart(k):
+                self.down.discard(k)  # else it stays down: no watchdog retries
 
-    async def _restart(self, k: int) -> None:
-        """Start node k again; a start that fails (a port not yet released) is retried."""
+    async def _restart(self, k: int) -> bool:
+        """Start node k again; a start that fails (a port not yet released) is retried. A
+        node that will not start is a finding, not the end of the run: it is recorded
+        and the run goes on to its report (which then cannot be ok)."""
+        why = ""
         for attempt in range(5):
             try:
                 await self.cluster.restart(k)
-                return
+                return True
             except ClusterError as e:
+                why = str(e)
                 self.say(f"restart of n{k} failed ({e}); attempt {attempt + 1}")
                 await trio.sleep(1.0)
-        raise ClusterError(f"n{k} would not restart")
+        self.restart_failures.append({"node": f"n{k}", "error": why[:500]})
+        return False
 
     async def _scheduler(self, until: float) -> None:
         """Inject the schedule's faults on time until ``until``: what is still on then
@@ -473,9 +479,7 @@ class Chaos:
                 )
                 self.say(f"{node.name} died on its own (exit {code}); restarting it")
                 self.down.add(node.index)
-                try:
-                    await self._restart(node.index)
-                finally:
+                if await self._restart(node.index):
                     self.down.discard(node.index)
             with trio.move_on_after(0.25):
                 await stop.wait()
@@ -608,8 +612,11 @@ class Chaos:
                     if not node.running:
                         await self._restart(node.index)
                 self.down.clear()
-                await self._resend_unknown(30.0)
-                converged, took = await self._await_convergence()
+                if all(x.running for x in self.cluster.nodes):
+                    await self._resend_unknown(30.0)
+                    converged, took = await self._await_convergence()
+                else:  # a node would not start: nothing to wait for
+                    converged, took = False, 0.0
                 self.say(f"converged: {converged} after {took:.1f}s")
                 healed_for = trio.current_time() - heal_time
             finally:
@@ -634,7 +641,9 @@ class Chaos:
             and report["duplicated"] == 0
             and report["diverged"] == 0
             and report["chain_errors"] == 0
+            and report["reordered"] == 0
             and not self.crashed
+            and not self.restart_failures
         )
         return report
 
@@ -724,6 +733,8 @@ class Chaos:
         duplicated: list[dict[str, Any]] = []
         still_queued = 0
         ack_mismatch: list[dict[str, Any]] = []
+        reordered: list[dict[str, Any]] = []
+        last_seq: dict[tuple[str, str], tuple[int, int]] = {}  # (chat, sender) -> seq, rid
         outcomes: Counter[str] = Counter()
         sent_keys = set()
         for s in self.sends:
@@ -743,6 +754,18 @@ class Chaos:
                     lost.append({**asdict(s), "missing_on": missing})
             if s.outcome == "sequenced" and copies.get(home) and copies[home][0] != s.seq:
                 ack_mismatch.append({**asdict(s), "stored_seq": copies[home][0]})
+            if s.outcome in ("sequenced", "queued") and copies.get(home):
+                # one client sends one at a time (a lost answer is resent before the next),
+                # so its messages must be sequenced in the order it sent them: queued
+                # posts "flow, in order" (issue 13), direct sends trivially
+                stream = (s.chat, s.sender)
+                seq = copies[home][0]
+                before = last_seq.get(stream)
+                if before is not None and seq < before[0]:
+                    reordered.append(
+                        {**asdict(s), "stored_seq": seq, "after": before[1], "after_seq": before[0]}
+                    )
+                last_seq[stream] = (seq, s.random_id)
         phantoms = [
             {"chat": c, "sender": a, "random_id": r}
             for (c, a, r) in where
@@ -779,15 +802,18 @@ class Chaos:
             "lost": len(lost),
             "duplicated": len(duplicated),
             "diverged": len(diverged) + len(ack_mismatch),
+            "reordered": len(reordered),
             "chain_errors": len(chain_errors),
             "phantoms": len(phantoms),
             "crashed": self.crashed,
+            "restart_failures": self.restart_failures,
             "client_errors": dict(self.client_errors),
             "details": {
                 "lost": lost[:20],
                 "duplicated": duplicated[:20],
                 "diverged": diverged[:20],
                 "ack_seq_mismatch": ack_mismatch[:20],
+                "reordered": reordered[:20],
                 "chain_errors": chain_errors[:20],
                 "phantoms": phantoms[:20],
                 "node_log_errors": {x.name: _log_errors(x.log_path) for x in self.cluster.nodes},

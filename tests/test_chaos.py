@@ -53,6 +53,7 @@ async def test_short_fixed_schedule_loses_nothing(tmp_path: Path) -> None:
     assert report["diverged"] == 0, why
     assert report["chain_errors"] == 0, why
     assert report["phantoms"] == 0, why
+    assert report["reordered"] == 0, why
     assert report["crashed"] == [], why
     assert report["converged"], why
     assert report["ok"], why
