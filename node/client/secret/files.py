@@ -127,7 +127,7 @@ def decrypt_stream(src: IO[bytes], dst: IO[bytes], meta: dict[str, Any]) -> int:
             plain = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
                 cur, _ad(index, final), _nonce(base, index), key
             )
-        except (nacl.exceptions.CryptoError, nacl.exceptions.ValueError) as e:
+        except (nacl.exceptions.CryptoError, ValueError, TypeError) as e:
             raise Tampered(f"file chunk {index} does not authenticate (altered or cut)") from e
         written += len(plain)
         if written > size:

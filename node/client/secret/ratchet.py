@@ -438,7 +438,8 @@ class Session:
             padded = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
                 ct, self._ad() + hb, nonce, key
             )
-        except nacl.exceptions.CryptoError as e:
+        except (nacl.exceptions.CryptoError, ValueError, TypeError) as e:
+            # a short ciphertext is a ValueError in PyNaCl, a bad tag a CryptoError
             raise Tampered("the envelope does not authenticate") from e
         plaintext = unpad(padded)
         if self.initiator:
