@@ -320,6 +320,34 @@ def test_tampering_is_detected() -> None:
     assert b.decrypt(env) == b"pay 10 to carol"
 
 
+def test_random_corruption_is_always_a_secret_error() -> None:
+    """Whatever a node does to the bytes, decrypt raises SecretError (never another
+    exception, never a plaintext)."""
+    _, _, a, b = start()
+    a.decrypt(b.encrypt(b"answered"))
+    envs = [a.encrypt(b"m" * 100), a.encrypt(b"")]
+    rng = random.Random(11)
+    before = b.to_bytes()
+    for i in range(1500):
+        e = bytearray(envs[i % 2])
+        for _ in range(rng.randint(1, 3)):
+            op = rng.random()
+            if op < 0.6 and e:
+                e[rng.randrange(len(e))] ^= 1 << rng.randrange(8)
+            elif op < 0.8:
+                e = e[: rng.randrange(len(e) + 1)]
+            else:
+                e.insert(rng.randrange(len(e) + 1), rng.randrange(256))
+        if bytes(e) == envs[i % 2]:
+            continue
+        with pytest.raises(SecretError):
+            b.decrypt(bytes(e))
+    assert b.to_bytes() == before
+    with pytest.raises(Tampered):  # trailing bytes too
+        b.decrypt(envs[0] + b"\x00")
+    assert [b.decrypt(e) for e in envs] == [b"m" * 100, b""]
+
+
 def test_associated_data_binds_both_devices() -> None:
     """An envelope only opens for the pair of device keys it was made between."""
     _, _, a, b = start()

@@ -188,6 +188,9 @@ def _parse(envelope: bytes) -> tuple[bytes, list[Any], bytes]:
         hb, ct = outer[1], outer[2]
         if not (isinstance(hb, bytes) and isinstance(ct, bytes)):
             raise ValueError("envelope fields")
+        if cbor2.dumps(outer) != envelope:
+            # trailing bytes or another encoding of the same fields: one envelope, one form
+            raise ValueError("not the canonical encoding")
         header = cbor2.loads(hb)
     except Tampered:
         raise
@@ -532,7 +535,9 @@ class Session:
             s._ckr = None if st["ckr"] is None else _b(st["ckr"], 32)
             s._ns, s._nr, s._pn = _u(st["ns"]), _u(st["nr"]), _u(st["pn"])
             x3 = st["x3dh"]
-            s._x3dh = None if x3 is None else list(x3)
+            if x3 is not None:
+                x3 = [_b(x3[0], 32), _b(x3[1], 32), _u(x3[2]), None if x3[3] is None else _u(x3[3])]
+            s._x3dh = x3
             s._skipped = {(_b(dh, 32), _u(n)): _b(mk, 32) for dh, n, mk in st["skipped"]}
             s._dropped_ids = {(_b(dh, 32), _u(n)): None for dh, n in st["dropped_ids"]}
             s._old_chains = {_b(dh, 32): _u(n) for dh, n in st["old"]}
