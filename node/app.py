@@ -36,6 +36,8 @@ from .publications import Publications
 from .ratelimit import RateLimiter, Rule
 from .remote import RemoteSlot
 from .rpc import Router
+from .secret.service import SecretService
+from .secret.store import SCHEMA as SECRET_SCHEMA
 from .storage import Database, Schema
 from .updates import Hub
 
@@ -110,6 +112,14 @@ class Node:
         self.media.register(self.router)
         self.background.append(self.media.run)
         Lookup(db, directory, self.remote).register(self.router)
+        # secret chats: ciphertext queues per device; federation reaches it as node.secret
+        self.secret = SecretService(
+            config, db, self.hub, directory, self.remote, erased=compaction.erased
+        )
+        self.secret.register(self.router)
+        self.accounts.revocation.append(self.secret.on_revoked)
+        self.accounts.removal.append(self.secret.on_user_removed)
+        self.background.append(self.secret.run)
         self.parts = parts
         for part in parts:
             part.attach(self)
@@ -233,4 +243,5 @@ class Node:
 
 
 def _schemas(parts: Sequence[Part]) -> list[Schema]:
-    return [p.schema for p in parts if p.schema is not None]
+    """The node's own registered schemas (the secret queues'), then the parts'."""
+    return [SECRET_SCHEMA, *(p.schema for p in parts if p.schema is not None)]

@@ -195,6 +195,35 @@ SPEC: dict[str, dict[str, Key]] = {
             _positive,
         ),
     },
+    "secret": {
+        "ttl": Key(
+            int,
+            7 * 24 * 3600,
+            "Seconds a secret-chat envelope waits for its device's acknowledgement before it "
+            "is deleted unread (both devices are told: an `expired` notice).",
+            _positive,
+        ),
+        "queue_max": Key(
+            int,
+            10_000,
+            "Secret-chat messages waiting per device; beyond it secret.send answers "
+            "SECRET_QUEUE_FULL.",
+            _positive,
+        ),
+        "relay": Key(
+            bool,
+            True,
+            "Carry secret-chat envelopes (ciphertext) for users of other nodes between two "
+            "nodes that have no link of their own.",
+        ),
+        "relay_max_bytes": Key(
+            int,
+            1 << 30,
+            "Secret-chat bytes relayed per peer per day before further envelopes are refused "
+            "(SECRET_RELAY_REFUSED).",
+            _positive,
+        ),
+    },
     "storage": {
         "readers": Key(int, 4, "SQLite read connections.", _positive),
         "batch_max": Key(int, 256, "Most write jobs committed in one transaction.", _positive),

@@ -113,6 +113,9 @@ class Accounts:
         # before it that cannot be part of the job (telling other nodes)
         self.removal: list[UserRemoval] = []
         self.before_removal: list[Callable[[int], Awaitable[None]]] = []
+        # what other services do once devices were revoked (the secret queues drop theirs
+        # and tell their chats' other devices): called with (user id, device ids)
+        self.revocation: list[Callable[[int, list[int]], Awaitable[None]]] = []
         acc = config.values["accounts"]
         self.policy: str = acc["registration"]
         self.code_ttl: int = acc["code_ttl"]
@@ -288,7 +291,14 @@ class Accounts:
         return len(device_ids or ())
 
     async def _revoked(self, user_id: int, ids: list[int]) -> int:
-        return await self._end_sessions(user_id, ErrorCode.SESSION_REVOKED, ids)
+        n = await self._end_sessions(user_id, ErrorCode.SESSION_REVOKED, ids)
+        with trio.CancelScope(shield=True):  # committed already: its consequences must follow
+            for step in self.revocation:
+                try:
+                    await step(user_id, ids)
+                except Exception:  # the revocation stands; the step's own sweep retries
+                    _log.exception("a revocation step failed")
+        return n
 
     async def _decoy_delivery(self) -> None:
         """What a real delivery looks like from outside, for a name that gets none: the

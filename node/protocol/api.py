@@ -9,6 +9,7 @@ from __future__ import annotations
 from .api_chats import CHAT_METHODS, CHAT_UPDATES
 from .api_fed import DIRECTORY_METHODS, FED_METHODS
 from .api_media import MEDIA_METHODS
+from .api_secret import SECRET_METHODS, SECRET_UPDATES
 from .errors import ErrorCode as E
 from .schema import (
     INT64,
@@ -357,7 +358,15 @@ _METHODS = [
 ]
 
 METHODS: dict[str, Method] = {
-    m.name: m for m in [*_METHODS, *CHAT_METHODS, *MEDIA_METHODS, *DIRECTORY_METHODS, *FED_METHODS]
+    m.name: m
+    for m in [
+        *_METHODS,
+        *CHAT_METHODS,
+        *MEDIA_METHODS,
+        *SECRET_METHODS,
+        *DIRECTORY_METHODS,
+        *FED_METHODS,
+    ]
 }
 
 _UPDATES = [
@@ -374,4 +383,4 @@ _UPDATES = [
     ),
 ]
 
-UPDATES: dict[str, Update] = {u.name: u for u in [*_UPDATES, *CHAT_UPDATES]}
+UPDATES: dict[str, Update] = {u.name: u for u in [*_UPDATES, *CHAT_UPDATES, *SECRET_UPDATES]}

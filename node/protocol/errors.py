@@ -93,6 +93,12 @@ class ErrorCode(StrEnum):
     PEER_UNREACHABLE = "PEER_UNREACHABLE"
     NOT_A_REPLICA = "NOT_A_REPLICA"
     EVENT_INVALID = "EVENT_INVALID"
+    # secret chats
+    SECRET_KEYS_INVALID = "SECRET_KEYS_INVALID"
+    SECRET_DEVICE_GONE = "SECRET_DEVICE_GONE"
+    SECRET_QUEUE_FULL = "SECRET_QUEUE_FULL"
+    SECRET_NO_ROUTE = "SECRET_NO_ROUTE"
+    SECRET_RELAY_REFUSED = "SECRET_RELAY_REFUSED"
 
 
 DESCRIPTIONS: dict[ErrorCode, str] = {
@@ -201,6 +207,16 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     "one of its users), so it may not read or post there.",
     ErrorCode.EVENT_INVALID: "An event from a peer failed verification (signature, hash chain, "
     "order or content); nothing of it was stored.",
+    ErrorCode.SECRET_KEYS_INVALID: "The signed prekey's signature does not verify with the "
+    "calling device's key (over b'fedgram-spk\\x00' + id as 8 bytes big-endian + key).",
+    ErrorCode.SECRET_DEVICE_GONE: "No such live device of that user (unknown, or revoked): "
+    "the secret chat with it is over.",
+    ErrorCode.SECRET_QUEUE_FULL: "The recipient device's secret queue is at the node's "
+    "bound ([secret] queue_max); try again after it fetched and acknowledged.",
+    ErrorCode.SECRET_NO_ROUTE: "No route to the recipient's node (no link, no peer linked to "
+    "it, or the hop limit was reached).",
+    ErrorCode.SECRET_RELAY_REFUSED: "The relaying node does not carry secret envelopes for "
+    "the caller ([secret] relay off, or its relay_max_bytes for today used up).",
 }
 
 
