@@ -37,6 +37,7 @@ from .discovery import Discovery, Seen
 from .links import Link
 from .media import FedMedia
 from .schema import SCHEMA
+from .secret_relay import FedSecret
 
 if TYPE_CHECKING:
     from node.app import Node
@@ -84,6 +85,8 @@ class Federation:
         self.discovery: Discovery | None = None
         self._discover = bool(cfg.get("federation", "discovery")) and self.peering != "off"
         node.remote.impl = self
+        self.secret = FedSecret(self)
+        node.remote.secret = self.secret
         self.media = FedMedia(self)
         node.media.remote = node.remote  # files this node lacks are fetched through us
         node.events.subscribe(self._committed)
@@ -96,6 +99,9 @@ class Federation:
             "fed.startPrivate": self.fed_start_private,
             "fed.act": self.fed_act,
             "fed.media": self.fed_media,
+            "fed.secretKeys": self.fed_secret_keys,
+            "fed.secretPut": self.fed_secret_put,
+            "fed.secretRoute": self.fed_secret_route,
             "admin.peerAdd": self.admin_peer_add,
             "admin.peerList": self.admin_peer_list,
             "admin.peerApprove": self.admin_peer_approve,
@@ -121,6 +127,7 @@ class Federation:
                 if p.state == "peer" and p.url:
                     self._start_link(p.node_id, p.url)
             nursery.start_soon(self._dispatch)
+            nursery.start_soon(self.secret.run)
             if self._discover:  # the port is known only once the node listens: now
                 node = self.node
                 self.discovery = Discovery(
@@ -223,6 +230,7 @@ class Federation:
             seq = ev.get("seq")
             if isinstance(seq, int):
                 self._dirty[chat_id] = max(seq, self._dirty.get(chat_id, 0))
+        self.secret.committed()
         while self._outbox_homes:
             link = self.links.get(self._outbox_homes.popleft())
             if link is not None:
@@ -675,6 +683,21 @@ class Federation:
         assert peer is not None
         return await self.media.serve(peer, p)
 
+    async def fed_secret_keys(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        peer = await self._caller(ctx)
+        assert peer is not None
+        return await self.secret.serve_keys(peer, p)
+
+    async def fed_secret_put(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        peer = await self._caller(ctx)
+        assert peer is not None
+        return await self.secret.serve_put(peer, p)
+
+    async def fed_secret_route(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        peer = await self._caller(ctx)
+        assert peer is not None
+        return await self.secret.serve_route(peer, p)
+
     # --- admin.peer* ------------------------------------------------------------------------
     async def admin_peer_add(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         return await self._info(await self._add_peer(p["url"], p.get("pin")))
@@ -771,7 +794,9 @@ class Federation:
             return int(chats), int(outbox)
 
         chats, outbox = await self.db.read(counts)
+        usage = await self.secret.usage(peer.node_id)
         return {
+            **usage,
             "node_id": peer.node_id,
             "name": peer.name,
             "url": peer.url,
@@ -827,6 +852,8 @@ def _discovered_info(seen: Seen) -> dict[str, Any]:
         "since": None,
         "lag": 0,
         "relayed": 0,
+        "secret_relayed_for": 0,
+        "secret_relayed_by": 0,
         "outbox": 0,
         "last_error": None,
     }

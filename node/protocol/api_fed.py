@@ -65,6 +65,8 @@ PeerInfo = Struct(
         "since": Field(Nullable(Float()), "when the link last went up or down (null: no link)"),
         "lag": Field(Int(), "events those chats are known to be behind their home (last poke)"),
         "relayed": Field(Int(), "events of chats homed elsewhere filled from this peer's copy"),
+        "secret_relayed_for": Field(Int(), "secret-chat bytes this node carried for the peer"),
+        "secret_relayed_by": Field(Int(), "secret-chat bytes the peer carried for this node"),
         "outbox": Field(Int(), "posts waiting to be forwarded to it"),
         "last_error": Field(Nullable(Str()), "why the link last failed"),
     },
@@ -78,6 +80,22 @@ RemoteUser = Struct(
         "created": Field(Float(), "the account's creation stamp (private chat ids use it)"),
     },
     name="RemoteUser",
+)
+
+SecretItem = Struct(
+    {
+        "to": Field(ADDRESS, "the recipient user, canonical"),
+        "device": Field(Int(0), "the recipient device (its id on the user's node)"),
+        "from": Field(ADDRESS, "the sender user, canonical (notices: the chat's other side)"),
+        "from_device": Field(Int(0)),
+        "id": Field(INT64, "the sender device's id of the message"),
+        "payload": Field(Bytes(0, 65536), "ciphertext, opaque to every node"),
+        "kind": Field(Enum(("message", "expired", "failed", "revoked"))),
+        "sent": Field(Float()),
+        "expires": Field(Float(), "dropped (and its sender told) after this"),
+        "hops": Field(Int(0, 3), "how many more nodes may carry it on"),
+    },
+    name="SecretItem",
 )
 
 ForwardedPost = Struct(
@@ -230,6 +248,44 @@ FED_METHODS: list[Method] = [
             name="MediaRange",
         ),
         (E.MEDIA_NOT_FOUND, E.NOT_A_REPLICA, E.PEER_PENDING),
+        access="node",
+        part="federation",
+        rate_group="federation",
+    ),
+    Method(
+        "fed.secretKeys",
+        "A user's published secret-chat device keys (secret.getKeys' answer; one one-time "
+        "prekey of each device is taken). Served by the user's node; a node linked to it "
+        "forwards the call with hops - 1 (SECRET_NO_ROUTE at 0 or without a link, "
+        "SECRET_RELAY_REFUSED if it does not relay).",
+        {"user": Field(ADDRESS, "canonical: name@<node id>"), "hops": Field(Int(0, 3))},
+        AnyValue(),
+        (E.USER_NOT_FOUND, E.SECRET_NO_ROUTE, E.SECRET_RELAY_REFUSED, E.PEER_PENDING),
+        access="node",
+        part="federation",
+        rate_group="federation",
+    ),
+    Method(
+        "fed.secretPut",
+        "Secret-chat envelopes (ciphertext the nodes cannot read) handed on: the callee "
+        "queues those for its own users' devices and stores the others to carry them on "
+        "(store-and-forward, hops - 1), if it relays and the caller is within today's "
+        "allowance. One result per item, in order: {ok: true} once stored durably, or "
+        "{error: code}.",
+        {"items": Field(List(SecretItem, 16))},
+        Struct({"results": Field(List(AnyValue(), 16))}, name="SecretPutResults"),
+        (E.PEER_PENDING,),
+        access="node",
+        part="federation",
+        rate_group="federation",
+    ),
+    Method(
+        "fed.secretRoute",
+        "Whether the callee would carry secret-chat envelopes to node ``node``: it relays "
+        "and has a link up to it.",
+        {"node": Field(NODE_ID)},
+        Struct({"reachable": Field(Bool())}, name="SecretRoute"),
+        (E.PEER_PENDING,),
         access="node",
         part="federation",
         rate_group="federation",
