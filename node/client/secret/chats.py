@@ -486,15 +486,15 @@ class SecretChats:
         async with self._process_lock:
             delivered: dict[str, builtins.list[int]] = {}
             acks: builtins.list[int] = []
-            for item in batch:
-                events.extend(self._process_one(item, delivered))
-                acks.append(int(item["qid"]))
-            if delivered:
-                with self.store.tx() as c:
-                    for chat_id, mids in delivered.items():
-                        chat = self.store.chat(chat_id)
-                        if chat is not None and chat.state == "active":
-                            self._encrypt(c, chat, {"t": "delivered", "ids": mids})
+            # one durable commit for the whole batch, then the ack
+            with self.store.tx() as c:
+                for item in batch:
+                    events.extend(self._process_one(item, delivered))
+                    acks.append(int(item["qid"]))
+                for chat_id, mids in delivered.items():
+                    chat = self.store.chat(chat_id)
+                    if chat is not None and chat.state == "active":
+                        self._encrypt(c, chat, {"t": "delivered", "ids": mids})
             await self.client.call("secret.ack", {"ids": acks}, timeout=CALL_TIMEOUT)
         await self.flush()
         if any(ev["type"] == "request" for ev in events):
@@ -576,7 +576,7 @@ class SecretChats:
                                 self.store.set_state(c, chat_id, [mid], True, "failed",
                                                      ("queued",))  # fmt: skip
                         continue
-                    with self.store.tx() as c:
+                    with self.store.tx(durable=False) as c:  # resent if lost: idempotent
                         self.store.dequeue(c, n)
                         if mid is not None:
                             self.store.set_state(c, chat_id, [mid], True, "sent", ("queued",))

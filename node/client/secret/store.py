@@ -28,7 +28,6 @@ destroyed message's text does not linger in free pages of the file.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
@@ -37,6 +36,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import cbor2
 
 FILE_NAME = "secret.db"
 SEEN_KEEP = 9 * 86400.0  # longer than the node's [secret] ttl default (7 days)
@@ -56,7 +57,7 @@ CREATE TABLE IF NOT EXISTS candidates (
     PRIMARY KEY (chat_id, device));
 CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, chat_id TEXT NOT NULL, mid INTEGER NOT NULL,
-    out INTEGER NOT NULL, kind TEXT NOT NULL, text TEXT, file TEXT, ttl INTEGER,
+    out INTEGER NOT NULL, kind TEXT NOT NULL, text TEXT, file BLOB, ttl INTEGER,
     sent REAL NOT NULL, state TEXT NOT NULL, read_at REAL, delete_at REAL,
     UNIQUE (chat_id, out, mid));
 CREATE INDEX IF NOT EXISTS messages_delete ON messages (delete_at) WHERE delete_at IS NOT NULL;
@@ -132,7 +133,7 @@ def _message(row: Any) -> dict[str, Any]:
         "out": bool(row[3]),
         "kind": row[4],
         "text": row[5],
-        "file": json.loads(row[6]) if row[6] else None,
+        "file": cbor2.loads(row[6]) if row[6] else None,
         "ttl": row[7],
         "sent": row[8],
         "state": row[9],
@@ -159,13 +160,37 @@ class SecretStore:
         self.db.execute("PRAGMA secure_delete=ON")
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(_SCHEMA)
+        self._durable = True
+        self._savepoints = 0
 
     def close(self) -> None:
         self.db.close()
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
-        """One transaction: committed on success, rolled back on any exception."""
+    def tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction: committed on success, rolled back on any exception. Inside
+        another it is a savepoint (a batch of items is one commit, each item's failure
+        undoes only its own part).
+
+        ``durable``: the commit is on disk before this returns (fsync). Everything the
+        device acts on afterwards (an ack to the node, an envelope sent) must be; mere
+        bookkeeping after the fact (an envelope the node took, a state shown) may skip the
+        fsync: a crash loses at most a redone, idempotent step."""
+        if self.db.in_transaction:
+            self._savepoints += 1
+            name = f"sp{self._savepoints}"
+            self.db.execute(f"SAVEPOINT {name}")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute(f"ROLLBACK TO {name}")
+                self.db.execute(f"RELEASE {name}")
+                raise
+            self.db.execute(f"RELEASE {name}")
+            return
+        if durable != self._durable:
+            self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._durable = durable
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
@@ -298,7 +323,7 @@ class SecretStore:
                 int(out),
                 kind,
                 text,
-                json.dumps(file) if file is not None else None,
+                cbor2.dumps(file) if file is not None else None,
                 ttl,
                 sent,
                 state,
