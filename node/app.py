@@ -114,7 +114,7 @@ class Node:
         Lookup(db, directory, self.remote).register(self.router)
         # secret chats: ciphertext queues per device; federation reaches it as node.secret
         self.secret = SecretService(
-            config, db, self.hub, directory, self.remote, erased=compaction.erased
+            config, db, self.events, self.hub, directory, self.remote, erased=compaction.erased
         )
         self.secret.register(self.router)
         self.accounts.revocation.append(self.secret.on_revoked)

@@ -19,6 +19,7 @@ in display form like every other address a client reads (docs/api.md, Addresses)
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from nacl.signing import VerifyKey
 from .. import log
 from ..address import Address, AddressError
 from ..config import Config
-from ..interfaces import CallContext, Caller, Effects, Storage
+from ..interfaces import CallContext, Caller, CommittedEvents, Effects, Storage
 from ..nodes import Directory
 from ..protocol import frames
 from ..protocol.api_secret import KINDS, ONE_TIME_KEPT, PAYLOAD_MAX, KeyBundle
@@ -47,6 +48,7 @@ SPK_CONTEXT = b"fedgram-spk\x00"
 HOPS = 3  # docs section 4: the hop limit of an envelope
 FETCH_DEFAULT = 100
 FETCH_BYTES = 768 * 1024  # payload bytes per secret.fetch reply (frames are capped at 1 MiB)
+NOTICE_TTL_MIN = 7 * 24 * 3600.0  # seconds a node notice waits at least
 SWEEP_BATCH = 500  # expired rows per write job
 BACKSTOP_EVERY = 60.0  # seconds between scans for revoked devices left with secret rows
 
@@ -80,16 +82,23 @@ class SecretService:
         self,
         config: Config,
         db: Storage,
+        events: CommittedEvents,
         sessions: DeviceSessions,
         directory: Directory,
         remote: RemoteSlot,
         erased: Callable[[], None] | None = None,
     ) -> None:
         self.db = db
+        # jobs that may hand envelopes to federation are committed through the node's
+        # publications: federation learns of the commit there and sends at once
+        self.events = events
         self.sessions = sessions
         self.directory = directory
         self.remote = remote
         self.ttl = float(config.get("secret", "ttl"))
+        # a notice must outlive the messages it reports: a device away for the whole TTL
+        # still finds "expired" on its return, even with a short configured TTL
+        self.notice_ttl = max(self.ttl, NOTICE_TTL_MIN)
         self.queue_max = int(config.get("secret", "queue_max"))
         self.relay = bool(config.get("secret", "relay"))
         self.relay_max_bytes = int(config.get("secret", "relay_max_bytes"))
@@ -181,7 +190,7 @@ class SecretService:
                     "payload": b"",
                     "kind": kind,
                     "sent": now,
-                    "expires": now + self.ttl,
+                    "expires": now + self.notice_ttl,
                     "hops": HOPS,
                 },
             )
@@ -189,8 +198,15 @@ class SecretService:
         uid = store.local_user(conn, a.name)
         if uid is None or not store.live_device(conn, uid, device):
             return None
+        if kind == "expired":  # one notice per chat until read: counts add up
+            qid_merged = store.merge_expired(
+                conn, device, about, about_device, msg_id, count, now, now + self.notice_ttl
+            )
+            if qid_merged is not None:
+                merged = store.item(conn, qid_merged)
+                return (uid, merged) if merged is not None else None
         qid, new = store.queue_put(
-            conn, device, kind, about, about_device, msg_id, b"", now, now + self.ttl, count
+            conn, device, kind, about, about_device, msg_id, b"", now, now + self.notice_ttl, count
         )
         item = store.item(conn, qid) if new else None
         return (uid, item) if item is not None else None
@@ -276,7 +292,7 @@ class SecretService:
         expires = now + self.ttl
         if not self._local(a):
 
-            def forward(c: sqlite3.Connection) -> None:
+            def forward(c: sqlite3.Connection, fx: Effects) -> None:
                 me = self._me(c, did)
                 store.touch_contact(c, did, to, device, now)
                 self.remote.secret_forward(
@@ -295,7 +311,7 @@ class SecretService:
                     },
                 )
 
-            await self.db.write(forward)
+            await self.events.commit(self.db, forward)
             log.event(_log, "secret.forwarded", device=did, to_device=device, size=len(payload))
             return {"id": msg_id, "state": "forwarded"}
 
@@ -321,6 +337,9 @@ class SecretService:
         if pushed is not None:
             self._push([pushed])
             self.sweeper.soon(expires)
+        log.event(
+            _log, "secret.queued", logging.DEBUG, device=did, to_device=device, size=len(payload)
+        )
         return {"id": msg_id, "state": "queued"}
 
     async def fetch(self, ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -342,6 +361,7 @@ class SecretService:
         n = await self.db.write(lambda c: store.ack(c, did, ids)) if ids else 0
         if n:
             self._erased()
+        log.event(_log, "secret.acked", logging.DEBUG, device=did, items=n)
         return {"acked": n}
 
     # --- federation -> node -------------------------------------------------------------
@@ -367,7 +387,8 @@ class SecretService:
                     results[i] = {"error": str(ErrorCode.SECRET_DEVICE_GONE)}
                     continue
                 sender = str(Address.parse(it["from"]))
-                expires = min(float(it["expires"]), now + self.ttl)
+                limit = self.ttl if it["kind"] == "message" else self.notice_ttl
+                expires = min(float(it["expires"]), now + limit)
                 kind = it["kind"]
                 try:
                     qid, new = store.queue_put(
@@ -458,7 +479,7 @@ class SecretService:
         expired_total = 0
         while True:
 
-            def job(c: sqlite3.Connection) -> tuple[list[Push], int, int]:
+            def job(c: sqlite3.Connection, fx: Effects) -> tuple[list[Push], int, int]:
                 groups, rows = store.take_expired(c, now, SWEEP_BATCH)
                 pushes: list[Push] = []
                 for g in groups:
@@ -477,7 +498,7 @@ class SecretService:
                             pushes.append(pushed)
                 return pushes, rows, sum(g.count for g in groups)
 
-            pushes, rows, expired = await self.db.write(job)
+            pushes, rows, expired = await self.events.commit(self.db, job)
             self._push(pushes)
             expired_total += expired
             if rows < SWEEP_BATCH:
@@ -498,7 +519,7 @@ class SecretService:
         if not device_ids:
             return
         now = time.time()
-        pushes = await self.db.write(lambda c: self._revoke(c, now, device_ids))
+        pushes = await self.events.commit(self.db, lambda c, fx: self._revoke(c, now, device_ids))
         self._push(pushes)
         log.event(_log, "secret.revoked", devices=len(device_ids), told=len(pushes))
 

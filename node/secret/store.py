@@ -279,6 +279,34 @@ def queue_put(
     return int(cur.lastrowid), True
 
 
+def merge_expired(
+    conn: sqlite3.Connection,
+    device_id: int,
+    about: str,
+    about_device: int,
+    last_id: int,
+    count: int,
+    now: float,
+    expires: float,
+) -> int | None:
+    """Add ``count`` to an unread ``expired`` notice of a device about the same other
+    device, so a device away for long finds one notice per chat, not one per sweep; its
+    qid, or None if there is none to add to."""
+    row = conn.execute(
+        "SELECT qid FROM secret_queue WHERE device_id = ? AND kind = 'expired' AND acked = 0 "
+        "AND sender = ? AND sender_device = ? ORDER BY qid DESC LIMIT 1",
+        (device_id, about, about_device),
+    ).fetchone()
+    if row is None:
+        return None
+    conn.execute(
+        "UPDATE secret_queue SET count = count + ?, msg_id = ?, sent = ?, expires = ? "
+        "WHERE qid = ?",
+        (count, last_id, now, expires, row[0]),
+    )
+    return int(row[0])
+
+
 def waiting(conn: sqlite3.Connection, device_id: int) -> int:
     """Items waiting (not acknowledged) for a device."""
     row = conn.execute(

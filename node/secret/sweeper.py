@@ -17,7 +17,10 @@ import trio
 from .. import log
 
 IDLE_CHECK = 60.0  # seconds between sweeps when nothing is due (revocation backstop too)
-RETRY_AFTER_FAILURE = 5.0  # a failed sweep (disk full...) is retried after this
+RETRY_AFTER_FAILURE = 5.0
+# a sweep runs this long after the first expiry it is for, so that a burst of messages
+# (sent within it) expires in one sweep and is reported in one notice with its count
+SLACK = 0.25  # a failed sweep (disk full...) is retried after this
 
 _log = log.get("secret")
 
@@ -38,8 +41,8 @@ class Sweeper:
 
     def soon(self, expires: float) -> None:
         """Something now expires at ``expires``: wake earlier than planned if need be."""
-        if expires < self._planned:
-            self._planned = expires
+        if expires + SLACK < self._planned:
+            self._planned = expires + SLACK
             self._wake.set()
 
     async def run(self) -> None:
@@ -50,7 +53,7 @@ class Sweeper:
                 _log.exception("secret sweep: cannot read the next expiry")
                 nxt = time.time() + RETRY_AFTER_FAILURE
             now = time.time()
-            due = now + IDLE_CHECK if nxt is None else min(nxt, now + IDLE_CHECK)
+            due = now + IDLE_CHECK if nxt is None else min(nxt + SLACK, now + IDLE_CHECK)
             self._planned = due
             with trio.move_on_after(max(0.0, due - now)):
                 await self._wake.wait()
