@@ -117,7 +117,7 @@ def plan(
     """The fault schedule of a run, drawn from ``random.Random(seed)`` alone.
 
     About ``seconds / mean_gap`` faults (at least ``min_each`` of every kind, so a short
-    run still meets each), at uniform times in the first 90% of the run, each lasting up
+    run still meets each), at uniform times over the whole run, each lasting up
     to ``max_duration`` (one still on at the end is cleared by the final heal). Two
     faults with the same undo never overlap on one link (a resume would end both
     early); at most ``max_down`` nodes are killed at a time, and a
@@ -129,7 +129,7 @@ def plan(
     kinds += [rng.choice(KINDS) for _ in range(count - len(kinds))]
     rng.shuffle(kinds)
     horizon = max(seconds, 0.1)  # what is still on at the end is healed by the final heal
-    times = sorted(rng.uniform(0.0, horizon * 0.9) for _ in kinds)
+    times = sorted(rng.uniform(0.0, horizon) for _ in kinds)
     links = [(i, j) for i in range(1, nodes + 1) for j in range(1, nodes + 1) if i != j]
     busy: dict[tuple[str, tuple[int, ...]], float] = {}  # (class, link or node) -> until
     down: list[tuple[float, float]] = []  # kill windows (start, end incl. restart)
@@ -354,20 +354,27 @@ class Chaos:
         )
 
     async def _check_proxied(self) -> None:
-        """Every node dials every peer at its proxy URL, and every proxy carries a link
-        (a node keeps one link per peer, so a proxy with no connection means a link that
-        bypasses it)."""
+        bypassed = await self._bypassed(10.0)
+        if bypassed:
+            raise ClusterError(f"links bypass their proxies: {'; '.join(bypassed)}")
+
+    async def _bypassed(self, wait: float) -> list[str]:
+        """Links that do not run through their proxy: a node that would dial a peer at
+        another URL than the proxy's, or a proxy without a connection after ``wait``
+        seconds (a node keeps one link per peer, so an idle proxy means a link that
+        bypasses it). Checked after set-up and again at the end: restarts bring new
+        fed.hello's, which must not replace the admin's URL."""
+        out: list[str] = []
         for i in range(1, self.n + 1):
             for p in await self.cluster.peers(i):
                 j = next(x.index for x in self.cluster.nodes if x.node_id == p["node_id"])
                 if p["url"] != self.proxy_url(i, j):
-                    raise ClusterError(f"n{i} dials n{j} at {p['url']}, not through its proxy")
-        with trio.move_on_after(10):
+                    out.append(f"n{i} dials n{j} at {p['url']}")
+        with trio.move_on_after(wait):
             while any(p.active == 0 for p in self.proxies.values()):
                 await trio.sleep(0.1)
-        idle = [f"n{i}->n{j}" for (i, j), p in self.proxies.items() if p.active == 0]
-        if idle:
-            raise ClusterError(f"links bypass their proxies: {', '.join(idle)}")
+        out += [f"n{i}->n{j}: no connection" for (i, j), p in self.proxies.items() if not p.active]
+        return out
 
     @contextlib.asynccontextmanager
     async def _client(self, u: User) -> Any:
@@ -566,8 +573,9 @@ class Chaos:
                 return False
         return True
 
-    async def _await_convergence(self) -> tuple[bool, float]:
-        start = trio.current_time()
+    async def _await_convergence(self, start: float) -> tuple[bool, float]:
+        """Wait (bounded) until every replica has its home's head and every outbox is
+        empty; whether it happened, and how long after ``start`` (the heal)."""
         with trio.move_on_after(self.converge_timeout):
             while not await trio.to_thread.run_sync(self._converged):
                 await trio.sleep(0.5)
@@ -594,6 +602,7 @@ class Chaos:
                         work.start_soon(self._scheduler, until)
                     stop.set()
                 heal_time = trio.current_time()
+                heal_at = heal_time - self.start_time
                 self.say("healing every link, restarting what is down")
                 for p in self.proxies.values():
                     p.heal()
@@ -614,9 +623,10 @@ class Chaos:
                 self.down.clear()
                 if all(x.running for x in self.cluster.nodes):
                     await self._resend_unknown(30.0)
-                    converged, took = await self._await_convergence()
+                    converged, took = await self._await_convergence(heal_time)
+                    bypassed = await self._bypassed(10.0)
                 else:  # a node would not start: nothing to wait for
-                    converged, took = False, 0.0
+                    converged, took, bypassed = False, 0.0, []
                 self.say(f"converged: {converged} after {took:.1f}s")
                 healed_for = trio.current_time() - heal_time
             finally:
@@ -632,7 +642,9 @@ class Chaos:
             converged=converged,
             convergence_seconds=round(took, 2),
             healed_for_seconds=round(healed_for, 2),
+            healed_at_seconds=round(heal_at, 2),
             alive_at_end={f"n{k}": v for k, v in alive_at_end.items()},
+            proxy_bypassed=bypassed,
             stop_exit_codes=exit_codes,
         )
         report["ok"] = bool(
@@ -644,6 +656,7 @@ class Chaos:
             and report["reordered"] == 0
             and not self.crashed
             and not self.restart_failures
+            and not bypassed
         )
         return report
 

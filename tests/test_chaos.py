@@ -56,6 +56,7 @@ async def test_short_fixed_schedule_loses_nothing(tmp_path: Path) -> None:
     assert report["reordered"] == 0, why
     assert report["crashed"] == [], why
     assert report["converged"], why
+    assert report["proxy_bypassed"] == [], why  # restarts' fed.hello kept the proxy URLs
     assert report["ok"], why
     # the faults really happened, every kind of them, and really hit traffic
     assert all(report["faults"].get(k, 0) >= 2 for k in KINDS), report["faults"]
