@@ -406,3 +406,41 @@ async def test_recipient_downloads_a_secret_file(snode: Node, tmp_path: Path) ->
                 "a chat referencing it) has no grant for a secret chat's recipient yet"
             )
         assert got == src.read_bytes()
+
+
+async def test_messages_expired_on_the_node_are_reported_on_both_sides(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path / "n1", secret={"ttl": 1})
+    async with (
+        Node.start(cfg) as node,
+        device(node, "alice", tmp_path / "alice") as a,
+        device(node, "bob", tmp_path / "bob") as b,
+    ):
+        chat = await pair(a, b)
+        # bob does not fetch: three messages wait past the node's TTL and are dropped
+        lost = [await a.sc.send(chat, f"lost {i}") for i in range(3)]
+        ev = await wait_for(a, "expired")
+        assert ev["direction"] == "out" and ev["count"] == 3
+        assert sorted(ev["ids"]) == sorted(m["id"] for m in lost)
+        assert {m["state"] for m in a.sc.history(chat)} == {"expired"}
+
+        ev = await wait_for(b, "expired")
+        assert ev["direction"] == "in" and ev["count"] == 3
+        notice = b.sc.history(chat)[-1]
+        assert notice["kind"] == "notice" and "3 message(s)" in notice["text"]
+        # the chat goes on: the ratchet skips the gap
+        await a.sc.send(chat, "after the gap")
+        assert (await wait_for(b, "message"))["message"]["text"] == "after the gap"
+
+
+async def test_a_device_revoked_mid_chat_ends_the_chat(snode: Node, tmp_path: Path) -> None:
+    async with (
+        device(snode, "alice", tmp_path / "alice") as a,
+        device(snode, "bob", tmp_path / "bob") as b,
+    ):
+        chat = await pair(a, b)
+        await b.client.call("auth.logOut")
+        ev = await wait_for(a, "closed")
+        assert ev["chat"] == chat and "revoked" in ev["reason"]
+        assert a.sc.chat(chat)["state"] == "closed"
+        with pytest.raises(SecretChatError, match="closed"):
+            await a.sc.send(chat, "hello?")

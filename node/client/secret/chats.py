@@ -64,6 +64,9 @@ UPLOAD_MIME = "application/octet-stream"
 _ERROR_RANK = {"SECRET_REPLAYED": 3, "SECRET_OUT_OF_WINDOW": 2, "SECRET_PREKEY_UNKNOWN": 1}
 
 
+_WAITING = ("queued", "sent")  # an outgoing message not yet known to have arrived
+
+
 class SecretChatError(ClientError):
     """A secret-chat operation that cannot be done (no such chat, closed, not accepted)."""
 
@@ -243,6 +246,17 @@ class SecretChats:
         chat = self._chat(chat_id)
         if chat.state != "incoming":
             raise SecretChatError(f"secret chat {chat_id} is {chat.state}, not a request")
+        # the request proved only that its sender holds *some* device key: check it is the
+        # one the node lists for that device (the fingerprint then covers the node too)
+        assert chat.session is not None
+        claimed = ratchet.Session.from_bytes(chat.session).peer_device_pub
+        keys = await self.client.call("secret.getKeys", {"user": chat.peer}, timeout=CALL_TIMEOUT)
+        listed = {int(d["device"]): bytes(d["key"]) for d in keys["devices"]}
+        if listed.get(int(chat.peer_device or 0)) != claimed:
+            why = "the request's device key is not the one the node lists for that device"
+            with self.store.tx() as c:
+                self._close(c, chat_id, why)
+            raise SecretChatError(f"secret chat {chat_id} refused: {why}")
         with self.store.tx() as c:
             self.store.update_chat(c, chat_id, state="active")
             self._encrypt(c, self.store.chat(chat_id), {"t": "accept"})
@@ -873,13 +887,14 @@ class SecretChats:
         events = []
         with self.store.tx() as c:
             if known is not None:
+                # ours: the last of ``count`` messages that waited too long for the peer
                 chat_id, mid = known
-                ids = self.store.set_state(c, chat_id, [mid], True, "expired",
-                                           ("queued", "sent")) if mid else []  # fmt: skip
-                if not ids and count > 1:
-                    ids = self.store.set_state(
-                        c, chat_id, self.store.oldest_sent(chat_id, count - 1), True, "expired"
-                    )
+                ids = []
+                if mid is not None:
+                    ids = self.store.set_state(c, chat_id, [mid], True, "expired", _WAITING)
+                older = [x for x in self.store.oldest_sent(chat_id, count) if x != mid]
+                ids += self.store.set_state(c, chat_id, older[: max(0, count - len(ids))],
+                                            True, "expired", _WAITING)  # fmt: skip
                 events.append({"type": "expired", "chat": chat_id, "direction": "out",
                                "ids": ids, "count": max(count, len(ids))})  # fmt: skip
                 return events
