@@ -114,8 +114,8 @@ class SecretChats:
 
     ``profile``: the profile folder (or :class:`Profile`) whose ``secret.db`` holds the
     chats; ``device_key``: the key this device signed in with (its identity in every chat).
-    ``me``/``device_id``: this device's canonical address and id, asked of the node on first
-    need when not given.
+    ``me``/``device_id``: this device's address (as ``auth.signIn`` returned it) and id,
+    asked of the node on first need when not given.
     """
 
     def __init__(
@@ -406,6 +406,7 @@ class SecretChats:
         with self.store.tx() as c:
             self.store.wipe(c, chat_id, [msg_id], "deleted")
             self._encrypt(c, chat, {"t": "delete", "ids": [msg_id]})
+        self.store.forget_wiped()
         await self.flush()
 
     async def close(self, chat_id: str) -> dict[str, Any]:
@@ -418,6 +419,7 @@ class SecretChats:
             if chat.state in ("active", "requested", "incoming"):
                 self._encrypt(c, chat, {"t": "close"})
             self._close(c, chat_id, "closed here")
+        self.store.forget_wiped()
         await self.flush()
         return self._chat(chat_id).public()
 
@@ -468,6 +470,8 @@ class SecretChats:
                     gone = self.store.wipe(c, chat_id, mids, "deleted")
                     if gone:
                         events.append({"type": "destroyed", "chat": chat_id, "ids": gone})
+        if events:
+            self.store.forget_wiped()
         for ev in events:
             self._emit(ev)
         return events
@@ -510,6 +514,8 @@ class SecretChats:
                     if chat is not None and chat.state == "active":
                         self._encrypt(c, chat, {"t": "delivered", "ids": mids})
             await self.client.call("secret.ack", {"ids": acks}, timeout=CALL_TIMEOUT)
+        if any(ev["type"] in ("deleted", "closed", "taken") for ev in events):
+            self.store.forget_wiped()
         await self.flush()
         if any(ev["type"] == "request" for ev in events):
             await self.ensure_keys()  # a request used up a one-time prekey
@@ -520,7 +526,10 @@ class SecretChats:
     async def listen(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled: take ``secret.item`` pushes as wake-ups and fetch what
         waits (so items are processed in queue order, in batches), wipe self-destructed
-        messages on time. Events go to :meth:`next_event` / :meth:`events`."""
+        messages on time. Events go to :meth:`next_event` / :meth:`pending_events`.
+
+        It reads the client's update stream (other updates are skipped): an app that reads
+        the updates itself calls :meth:`process` with each ``secret.item`` instead."""
         await self.ensure_keys()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_updates)
@@ -586,15 +595,32 @@ class SecretChats:
                             raise
                         with self.store.tx() as c:
                             self.store.dequeue(c, n)
-                            if mid is not None:
-                                self.store.set_state(c, chat_id, [mid], True, "failed",
-                                                     ("queued",))  # fmt: skip
+                            self._device_gone(c, chat_id, device, mid)
                         continue
                     with self.store.tx(durable=False) as c:  # resent if lost: idempotent
                         self.store.dequeue(c, n)
                         if mid is not None:
                             self.store.set_state(c, chat_id, [mid], True, "sent", ("queued",))
                     sent += 1
+
+    def _device_gone(self, c: Any, chat_id: str, device: int, mid: int | None) -> None:
+        """The node has no such live device any more: a candidate of a request is dropped
+        (the request stands for the others); the chat's own device ends the chat."""
+        chat = self.store.chat(chat_id)
+        if chat is None or chat.state in ("closed", "taken"):
+            return
+        if chat.peer_device == device:
+            if mid is not None:
+                self.store.set_state(c, chat_id, [mid], True, "failed", _WAITING)
+            self._close(c, chat_id, "the other device is gone")
+            self._emit({"type": "closed", "chat": chat_id, "reason": "the other device is gone"})
+            return
+        c.execute("DELETE FROM candidates WHERE chat_id = ? AND device = ?", (chat_id, device))
+        if chat.state == "requested" and not self.store.candidates(chat_id):
+            if mid is not None:
+                self.store.set_state(c, chat_id, [mid], True, "failed", _WAITING)
+            self._close(c, chat_id, "no device of the peer is left")
+            self._emit({"type": "closed", "chat": chat_id, "reason": "no device is left"})
 
     # --- internals ------------------------------------------------------------------------
     def _chat(self, chat_id: str) -> ChatRow:
@@ -756,7 +782,11 @@ class SecretChats:
         try:
             inner = _decode(plain)
         except SecretError as e:
-            inner = {"t": "?", "error": e.code}
+            # it authenticated, so the peer device itself sent something we cannot read:
+            # the session moves on (the key is spent), the user is told, nothing is shown
+            inner = {"t": "?"}
+            events.append({"type": "error", "error": e.code, "message": str(e),
+                           "from": sender, "device": device, "id": env_id})  # fmt: skip
         t = inner["t"]
         cid = chat.id
         with self.store.tx() as c:

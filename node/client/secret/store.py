@@ -199,6 +199,12 @@ class SecretStore:
             raise
         self.db.execute("COMMIT")
 
+    def forget_wiped(self) -> None:
+        """After wiping content or keys: fold the WAL into the file and truncate it, so the
+        old pages (a destroyed text, a spent ratchet state) do not linger in the log.
+        ``secure_delete`` has already zeroed them in the main file."""
+        self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     # --- meta ---------------------------------------------------------------------------
     def meta(self, key: str) -> Any:
         row = self.db.execute("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()
