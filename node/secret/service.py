@@ -100,8 +100,6 @@ class SecretService:
         # still finds "expired" on its return, even with a short configured TTL
         self.notice_ttl = max(self.ttl, NOTICE_TTL_MIN)
         self.queue_max = int(config.get("secret", "queue_max"))
-        self.relay = bool(config.get("secret", "relay"))
-        self.relay_max_bytes = int(config.get("secret", "relay_max_bytes"))
         frame_max = int(config.get("limits", "frame_max_bytes"))
         self.fetch_bytes = max(1, min(FETCH_BYTES, frame_max - PAYLOAD_MAX))
         # acknowledged payloads are zeroed in the file (secure_delete) but linger in the WAL

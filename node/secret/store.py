@@ -20,6 +20,7 @@ Tables (docs/secret-chats.md section 3):
 * ``secret_one_time``: unused one-time prekeys, handed out once each, oldest first.
 * ``secret_contacts``: which remote or local devices a device of this node exchanged
   envelopes with (routing metadata the node sees anyway): who to tell when it is revoked.
+* ``secret_waiting``: how many items wait per device (the bound), kept by triggers.
 
 The secret outbox (envelopes for devices of other nodes) is federation's
 (``fed_secret_outbox`` in federation/schema.py): its ``secret_forward`` writes it inside
@@ -83,6 +84,34 @@ SCHEMA = Schema(
                 last REAL NOT NULL,
                 PRIMARY KEY (device_id, peer, peer_device)
             ) WITHOUT ROWID;
+            """,
+        ),
+        # How many items wait per device, kept by triggers in the queue's own transactions:
+        # the bound check of every send was a COUNT over the device's waiting items
+        # (measured ~1 ms of writer time per send at 8,000 waiting), now one row read.
+        Migration(
+            2,
+            "waiting items per device",
+            """
+            CREATE TABLE secret_waiting(
+                device_id INTEGER PRIMARY KEY,
+                n INTEGER NOT NULL
+            );
+            INSERT INTO secret_waiting(device_id, n)
+                SELECT device_id, COUNT(*) FROM secret_queue WHERE acked = 0 GROUP BY device_id;
+            CREATE TRIGGER secret_waiting_put AFTER INSERT ON secret_queue
+            WHEN NEW.acked = 0 BEGIN
+                INSERT INTO secret_waiting(device_id, n) VALUES (NEW.device_id, 1)
+                    ON CONFLICT(device_id) DO UPDATE SET n = n + 1;
+            END;
+            CREATE TRIGGER secret_waiting_ack AFTER UPDATE OF acked ON secret_queue
+            WHEN OLD.acked = 0 AND NEW.acked != 0 BEGIN
+                UPDATE secret_waiting SET n = n - 1 WHERE device_id = OLD.device_id;
+            END;
+            CREATE TRIGGER secret_waiting_gone AFTER DELETE ON secret_queue
+            WHEN OLD.acked = 0 BEGIN
+                UPDATE secret_waiting SET n = n - 1 WHERE device_id = OLD.device_id;
+            END;
             """,
         ),
     ),
@@ -308,11 +337,9 @@ def merge_expired(
 
 
 def waiting(conn: sqlite3.Connection, device_id: int) -> int:
-    """Items waiting (not acknowledged) for a device."""
-    row = conn.execute(
-        "SELECT COUNT(*) FROM secret_queue WHERE device_id = ? AND acked = 0", (device_id,)
-    ).fetchone()
-    return int(row[0])
+    """Items waiting (not acknowledged) for a device (kept by the queue's triggers)."""
+    row = conn.execute("SELECT n FROM secret_waiting WHERE device_id = ?", (device_id,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _item(row: tuple[Any, ...]) -> Item:
@@ -428,7 +455,8 @@ def contacts_of(conn: sqlite3.Connection, device_id: int) -> list[tuple[str, int
 def drop_device(conn: sqlite3.Connection, device_id: int) -> None:
     """Everything secret of a device: its queue, prekeys and contacts; and the other
     devices' contact rows naming it are left to them (they learn from the notice)."""
-    for table in ("secret_queue", "secret_keys", "secret_one_time", "secret_contacts"):
+    tables = ("secret_queue", "secret_keys", "secret_one_time", "secret_contacts")
+    for table in (*tables, "secret_waiting"):
         conn.execute(f"DELETE FROM {table} WHERE device_id = ?", (device_id,))
 
 
