@@ -637,7 +637,18 @@ class Chaos:
             x.name: (x.process.returncode if x.process is not None else None)
             for x in self.cluster.nodes
         }
+        journal = self.data_dir / "proxies.log"
+        journal.write_text(
+            "".join(
+                f"{line[: line.index(' ')]} n{i}->n{j} {line[line.index(' ') + 1 :]}\n"
+                for (i, j), p in self.proxies.items()
+                for line in p.journal
+            )
+        )
+        lines = sorted(journal.read_text().splitlines())
+        journal.write_text("\n".join(lines) + "\n")  # one timeline, all links
         report = self.check()
+        report["proxy_journal"] = str(journal)
         report.update(
             converged=converged,
             convergence_seconds=round(took, 2),

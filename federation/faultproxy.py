@@ -33,6 +33,7 @@ exits when stdin is closed, so it cannot outlive the test that started it.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import json
 import math
@@ -40,6 +41,7 @@ import os
 import socket
 import struct
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -112,7 +114,8 @@ class _Link:
     """One proxied connection: the client side, the target side, one cancel scope, and
     the duplicate connection dup_connect() opened beside it, if any."""
 
-    def __init__(self, client: trio.SocketStream) -> None:
+    def __init__(self, client: trio.SocketStream, number: int = 0) -> None:
+        self.number = number  # 1, 2, 3 ... in order of arrival: the journal's name for it
         self.client = client
         self.target: trio.SocketStream | None = None
         self.dup: trio.SocketStream | None = None
@@ -149,6 +152,7 @@ class FaultProxy:
         connect_timeout: float = 10.0,
         dup_replay: int = 4096,
         dup_hold: float = 30.0,
+        journal: int = 256,
     ) -> None:
         self.target_host = target_host
         self.target_port = target_port
@@ -178,6 +182,9 @@ class FaultProxy:
         self.mid_cuts = 0
         #: duplicate connections opened to the target by dup_connect()
         self.dups = 0
+        #: the last ``journal`` things that happened to connections, wall-clock stamped
+        #: ("12.345 #7 held (blackhole)"): what a failing chaos run's timeline is read from
+        self.journal: collections.deque[str] = collections.deque(maxlen=journal)
         self._links: set[_Link] = set()
         self._flow = _Gate()  # closed = pause(): no bytes move on any link
         self._admit = _Gate()  # closed = block(): new connections not forwarded
@@ -246,6 +253,7 @@ class FaultProxy:
         links = list(self._links)
         self._links.clear()  # gone now, not when their tasks next run: `active` is exact
         for link in links:
+            self._note(link, "cut")
             link.abort()
         self.cuts += len(links)
         return len(links)
@@ -263,10 +271,12 @@ class FaultProxy:
             raise ValueError(f"unknown block mode {mode!r}")
         self._block_mode = mode
         self._admit.close()
+        self._note(None, f"block {mode}")
 
     def unblock(self) -> None:
         """Forward new connections again, including black-holed ones still waiting."""
         self._admit.open()
+        self._note(None, "unblock")
 
     def pause(self) -> None:
         """Freeze all traffic without closing anything (a partition).
@@ -275,10 +285,12 @@ class FaultProxy:
         written until resume(), so nothing is lost and order is kept.
         """
         self._flow.close()
+        self._note(None, "pause")
 
     def resume(self) -> None:
         """Let traffic flow again after pause()."""
         self._flow.open()
+        self._note(None, "resume")
 
     def delay(self, seconds: float, direction: Direction = "both") -> None:
         """Add one-way latency to every chunk read from now on.
@@ -294,6 +306,7 @@ class FaultProxy:
         for name in ("up", "down"):
             if direction in (name, "both"):
                 self._delay[name] = seconds
+        self._note(None, f"delay {seconds} {direction}")
 
     def drop(self, direction: Direction = "both", seconds: float | None = None) -> None:
         """Silently discard every byte read in ``direction`` (for ``seconds``, or until
@@ -310,6 +323,7 @@ class FaultProxy:
         until = math.inf if seconds is None else trio.current_time() + seconds
         for name in _directions(direction):
             self._drop_until[name] = until
+        self._note(None, f"drop {direction} {seconds}")
 
     def undrop(self) -> None:
         """Stop drop() in both directions."""
@@ -327,6 +341,7 @@ class FaultProxy:
             raise ValueError("cut_after needs a byte count >= 0")
         self._cut_dirs = _directions(direction)
         self._cut_budget = nbytes
+        self._note(None, f"cut_after {nbytes} {direction}")
 
     def dup_connect(self, mode: DupMode | None = "hold") -> None:
         """Each NEW client connection also gets a duplicate connection to the target that
@@ -340,6 +355,7 @@ class FaultProxy:
         if mode not in ("hold", "close", None):
             raise ValueError(f"unknown dup_connect mode {mode!r}")
         self._dup_mode = mode
+        self._note(None, f"dup_connect {mode}")
 
     def heal(self) -> None:
         """Clear every fault at once: resume, unblock, no delay, no drop, cut_after
@@ -351,6 +367,7 @@ class FaultProxy:
         self.undrop()
         self._cut_budget = None
         self._dup_mode = None
+        self._note(None, "heal")
 
     @property
     def active(self) -> int:
@@ -385,26 +402,39 @@ class FaultProxy:
 
     # -------------------------------------------------------------- internals
 
+    def _note(self, link: _Link | None, what: str) -> None:
+        """One journal line: a connection's event (#N) or a fault switched (*)."""
+        who = f"#{link.number}" if link is not None else "*"
+        self.journal.append(f"{time.time():.3f} {who} {what}")
+
     async def _handle(self, client: trio.SocketStream) -> None:
         self.connections += 1
-        link = _Link(client)
+        link = _Link(client, self.connections)
         self._links.add(link)
         try:
             with link.scope:
                 if not self._admit.is_open:
                     if self._block_mode == "refuse":
                         self.refused += 1
+                        self._note(link, "refused (blocked)")
                         link.abort()
                         return
+                    self._note(link, "held (blackhole)")
                     await self._admit.wait_open()
                 link.target = await self._connect()
                 if link.target is None:
                     # The target is down (or hung): tell the client the way a dead host would.
                     self.refused += 1
+                    self._note(link, "refused (target down)")
                     link.abort()
                     return
+                self._note(
+                    link,
+                    "forwarding" + (f" + duplicate ({self._dup_mode})" if self._dup_mode else ""),
+                )
                 await self._forward(link, link.target, self._dup_mode)
         finally:
+            self._note(link, "closed")
             self._links.discard(link)
             _hard_close(link.client, reset=False)
             _hard_close(link.target, reset=False)
@@ -504,6 +534,7 @@ class FaultProxy:
                         if len(data) >= budget:
                             self._cut_budget = None  # one-shot: disarmed before any await
                             self.mid_cuts += 1
+                            self._note(link, f"reset after cut_after ({direction})")
                             if budget:
                                 await dst.send_all(data[:budget])
                                 self._count(direction, budget)

@@ -165,6 +165,8 @@ async def test_blackhole_holds_new_connections_until_unblock(proxy: FaultProxy) 
     proxy.unblock()
     with trio.fail_after(2):
         assert await read_exactly(stream, 7) == b"anyone?"
+    events = [line.split(" ", 1)[1] for line in proxy.journal]  # the timeline, unstamped
+    assert events == ["* block blackhole", "#1 held (blackhole)", "* unblock", "#1 forwarding"]
     await stream.aclose()
 
 
