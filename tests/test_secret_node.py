@@ -22,6 +22,7 @@ from nacl.signing import SigningKey
 from node.app import Node
 from node.client import Client
 from node.protocol.errors import RpcError
+from node.secret import store
 from node.secret.service import spk_message
 from tests.conftest import make_config
 from tests.helpers import add_user, admin, fresh_code, next_of
@@ -389,6 +390,26 @@ async def test_logout_and_user_removal_tell_peers(node: Node) -> None:
         )
 
 
+async def test_sweep_cleans_up_after_a_lost_revocation(node: Node) -> None:
+    """A device revoked while its clean-up could not run (a crash right after the commit)
+    is found by the sweep: its rows go and its peers are told all the same."""
+    ka, kb = SigningKey.generate(), SigningKey.generate()
+    async with device(node, "alice", ka) as a, device(node, "bob", kb) as b:
+        a_dev, b_dev = await device_id(a), await device_id(b)
+        await b.call("secret.publishKeys", {"signed_prekey": spk(kb), "one_time": one_time(1, 2)})
+        await b.call("secret.send", {"to": "alice", "device": a_dev, "id": 1, "payload": b"x"})
+        assert (await next_of(a, "secret.item"))["kind"] == "message"
+        await node.db.write(
+            lambda c: c.execute("UPDATE devices SET revoked = ? WHERE id = ?", (time.time(), b_dev))
+        )
+        node.secret._backstop_at = 0.0  # due now, not a minute after the last one
+        await node.secret.sweep(time.time())
+        u = await next_of(a, "secret.item")
+        assert (u["kind"], u["device"]) == ("revoked", b_dev)
+        assert (await b.call("secret.keysLeft"))["one_time_left"] == 0
+        assert await node.db.read(store.revoked_with_data) == []
+
+
 # --- federation's entry point -------------------------------------------------------------
 
 FAR = "b" * 32  # a node id this node does not know
@@ -430,6 +451,8 @@ async def test_deliver(node: Node) -> None:
                 remote_item(node, b_dev, 82, payload=os.urandom(65537)),
                 remote_item(node, b_dev, 83, kind="hello"),
                 remote_item(node, b_dev, 0),
+                remote_item(node, b_dev, 84, sent=float("nan")),
+                remote_item(node, b_dev, 85, **{"from": f"carol@{FAR}", "count": 1, "to": None}),
             ]
         )
         assert results == [
@@ -438,6 +461,8 @@ async def test_deliver(node: Node) -> None:
             {"ok": True},
             {"error": "SECRET_DEVICE_GONE"},
             {"error": "SECRET_NO_ROUTE"},
+            {"error": "PARAMS_INVALID"},
+            {"error": "PARAMS_INVALID"},
             {"error": "PARAMS_INVALID"},
             {"error": "PARAMS_INVALID"},
             {"error": "PARAMS_INVALID"},

@@ -20,6 +20,7 @@ in display form like every other address a client reads (docs/api.md, Addresses)
 from __future__ import annotations
 
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Callable
@@ -310,7 +311,14 @@ class SecretService:
                 )
 
             await self.events.commit(self.db, forward)
-            log.event(_log, "secret.forwarded", device=did, to_device=device, size=len(payload))
+            log.event(
+                _log,
+                "secret.forwarded",
+                logging.DEBUG,
+                device=did,
+                to_device=device,
+                size=len(payload),
+            )
             return {"id": msg_id, "state": "forwarded"}
 
         def queue(c: sqlite3.Connection) -> Push | None:
@@ -427,6 +435,7 @@ class SecretService:
         log.event(
             _log,
             "secret.delivered",
+            logging.DEBUG,
             items=len(items),
             ok=sum(1 for r in results if r and r.get("ok")),
             size=sum(len(it.get("payload") or b"") for _, _, it in valid),
@@ -449,7 +458,12 @@ class SecretService:
                 and isinstance(it.get("payload"), bytes)
                 and len(it["payload"]) <= PAYLOAD_MAX
                 and it.get("kind") in KINDS
-                and all(isinstance(it.get(k), int | float) for k in ("sent", "expires"))
+                and all(
+                    isinstance(it.get(k), int | float)
+                    and not isinstance(it.get(k), bool)
+                    and math.isfinite(it[k])
+                    for k in ("sent", "expires")
+                )
                 and isinstance(it.get("to"), str)
                 and isinstance(it.get("from"), str)
             )

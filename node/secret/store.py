@@ -464,10 +464,10 @@ def revoked_with_data(conn: sqlite3.Connection) -> list[int]:
     """Revoked devices that still have secret rows (the sweep's backstop for revocations
     whose clean-up did not run, e.g. a crash between the revocation and its clean-up)."""
     rows = conn.execute(
-        "SELECT id FROM devices WHERE revoked IS NOT NULL AND ("
-        "id IN (SELECT device_id FROM secret_keys) OR "
-        "id IN (SELECT device_id FROM secret_contacts) OR "
-        "id IN (SELECT device_id FROM secret_one_time) OR "
-        "id IN (SELECT device_id FROM secret_queue))"
+        "SELECT d.id FROM devices d WHERE d.revoked IS NOT NULL AND ("
+        "EXISTS (SELECT 1 FROM secret_keys k WHERE k.device_id = d.id) OR "
+        "EXISTS (SELECT 1 FROM secret_one_time o WHERE o.device_id = d.id) OR "
+        "EXISTS (SELECT 1 FROM secret_contacts c WHERE c.device_id = d.id) OR "
+        "EXISTS (SELECT 1 FROM secret_queue q WHERE q.device_id = d.id AND q.acked = 0))"
     ).fetchall()
     return [int(r[0]) for r in rows]
