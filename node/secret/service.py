@@ -48,7 +48,8 @@ _log = log.get("secret")
 SPK_CONTEXT = b"fedgram-spk\x00"
 HOPS = 3  # docs section 4: the hop limit of an envelope
 FETCH_DEFAULT = 100
-FETCH_BYTES = 768 * 1024  # payload bytes per secret.fetch reply (frames are capped at 1 MiB)
+FETCH_BYTES = 768 * 1024  # bytes per secret.fetch reply (frames are capped at 1 MiB)
+ITEM_OVERHEAD = 256  # an item's encoded fields besides its payload, at most (its address...)
 NOTICE_TTL_MIN = 7 * 24 * 3600.0  # seconds a node notice waits at least
 SWEEP_BATCH = 500  # expired rows per write job
 BACKSTOP_EVERY = 60.0  # seconds between scans for revoked devices left with secret rows
@@ -159,6 +160,9 @@ class SecretService:
             conn.execute("ROLLBACK TO secret_notice")
             if e.code != ErrorCode.FEDERATION_OFF:
                 log.event(_log, "secret.notice_dropped", kind=item["kind"], code=e.code)
+        except Exception:  # a bug there must not wedge the sweep (it would retry forever)
+            conn.execute("ROLLBACK TO secret_notice")
+            _log.exception("secret notice for another node dropped")
         conn.execute("RELEASE secret_notice")
 
     def _notice(
@@ -355,7 +359,7 @@ class SecretService:
         out: list[dict[str, Any]] = []
         size = 0
         for it in items:
-            size += len(it.payload)
+            size += len(it.payload) + ITEM_OVERHEAD
             if out and size > self.fetch_bytes:
                 break
             out.append(it.wire(self.directory.display(it.sender)))
