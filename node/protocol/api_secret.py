@@ -108,7 +108,14 @@ SECRET_METHODS: list[Method] = [
         "asked of their node through federation.",
         {"user": Field(ADDRESS, "name, name@node or the canonical name@<node id>")},
         KeyBundle,
-        (E.USER_NOT_FOUND, E.PEER_UNKNOWN, E.PEER_UNREACHABLE, E.SECRET_NO_ROUTE, E.FEDERATION_OFF),
+        (
+            E.USER_NOT_FOUND,
+            E.PEER_UNKNOWN,
+            E.PEER_UNREACHABLE,
+            E.SECRET_NO_ROUTE,
+            E.SECRET_RELAY_REFUSED,
+            E.FEDERATION_OFF,
+        ),
         rate_group="lookup",
     ),
     Method(
