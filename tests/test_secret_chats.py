@@ -359,6 +359,22 @@ async def test_tampered_and_replayed_envelopes_are_reported_not_shown(
         assert texts == ["genuine", "forged"]  # the altered and replayed ones never show
         assert (await b.client.call("secret.fetch", {}))["items"] == []  # all acknowledged
 
+        # the other way: the initiator (whose request had a session per device) also
+        # catches a replay of an envelope from the device it bound
+        brow = b.sc.store.chat(chat)
+        assert brow is not None and brow.session is not None and brow.peer_device is not None
+        back = ratchet.Session.from_bytes(brow.session).encrypt(
+            cbor2.dumps({"t": "text", "m": 77, "text": "once only"})
+        )
+        for env_id in (2001, 2002):
+            await b.client.call(
+                "secret.send",
+                {"to": brow.peer, "device": brow.peer_device, "id": env_id, "payload": back},
+            )
+        assert (await wait_for(a, "message"))["message"]["text"] == "once only"
+        assert (await wait_for(a, "error"))["error"] == "SECRET_REPLAYED"
+        assert [m["text"] for m in a.sc.history(chat)] == ["genuine", "once only"]
+
 
 async def test_an_item_delivered_again_is_acknowledged_quietly(snode: Node, tmp_path: Path) -> None:
     """A crash between our commit and our ack makes the node deliver an item again: it was
@@ -446,3 +462,31 @@ async def test_a_device_revoked_mid_chat_ends_the_chat(snode: Node, tmp_path: Pa
         assert a.sc.chat(chat)["state"] == "closed"
         with pytest.raises(SecretChatError, match="closed"):
             await a.sc.send(chat, "hello?")
+
+
+async def test_two_devices_accepting_at_once_only_the_first_is_bound(
+    snode: Node, tmp_path: Path
+) -> None:
+    async with (
+        device(snode, "alice", tmp_path / "alice") as a,
+        device(snode, "bob", tmp_path / "bob-phone", dev="phone") as phone,
+        device(snode, "bob", tmp_path / "bob-laptop", dev="laptop") as laptop,
+    ):
+        chat = await a.sc.start("bob")
+        await wait_for(phone, "request")
+        await wait_for(laptop, "request")
+        # both accept (and the laptop even writes) before alice's device hears of either
+        await phone.sc.accept(chat)
+        await laptop.sc.accept(chat)
+        await laptop.sc.send(chat, "from the laptop")
+        ev = await wait_for(a, "accepted")
+        assert ev["device"] == phone.sc.device_id
+        await trio.sleep(0.1)
+        late = await a.sc.sync()
+        assert [e["type"] for e in late + a.backlog] == []  # the late ones change nothing
+        assert a.sc.history(chat) == []
+        assert (await wait_for(laptop, "taken"))["chat"] == chat
+        await trio.sleep(0.1)
+        assert [e["type"] for e in await laptop.sc.sync()] == []  # no error, nothing twice
+        await a.sc.send(chat, "hello phone")
+        assert (await wait_for(phone, "message"))["message"]["text"] == "hello phone"

@@ -717,7 +717,7 @@ class SecretChats:
             if chat.session is not None and chat.peer_device == device:
                 blobs.append((None, chat.session))
             cand = self.store.candidates(chat.id).get(device)
-            if cand is not None:
+            if cand is not None and chat.peer_device != device:
                 blobs.append((device, cand))
             for which, blob in blobs:
                 s = ratchet.Session.from_bytes(blob)
@@ -797,10 +797,8 @@ class SecretChats:
                 self.store.update_chat(c, cid, session=s.to_bytes())
             bound_elsewhere = chat.peer_device is not None and chat.peer_device != device
             if candidate is not None and (bound_elsewhere or chat.state == "closed"):
-                # a late answer from a device that did not get the chat: it was told
-                # "taken" when another device was bound; nothing else to do
-                if t == "accept":
-                    self._encrypt_to_candidate(c, chat, device, {"t": "taken"})
+                # a late answer (or message) from a device that did not get the chat: it
+                # was told "taken" when another device was bound; nothing else to do
                 return events
             if t == "accept" and chat.state == "requested" and candidate is not None:
                 events.extend(self._bind(c, chat, device, s))
@@ -851,7 +849,10 @@ class SecretChats:
         others = [d for d in self.store.candidates(chat.id) if d != device]
         for other in others:
             self._encrypt_to_candidate(c, chat, other, {"t": "taken"})
-        # the other candidates' sessions stay (only to recognise their late answers)
+        # the bound device's session lives in the chat row from now on: its copy as a
+        # candidate must go (a stale state would open replays of later envelopes); the
+        # others' stay, only to recognise their late answers
+        c.execute("DELETE FROM candidates WHERE chat_id = ? AND device = ?", (chat.id, device))
         self.store.update_chat(
             c, chat.id, state="active", peer_device=device, session=s.to_bytes(),
             fingerprint=s.fingerprint(),

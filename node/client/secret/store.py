@@ -271,11 +271,12 @@ class SecretStore:
         return [_chat(r) for r in rows]
 
     def chats_with(self, peer: str, device: int) -> list[ChatRow]:
-        """Open chats whose bound device (or, for requests, a candidate) is this one."""
+        """Open chats whose bound device is this one, or that sent it a request (a late
+        answer from a device that did not get the chat still opens, and is ignored)."""
         rows = self.db.execute(
             f"SELECT {_CHAT_COLS} FROM chats WHERE peer = ? AND state != 'closed' AND "
-            "(peer_device = ? OR (state = 'requested' AND id IN "
-            "(SELECT chat_id FROM candidates WHERE device = ?))) ORDER BY updated DESC",
+            "(peer_device = ? OR id IN (SELECT chat_id FROM candidates WHERE device = ?)) "
+            "ORDER BY updated DESC",
             (peer, device, device),
         ).fetchall()
         return [_chat(r) for r in rows]
