@@ -62,12 +62,14 @@ from .faultproxy import FaultProxy
 
 #: fault kinds: on one directed link (proxy), on a node's every link, or on the process
 LINK_KINDS = ("cut", "pause", "refuse", "blackhole", "delay", "drop", "cut_after", "dup_connect")
-NODE_KINDS = ("partition", "kill")
+NODE_KINDS = ("partition", "kill", "hang")
 KINDS = LINK_KINDS + NODE_KINDS
 #: kinds that share one undo on a link must not overlap there (a resume ends both)
 _CLASS = {"pause": "flow", "partition": "flow", "refuse": "admit", "blackhole": "admit"}
-#: a node killed is busy this much longer than its down time (its restart takes a while)
+#: a node killed is busy this much longer than its down time (its restart takes a while);
+#: a hung one (SIGSTOP, then SIGCONT) a little longer (it has work to catch up on)
 RESTART_MARGIN = 4.0
+HANG_MARGIN = 1.0
 #: nodes' federation settings for the run: calls on a stalled link give up (and the link
 #: reconnects) after link_timeout; a dead peer is retried at least every retry_max
 NODE_FEDERATION = {"link_timeout": 4.0, "retry_max": 2.0}
@@ -146,6 +148,7 @@ def plan(
             arg = rng.choice(("up", "down", "both"))
         elif kind == "dup_connect":
             arg = rng.choice(("hold", "close"))
+            duration = max(duration, 2.0)  # long enough for the cut link to redial into it
         if kind in LINK_KINDS:
             options: list[tuple[int, ...]] = list(links)
         else:
@@ -160,21 +163,22 @@ def plan(
 
         def free_from(target: tuple[int, ...], c: str = cls, k: str = kind) -> float:
             when = max((busy.get((c, t), 0.0) for t in touched(target, k)), default=0.0)
-            if k == "kill":
-                when = max(when, busy.get(("kill", target), 0.0))
+            if k in ("kill", "hang"):
+                when = max(when, busy.get(("node", target), 0.0))
             return when
 
         start, target = min(((max(at, free_from(t)), t) for t in options), key=lambda x: x[0])
-        if kind == "kill":
+        if kind in ("kill", "hang"):
             while sum(1 for s, e in down if s <= start < e) >= max_down:
                 start = min(e for s, e in down if s <= start < e)
         if kind == "cut":
             duration = 0.0
         if start >= horizon:
             continue  # no room left before the end
-        if kind == "kill":
-            down.append((start, start + duration + RESTART_MARGIN))
-            busy[("kill", target)] = start + duration + RESTART_MARGIN
+        if kind in ("kill", "hang"):
+            margin = RESTART_MARGIN if kind == "kill" else HANG_MARGIN
+            down.append((start, start + duration + margin))
+            busy[("node", target)] = start + duration + margin
         elif kind != "cut":
             for t in touched(target):
                 busy[(cls, t)] = start + duration
@@ -393,6 +397,9 @@ class Chaos:
         if f.kind == "kill":
             await self._kill(f)
             return
+        if f.kind == "hang":
+            await self._hang(f)
+            return
         proxies = self._links_of(f)
         for p in proxies:
             if f.kind == "cut":
@@ -442,6 +449,23 @@ class Chaos:
         with trio.CancelScope(shield=True):  # a start is not left half done
             if await self._restart(k):
                 self.down.discard(k)  # else it stays down: no watchdog retries
+
+    async def _hang(self, f: Fault) -> None:
+        """SIGSTOP node k for the fault's duration, then SIGCONT: a hung host. Unlike a
+        dead one, its kernel still accepts connections (the listen backlog), so peers
+        and clients meet silence, not resets: only their timeouts can save them."""
+        k = f.target[0]
+        if k in self.down or not self.cluster.node(k).running:
+            self.skipped.append({**f.describe(), "why": "node not running"})
+            return
+        self.down.add(k)
+        self.cluster.kill(k, signal.SIGSTOP)
+        self.injected["hang"] += 1
+        try:
+            await trio.sleep(f.duration)
+        finally:  # the phase may end here: it goes on running all the same
+            self.cluster.kill(k, signal.SIGCONT)
+            self.down.discard(k)
 
     async def _restart(self, k: int) -> bool:
         """Start node k again; a start that fails (a port not yet released) is retried. A
@@ -606,6 +630,8 @@ class Chaos:
                 self.say("healing every link, restarting what is down")
                 for p in self.proxies.values():
                     p.heal()
+                for node in self.cluster.nodes:  # no node left stopped (hang's own undo ran)
+                    self.cluster.kill(node.index, signal.SIGCONT)
                 alive_at_end = {x.index: x.running for x in self.cluster.nodes}
                 for node in self.cluster.nodes:  # not killed by the schedule yet not running
                     if node.index not in self.down and not node.running and node.process:
@@ -630,6 +656,8 @@ class Chaos:
                 self.say(f"converged: {converged} after {took:.1f}s")
                 healed_for = trio.current_time() - heal_time
             finally:
+                for node in self.cluster.nodes:  # a stopped node could not obey SIGTERM
+                    self.cluster.kill(node.index, signal.SIGCONT)
                 with trio.CancelScope(shield=True):
                     await self.cluster.stop()
                 nursery.cancel_scope.cancel()
