@@ -25,6 +25,7 @@ from .common import LOCAL, JsonOpt, fail, print_json, run_async
 if TYPE_CHECKING:
     from node.client import Profile
     from node.client.secret.chats import SecretChats
+    from node.protocol.errors import RpcError
 
 T = TypeVar("T")
 
@@ -322,28 +323,90 @@ def listen(
     json: JsonOpt = False,
 ) -> None:
     """Print secret-chat events as they happen (with --json: one JSON object a line):
-    messages, requests, receipts, and envelopes rejected as tampered or replayed."""
+    messages, requests, receipts, and envelopes rejected as tampered or replayed. When
+    the connection is lost it reconnects with backoff; nothing is missed (what arrived
+    meanwhile waits on the node until this device has stored it)."""
+    prof = _profile(profile)
+    from node.client.secret.chats import SecretChats
+    from node.client.secret.errors import SecretError
+    from node.client.signed_in import connect_signed_in
+
+    from .client_listen import TRANSIENT, backoff
+
+    printed = 0
 
     def emit(ev: dict[str, Any]) -> None:
+        nonlocal printed
         line = jsonlib.dumps(ev, sort_keys=True, default=str) if json else describe_event(ev)
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+        printed += 1
 
-    async def go(sc: SecretChats) -> None:
-        printed = 0
-        for ev in sc.pending_events():  # what the first sync brought
-            if count is not None and printed >= count:
+    def done() -> bool:
+        return count is not None and printed >= count
+
+    async def session(sc: SecretChats) -> None:
+        """One connection: what the first sync brought, then live events."""
+        await sc.ensure_keys()
+        await sc.sync()
+        for ev in sc.pending_events():
+            if done():
                 return
             emit(ev)
-            printed += 1
-        if count is not None and printed >= count:
-            return
-        with trio.move_on_after(timeout if timeout is not None else float("inf")):
-            async with trio.open_nursery() as nursery:
-                await nursery.start(sc.listen)
-                while count is None or printed < count:
-                    emit(await sc.next_event(timeout=float("inf")))
-                    printed += 1
-                nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sc.listen)
+            while not done():
+                emit(await sc.next_event(timeout=float("inf")))
+            nursery.cancel_scope.cancel()
 
-    _with_secret(profile, go)
+    async def go() -> None:
+        me, device = _identity(prof)
+        failures = 0
+        while not done():
+            try:
+                async with connect_signed_in(prof) as c:
+                    if failures:
+                        _say(f"reconnected to {c.url}")
+                    failures = 0
+                    sc = SecretChats(c, prof, prof.device_key(), me=me, device_id=device)
+                    try:
+                        await session(sc)
+                    finally:
+                        sc.close_store()
+                return
+            except BaseException as e:  # a lost connection may come wrapped in a group
+                rpc = _rpc_error(e)
+                if rpc is None or rpc.code not in TRANSIENT:
+                    raise
+                wait = backoff(failures, rpc.retry_after)
+                _say(f"connection lost ({rpc}); reconnecting in {wait:.1f}s")
+                failures += 1
+                await trio.sleep(wait)
+
+    async def bounded() -> None:
+        with trio.move_on_after(timeout if timeout is not None else float("inf")):
+            await go()
+
+    try:
+        run_async(bounded)
+    except SecretError as e:
+        fail(f"{e} ({e.code})")
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def _rpc_error(e: BaseException) -> RpcError | None:
+    """The RpcError in ``e`` (itself, or the first one inside exception groups), or None."""
+    from node.protocol.errors import RpcError
+
+    if isinstance(e, RpcError):
+        return e
+    if isinstance(e, BaseExceptionGroup):
+        for sub in e.exceptions:
+            found = _rpc_error(sub)
+            if found is not None:
+                return found
+    return None

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tests.conftest import REPO, cli_login, fedgram
 
@@ -117,3 +118,34 @@ def test_secret_chat_from_the_cli(node_process: Any, tmp_path: Path) -> None:
                 assert needle not in data, (p, needle)
     # and the history is on the devices, in their profiles
     assert (alice / "secret.db").exists() and (bob / "secret.db").exists()
+
+
+def test_secret_listen_survives_a_node_restart(node_process: Any, tmp_path: Path) -> None:
+    n = node_process("n1")
+    port = urlsplit(n.url).port
+    d = str(n.data)
+    for name in ("alice", "bob"):
+        fedgram("user", "add", name, "--data", d, check=True)
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    cli_login(n.url, d, "alice", alice)
+    cli_login(n.url, d, "bob", bob)
+    _json(bob, "list")
+    chat = _json(alice, "start", "@bob")["id"]
+    _json(bob, "accept", chat)
+    _json(alice, "list")  # alice's device takes the accept in
+
+    listener = _listener(alice, 2)
+    try:
+        _json(bob, "send", chat, "before the crash")
+        n.kill9()  # the listener loses its connection and retries with backoff
+        n = node_process("n1", listen=f"127.0.0.1:{port}")
+        _json(bob, "send", chat, "after the crash")
+        out, err = listener.communicate(timeout=60)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait(10)
+    assert listener.returncode == 0, err
+    texts = [json.loads(line)["message"]["text"] for line in out.splitlines()]
+    assert texts == ["before the crash", "after the crash"]
+    assert "reconnecting in" in err and "Traceback" not in err
