@@ -824,6 +824,7 @@ class Chaos:
             if (c, a, r) not in sent_keys
         ]
         stats = {f"n{i}->n{j}": p.stats() for (i, j), p in sorted(self.proxies.items())}
+        log_errors = {x.name: _log_errors(x.log_path) for x in self.cluster.nodes}
         effects = {
             "dropped_bytes": sum(p.dropped_up + p.dropped_down for p in self.proxies.values()),
             "mid_frame_resets": sum(p.mid_cuts for p in self.proxies.values()),
@@ -860,6 +861,8 @@ class Chaos:
             "crashed": self.crashed,
             "restart_failures": self.restart_failures,
             "client_errors": dict(self.client_errors),
+            # not part of ok (a peer that vanished is logged), but where node bugs show
+            "node_log_errors": sum(v["count"] for v in log_errors.values()),
             "details": {
                 "lost": lost[:20],
                 "duplicated": duplicated[:20],
@@ -868,7 +871,7 @@ class Chaos:
                 "reordered": reordered[:20],
                 "chain_errors": chain_errors[:20],
                 "phantoms": phantoms[:20],
-                "node_log_errors": {x.name: _log_errors(x.log_path) for x in self.cluster.nodes},
+                "node_log_errors": log_errors,
             },
             "proxies": stats,
             "schedule": [f.describe() for f in self.schedule],
