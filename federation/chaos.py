@@ -907,18 +907,27 @@ async def run_chaos(
     nodes: int = 3,
     data_dir: Path | None = None,
     schedule: list[Fault] | None = None,
+    mean_gap: float = 2.0,
+    max_duration: float = 8.0,
+    max_down: int = 1,
     converge_timeout: float = 120.0,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the fault suite for ``minutes`` of faults; the JSON-ready report.
 
     ``data_dir``: where the nodes live (must not hold a previous run); a fresh temporary
-    folder if None (kept: its path is in the report, with the nodes' logs)."""
+    folder if None (kept: its path is in the report, with the nodes' logs). Without a
+    ``schedule``, :func:`plan` draws one from the seed with ``mean_gap``,
+    ``max_duration`` and ``max_down`` (the report records them: a replay needs them)."""
     if data_dir is None:
         data_dir = Path(tempfile.mkdtemp(prefix=f"fedgram-chaos-{seed}-"))
     elif data_dir.exists() and any(data_dir.iterdir()):
         raise ValueError(f"{data_dir} is not empty: a run needs fresh nodes")
     seconds = minutes * 60
+    if schedule is None:
+        schedule = plan(
+            seed, seconds, nodes, mean_gap=mean_gap, max_duration=max_duration, max_down=max_down
+        )
     run = Chaos(
         seed,
         seconds,
@@ -928,7 +937,9 @@ async def run_chaos(
         converge_timeout=converge_timeout,
         log=log,
     )
-    return await run.run()
+    report = await run.run()
+    report["plan"] = {"mean_gap": mean_gap, "max_duration": max_duration, "max_down": max_down}
+    return report
 
 
 def dumps(report: dict[str, Any]) -> str:

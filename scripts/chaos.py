@@ -35,10 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--converge-timeout", type=float, default=120.0, help="seconds to wait after the heal"
     )
+    p.add_argument("--mean-gap", type=float, default=2.0, help="seconds between faults (2)")
+    p.add_argument("--max-duration", type=float, default=8.0, help="longest fault, s (8)")
+    p.add_argument("--max-down", type=int, default=1, help="nodes killed/hung at once (1)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
-    if args.minutes <= 0 or args.nodes < 2:
-        p.error("--minutes must be > 0 and --nodes >= 2")
+    if args.minutes <= 0 or args.nodes < 2 or args.mean_gap <= 0 or args.max_duration <= 0:
+        p.error("--minutes, --mean-gap, --max-duration must be > 0 and --nodes >= 2")
+    if not 1 <= args.max_down < args.nodes:
+        p.error("--max-down must be at least 1 and leave one node up")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
@@ -53,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             nodes=args.nodes,
             data_dir=args.data,
             converge_timeout=args.converge_timeout,
+            mean_gap=args.mean_gap,
+            max_duration=args.max_duration,
+            max_down=args.max_down,
             log=log,
         )
     )
