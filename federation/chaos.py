@@ -205,6 +205,9 @@ class Send:
 
 @dataclass
 class User:
+    """A sending user: one per node, signed in once; its device key re-authorizes every
+    new session after a reconnect (what a real client's stored key does)."""
+
     node: int
     name: str
     address: str
@@ -286,7 +289,7 @@ class Chaos:
         self.crashed: list[dict[str, Any]] = []
         self.client_errors: Counter[str] = Counter()
         self.restart_failures: list[dict[str, Any]] = []
-        self.down: set[int] = set()  # nodes the schedule has killed and not yet restarted
+        self.down: set[int] = set()  # nodes killed or hung by the schedule, not yet back
         self.start_time = 0.0
 
     def say(self, msg: str) -> None:
