@@ -77,16 +77,10 @@ async def test_short_fixed_schedule_loses_nothing(tmp_path: Path) -> None:
     assert msgs["unknown"] == 0, msgs  # every lost answer was resolved by a resend
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node bug found by the suite: Client.connect's timeout does not bound a "
-    "WebSocket handshake that is never answered (trio-websocket waits for its reader "
-    "task after ConnectionTimeout), so a link dialling a black-holed or hung peer stays "
-    "'connecting' until the path heals and the far side drops the stale handshake",
-)
 async def test_connect_gives_up_on_time_when_the_path_is_a_black_hole(node: Node) -> None:
-    """What the chaos runs showed as ~10 s of extra convergence after a blackhole healed:
-    the kernel accepts (here: the proxy), nothing answers, the timeout must still hold."""
+    """What the chaos runs showed as ~10 s of extra convergence after a blackhole healed
+    (a bug, fixed in Client.connect): the kernel accepts (here: the proxy), nothing
+    answers, the timeout must still hold."""
     async with FaultProxy.open("127.0.0.1", node.port) as proxy:
         proxy.block("blackhole")
         start = time.monotonic()

@@ -11,14 +11,21 @@ marks the client ``behind`` so it knows to re-sync).
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 from nacl.signing import SigningKey
-from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
+from trio_websocket import (
+    ConnectionClosed,
+    HandshakeError,
+    WebSocketConnection,
+    connect_websocket,
+)
 
 from ..protocol.connection import Connection, ErrorReply, ProtocolError, Reply, Updates
 from ..protocol.errors import ErrorCode, RpcError
@@ -29,6 +36,7 @@ from .profile import Profile
 from .urls import check_url, node_address
 
 DEFAULT_TIMEOUT = 30.0
+DISCONNECT_TIMEOUT = 2.0  # seconds a closing handshake may take before the socket is dropped
 UPDATE_BUFFER = 10_000
 
 
@@ -82,35 +90,44 @@ class Client:
         other node then serves its ``fed.*`` methods to this session)."""
         url = check_url(url)
         prof = Profile(profile) if isinstance(profile, Path) else profile
-        async with AsyncExitStack() as stack:
+        failure: RpcError | None = None
+        body_error: BaseException | None = None
+        # Our own nursery for the WebSocket's reader: trio-websocket's open_websocket waits
+        # for that reader after a connect timeout, so a peer that accepts TCP and never
+        # answers (a black hole, a stopped process) would hold it forever; cancelling our
+        # nursery bounds the whole dial by ``timeout``.
+        async with trio.open_nursery() as ws_nursery:
+            ws: WebSocketConnection | None = None
             try:
-                ws = await stack.enter_async_context(
-                    open_websocket_url(
-                        url,
-                        max_message_size=max_message_size,
-                        connect_timeout=timeout,
-                        disconnect_timeout=2,
-                    )
-                )
-            except (OSError, HandshakeError, trio.TooSlowError, ConnectionClosed) as e:
-                why = why_unreachable(url, e, timeout)
-                raise RpcError(
-                    ErrorCode.CONNECTION_LOST, f"cannot connect to {url}: {why}"
-                ) from None
-            client = await cls._handshake(ws, url, pin, prof, timeout, identity)
-            body_error: BaseException | None = None
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(client._reader)
                 try:
-                    yield client
-                except BaseException as e:
-                    # Re-raised below, outside the nursery, so the caller sees its own
-                    # exception (`except RpcError` works) and not a group wrapped around it.
-                    body_error = e
-                finally:
-                    nursery.cancel_scope.cancel()
-            if body_error is not None:
-                raise body_error
+                    with trio.fail_after(timeout):
+                        ws = await _dial(ws_nursery, url, max_message_size)
+                except (OSError, HandshakeError, trio.TooSlowError, ConnectionClosed) as e:
+                    why = why_unreachable(url, e, timeout)
+                    failure = RpcError(ErrorCode.CONNECTION_LOST, f"cannot connect to {url}: {why}")
+                else:
+                    client = await cls._handshake(ws, url, pin, prof, timeout, identity)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(client._reader)
+                        try:
+                            yield client
+                        except BaseException as e:
+                            # Re-raised below, outside the nurseries, so the caller sees
+                            # its own exception (`except RpcError` works), not a group.
+                            body_error = e
+                        finally:
+                            nursery.cancel_scope.cancel()
+            except BaseException as e:  # the handshake refused (RpcError), or a cancel
+                body_error = e
+            finally:
+                if ws is not None:
+                    with trio.move_on_after(DISCONNECT_TIMEOUT, shield=True):
+                        await ws.aclose()
+                ws_nursery.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+        if body_error is not None:
+            raise body_error
 
     async def call(
         self, method: str, params: dict[str, Any] | None = None, *, timeout: float = DEFAULT_TIMEOUT
@@ -345,3 +362,20 @@ def _close_code(e: ConnectionClosed) -> str | None:
     r = e.reason
     text = (r.reason or "") if r is not None else ""
     return text if text in ErrorCode.__members__ else None
+
+
+async def _dial(nursery: trio.Nursery, url: str, max_message_size: int) -> WebSocketConnection:
+    """Open the WebSocket of a checked ``ws://`` or ``wss://`` URL, its reader in ``nursery``."""
+    parts = urlsplit(url)
+    tls = parts.scheme == "wss"
+    host = parts.hostname or ""
+    port = parts.port or (443 if tls else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return await connect_websocket(
+        nursery,
+        host,
+        port,
+        resource,
+        use_ssl=ssl.create_default_context() if tls else False,
+        max_message_size=max_message_size,
+    )
