@@ -28,6 +28,7 @@ from node.protocol.schema import (
     Bytes,
     DictOf,
     Enum,
+    Float,
     Int,
     List,
     Nullable,
@@ -288,6 +289,8 @@ class Fixture:
             return self.by_name[name]
         if isinstance(t, Int):
             return max(t.min, min(t.max, 1))
+        if isinstance(t, Float):
+            return 1.0
         if isinstance(t, Bytes):
             return b"\x00" * t.min_len
         if isinstance(t, Nullable):
