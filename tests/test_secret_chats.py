@@ -436,15 +436,23 @@ async def test_messages_expired_on_the_node_are_reported_on_both_sides(tmp_path:
         chat = await pair(a, b)
         # bob does not fetch: three messages wait past the node's TTL and are dropped
         lost = [await a.sc.send(chat, f"lost {i}") for i in range(3)]
-        ev = await wait_for(a, "expired")
-        assert ev["direction"] == "out" and ev["count"] == 3
-        assert sorted(ev["ids"]) == sorted(m["id"] for m in lost)
+        # the node reports a burst in one notice, or (a slow machine) in a few: add them up
+        ids: list[int] = []
+        while len(ids) < 3:
+            ev = await wait_for(a, "expired")
+            assert ev["direction"] == "out" and ev["count"] == len(ev["ids"])
+            ids += ev["ids"]
+        assert sorted(ids) == sorted(m["id"] for m in lost)
         assert {m["state"] for m in a.sc.history(chat)} == {"expired"}
 
-        ev = await wait_for(b, "expired")
-        assert ev["direction"] == "in" and ev["count"] == 3
-        notice = b.sc.history(chat)[-1]
-        assert notice["kind"] == "notice" and "3 message(s)" in notice["text"]
+        count = 0
+        while count < 3:
+            ev = await wait_for(b, "expired")
+            assert ev["direction"] == "in"
+            count += ev["count"]
+        assert count == 3
+        notices = [m for m in b.sc.history(chat) if m["kind"] == "notice"]
+        assert notices and all("message(s)" in m["text"] for m in notices)
         # the chat goes on: the ratchet skips the gap
         await a.sc.send(chat, "after the gap")
         assert (await wait_for(b, "message"))["message"]["text"] == "after the gap"

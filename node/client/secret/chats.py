@@ -185,7 +185,9 @@ class SecretChats:
                 self.store.drop_old_signed(c, spk_id, _now() - SPK_KEEP)
             else:
                 bundle = cbor2.loads(bundle_raw)
-            if left["one_time_left"] < ONE_TIME_LOW:
+            # a store that never published (new, or its file was lost) publishes a batch
+            # even if the node still holds older one-time keys whose privates are not here
+            if left["one_time_left"] < ONE_TIME_LOW or self.store.meta("otk_next") is None:
                 start = int(self.store.meta("otk_next") or 1)
                 privates, one_time = prekeys.make_one_time(start, ONE_TIME_BATCH)
                 self.store.add_prekeys(c, "otk", privates)
