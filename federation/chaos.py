@@ -45,7 +45,7 @@ import sqlite3
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,7 +299,11 @@ class Chaos:
     def proxy_url(self, i: int, j: int) -> str:
         return f"ws://127.0.0.1:{self.proxies[(i, j)].port}/"
 
-    async def _setup(self, nursery: trio.Nursery) -> None:
+    async def setup(self, nursery: trio.Nursery) -> None:
+        """Start the nodes, a proxy per directed link (served in ``nursery``), peer them
+        through the proxies, sign a user in on each node and create the chats; returns
+        once every chat is replicated to every node that should hold it. (Public so a
+        test can build this world and then inject one fault by hand.)"""
         cluster = self.cluster
         await cluster.start(peer=False)
         for a in cluster.nodes:
@@ -329,7 +333,7 @@ class Chaos:
             self.users.append(user)
         for u in self.users:  # a group homed on every node, everybody in it
             others = [v.address for v in self.users if v is not u]
-            async with self._client(u) as client:
+            async with self.client(u) as client:
                 g = await client.call(
                     "chats.createGroup", {"title": f"G{u.node}", "members": others}
                 )
@@ -337,14 +341,14 @@ class Chaos:
         for u in self.users:  # a private chat for every pair
             for v in self.users:
                 if u.node < v.node:
-                    async with self._client(u) as client:
+                    async with self.client(u) as client:
                         r = await client.call("chats.startPrivate", {"user": v.address})
                     self.privates[str(r["chat"]["id"])] = (u.node, v.node)
         for u in self.users:
             u.chats = [c for c in self.groups] + [
                 c for c, pair in self.privates.items() if u.node in pair
             ]
-            async with self._client(u) as client:
+            async with self.client(u) as client:
                 with trio.fail_after(30):
                     for chat in u.chats:  # replicated here: a send can be queued
                         while True:
@@ -384,7 +388,8 @@ class Chaos:
         return out
 
     @contextlib.asynccontextmanager
-    async def _client(self, u: User) -> Any:
+    async def client(self, u: User) -> AsyncIterator[Client]:
+        """A session of ``u`` on its node, authorized with its device key."""
         async with Client.connect(u.url, pin=u.node_id, timeout=CONNECT_TIMEOUT) as client:
             await client.authorize(u.key)
             yield client
@@ -525,7 +530,7 @@ class Chaos:
         pending: Send | None = None
         while trio.current_time() < until:
             try:
-                async with self._client(u) as client:
+                async with self.client(u) as client:
                     while trio.current_time() < until:
                         if pending is None:
                             pending = Send(
@@ -551,7 +556,7 @@ class Chaos:
                 todo = [s for s in self.sends if s.node == u.node and s.outcome == "unknown"]
                 while todo:
                     try:
-                        async with self._client(u) as client:
+                        async with self.client(u) as client:
                             while todo:
                                 await _send_once(client, todo[0])
                                 todo.pop(0)
@@ -614,7 +619,7 @@ class Chaos:
         report: dict[str, Any]
         async with trio.open_nursery() as nursery:
             try:
-                await self._setup(nursery)
+                await self.setup(nursery)
                 self.start_time = trio.current_time()
                 until = self.start_time + self.seconds
                 stop = trio.Event()
