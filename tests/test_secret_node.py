@@ -11,7 +11,7 @@ import secrets
 import sqlite3
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +176,31 @@ async def test_publish_and_get_keys(node: Node) -> None:
         assert bundle["user"] == f"alice@{node.node_id}"
         assert [d["device"] for d in bundle["devices"]] == [a_dev]
         assert await code_of(node.secret.keys_for("nobody")) == "USER_NOT_FOUND"
+
+
+async def test_concurrent_get_keys_never_share_a_one_time_prekey(node: Node) -> None:
+    ka = SigningKey.generate()
+    async with device(node, "alice", ka) as a:
+        await a.call("secret.publishKeys", {"signed_prekey": spk(ka), "one_time": one_time(1, 30)})
+        got: list[int | None] = []
+
+        async def asker(b: Client) -> None:
+            for _ in range(5):
+                r = await b.call("secret.getKeys", {"user": "alice"})
+                otk = r["devices"][0]["one_time"]
+                got.append(None if otk is None else otk["id"])
+
+        async with AsyncExitStack() as stack:
+            askers = [
+                await stack.enter_async_context(device(node, "bob", SigningKey.generate()))
+                for _ in range(8)
+            ]
+            async with trio.open_nursery() as n:
+                for b in askers:  # 40 asks for 30 keys, in parallel
+                    n.start_soon(asker, b)
+        taken = [i for i in got if i is not None]
+        assert sorted(taken) == list(range(1, 31))
+        assert got.count(None) == 10
 
 
 # --- send / push / fetch / ack ------------------------------------------------------------
