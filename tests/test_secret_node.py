@@ -24,6 +24,7 @@ from node.client import Client
 from node.protocol.errors import RpcError
 from node.secret import store
 from node.secret.service import spk_message
+from node.storage import Database, Schema
 from tests.conftest import make_config
 from tests.helpers import add_user, admin, fresh_code, next_of
 
@@ -607,3 +608,31 @@ async def test_payloads_never_in_files_or_logs(
         assert kept.fetchone()[0] == 0
     finally:
         conn.close()
+
+
+async def test_waiting_counts_survive_the_upgrade_from_secret_schema_1(tmp_path: Path) -> None:
+    """A database made with the first secret schema gets its per-device counts computed by
+    migration 2, and the triggers keep them from then on."""
+    path = tmp_path / "old.db"
+    v1 = Schema("secret", store.SCHEMA.migrations[:1])
+    async with Database.open(path, schemas=[v1]) as db:
+
+        def fill(c: sqlite3.Connection) -> None:
+            c.execute("UPDATE nodes SET fingerprint = ?, public_key = x'00'", ("a" * 32,))
+            c.execute("INSERT INTO users(node, name, created) VALUES (1, 'bob', 0)")
+            c.execute(
+                "INSERT INTO devices(user_id, public_key, name, created, last_seen) "
+                "VALUES (1, x'01', 'd', 0, 0)"
+            )
+            for i in (1, 2, 3):
+                store.queue_put(c, 1, "message", "x@y", 1, i, b"p", 0.0, 1e12)
+            c.execute("UPDATE secret_queue SET acked = 1 WHERE msg_id = 1")
+
+        await db.write(fill)
+    async with Database.open(path, schemas=[store.SCHEMA]) as db:
+        assert await db.read(lambda c: store.waiting(c, 1)) == 2
+        await db.write(lambda c: store.ack(c, 1, [2]))
+        await db.write(lambda c: store.queue_put(c, 1, "message", "x@y", 1, 9, b"p", 0.0, 1e12))
+        assert await db.read(lambda c: store.waiting(c, 1)) == 2
+        await db.write(lambda c: store.drop_device(c, 1))
+        assert await db.read(lambda c: store.waiting(c, 1)) == 0
