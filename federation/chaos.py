@@ -95,6 +95,25 @@ class Fault:
     duration: float
     arg: float | int | str | None = None
 
+    @classmethod
+    def from_description(cls, d: dict[str, Any]) -> Fault:
+        """The fault a report's schedule line describes (replaying a report exactly,
+        even after :func:`plan` changed)."""
+        kind = str(d["kind"])
+        if kind not in KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        nodes = str(d["target"]).replace("n", "").split("->")
+        target = tuple(int(x) for x in nodes)
+        if len(target) != (2 if kind in LINK_KINDS else 1):
+            raise ValueError(f"{kind} needs a {'link' if kind in LINK_KINDS else 'node'}")
+        raw = d.get("arg")
+        arg: float | int | str | None = None if raw is None else str(raw)
+        if kind == "delay":
+            arg = float(d["arg"])
+        elif kind == "cut_after":
+            arg = int(d["arg"])
+        return cls(float(d["at"]), kind, target, float(d["duration"]), arg)
+
     def describe(self) -> dict[str, Any]:
         where = f"n{self.target[0]}->n{self.target[1]}" if len(self.target) == 2 else None
         return {
@@ -396,6 +415,7 @@ class Chaos:
 
     # --- the fault phase ------------------------------------------------------------------
     def _links_of(self, f: Fault) -> list[FaultProxy]:
+        """The proxies a link fault acts on: one, or every link to and from a node."""
         if f.kind == "partition":
             return [p for (i, j), p in self.proxies.items() if f.target[0] in (i, j)]
         return [self.proxies[(f.target[0], f.target[1])]]
@@ -443,6 +463,7 @@ class Chaos:
                 p.dup_connect(None)
 
     async def _kill(self, f: Fault) -> None:
+        """kill -9 node k, leave it dead for the fault's duration, start it again."""
         k = f.target[0]
         if k in self.down or not self.cluster.node(k).running:
             self.skipped.append({**f.describe(), "why": "node not running"})
@@ -932,6 +953,7 @@ async def run_chaos(
     elif data_dir.exists() and any(data_dir.iterdir()):
         raise ValueError(f"{data_dir} is not empty: a run needs fresh nodes")
     seconds = minutes * 60
+    drawn = schedule is None
     if schedule is None:
         schedule = plan(
             seed, seconds, nodes, mean_gap=mean_gap, max_duration=max_duration, max_down=max_down
@@ -946,7 +968,11 @@ async def run_chaos(
         log=log,
     )
     report = await run.run()
-    report["plan"] = {"mean_gap": mean_gap, "max_duration": max_duration, "max_down": max_down}
+    report["plan"] = (
+        {"mean_gap": mean_gap, "max_duration": max_duration, "max_down": max_down}
+        if drawn
+        else "given (replayed)"
+    )
     return report
 
 

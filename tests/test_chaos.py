@@ -10,6 +10,7 @@ were told. No mocks: the faults are the proxy's and the kernel's signals.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -37,6 +38,9 @@ def test_the_schedule_is_a_function_of_the_seed() -> None:
     assert plan(SEED + 1, SECONDS, 3, mean_gap=0.8, min_each=2, max_duration=3.0) != (
         short_schedule()
     )
+    # a report's schedule replays exactly, even if plan() changes later
+    described = json.loads(dumps({"schedule": [f.describe() for f in short_schedule()]}))
+    assert [Fault.from_description(d) for d in described["schedule"]] == short_schedule()
     kinds = Counter(f.kind for f in short_schedule())
     assert all(kinds[k] >= 2 for k in KINDS), kinds
     # no two kills overlap (a node is restarted before another one goes down)
