@@ -204,6 +204,12 @@ async def test_thousand_messages_round_trip(snode: Node, tmp_path: Path) -> None
             while any(m["state"] != "delivered" for m in a.sc.history(chat)):
                 await a.sc.sync()
                 await trio.sleep(0.05)
+    # none of the 1,000 texts is anywhere in the node's folder (database, WAL, media)
+    unique = [f"message {i}".encode() for i in (0, 1, 10, 100, 500, 999)]
+    for p in snode.config.data_dir.rglob("*"):
+        if p.is_file():
+            data = p.read_bytes()
+            assert not any(u in data for u in unique), p
 
 
 async def test_self_destruct_after_reading(snode: Node, tmp_path: Path) -> None:
