@@ -36,7 +36,7 @@ secret_app = typer.Typer(
 client_app.add_typer(secret_app, name="secret")
 
 ChatIdArg = Annotated[str, typer.Argument(help="Secret chat id (see `secret list`).")]
-MsgArg = Annotated[int, typer.Argument(help="Message id (see `secret history`).")]
+MsgArg = Annotated[int, typer.Argument(help="Message number or id (see `secret history`).", min=1)]
 TtlOpt = Annotated[
     int | None,
     typer.Option("--ttl", min=1, help="Self-destruct: seconds after the peer reads it."),
@@ -83,6 +83,11 @@ def _when(ts: float | None) -> str:
 def describe_message(m: dict[str, Any]) -> str:
     """One message as a line: id, time, direction, state, content."""
     arrow = ">" if m["out"] else "<"
+    timer = ""
+    if m.get("delete_at"):
+        timer = f" (self-destructs at {_when(m['delete_at'])})"
+    elif m.get("ttl"):
+        timer = f" (self-destructs {m['ttl']}s after read)"
     if m["state"] == "deleted":
         body = "(deleted)"
     elif m["kind"] == "file" and m.get("file"):
@@ -90,8 +95,7 @@ def describe_message(m: dict[str, Any]) -> str:
         body = f"[file: {f.get('name')} {f.get('size')} B]"
     else:
         body = m.get("text") or ""
-    timer = f" (self-destructs {m['ttl']}s after read)" if m.get("ttl") else ""
-    return f"[{m['id']}] {_when(m['sent'])} {arrow} {m['state']:<9} {body}{timer}"
+    return f"[{m['seq']}] {_when(m['sent'])} {arrow} {m['state']:<9} {body}{timer}"
 
 
 def describe_chat(d: dict[str, Any]) -> str:
@@ -187,7 +191,7 @@ def send(
     profile: ProfileOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Send a message; prints its id."""
+    """Send a message; prints its number in the chat (its id with --json)."""
 
     async def go(sc: SecretChats) -> dict[str, Any]:
         return await sc.send(chat, text, ttl=ttl)
@@ -196,7 +200,7 @@ def send(
     if json:
         print_json(m)
     else:
-        typer.echo(m["id"])
+        typer.echo(m["seq"])
 
 
 @secret_app.command("send-file")
@@ -208,7 +212,7 @@ def send_file(
     json: JsonOpt = False,
 ) -> None:
     """Encrypt a file on this device, upload the ciphertext, send its key in the chat;
-    prints the message id."""
+    prints the message's number in the chat."""
 
     async def go(sc: SecretChats) -> dict[str, Any]:
         return await sc.send_file(chat, path, ttl=ttl)
@@ -217,7 +221,7 @@ def send_file(
     if json:
         print_json(m)
     else:
-        typer.echo(m["id"])
+        typer.echo(m["seq"])
 
 
 @secret_app.command()
@@ -233,7 +237,7 @@ def download(
         fail(f"cannot save to {output}: folder {output.parent} does not exist", LOCAL)
 
     async def go(sc: SecretChats) -> int:
-        return len(await sc.download(chat, message, output))
+        return len(await sc.download(chat, sc.message_id(chat, message), output))
 
     size = _with_secret(profile, go)
     if json:
@@ -253,9 +257,8 @@ def history(
     told, and self-destruct timers start)."""
 
     async def go(sc: SecretChats) -> list[dict[str, Any]]:
-        msgs = sc.history(chat, limit)
         await sc.mark_read(chat)
-        return msgs
+        return sc.history(chat, limit)
 
     msgs = _with_secret(profile, go)
     if json:
@@ -271,12 +274,14 @@ def delete(
 ) -> None:
     """Delete a message on both devices."""
 
-    async def go(sc: SecretChats) -> None:
-        await sc.delete_for_both(chat, message)
+    async def go(sc: SecretChats) -> int:
+        mid = sc.message_id(chat, message)
+        await sc.delete_for_both(chat, mid)
+        return mid
 
-    _with_secret(profile, go)
+    mid = _with_secret(profile, go)
     if json:
-        print_json({"chat": chat, "deleted": [message]})
+        print_json({"chat": chat, "deleted": [mid]})
     else:
         typer.echo("deleted")
 

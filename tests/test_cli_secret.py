@@ -99,7 +99,7 @@ def test_secret_chat_from_the_cli(node_process: Any, tmp_path: Path) -> None:
     assert copy.read_bytes() == src.read_bytes()
 
     # delete for both, then close
-    assert _json(alice, "delete", chat, str(sent["id"]))["deleted"] == [sent["id"]]
+    assert _json(alice, "delete", chat, str(sent["seq"]))["deleted"] == [sent["id"]]
     assert _json(bob, "history", chat)[0]["state"] == "deleted"
     assert _json(alice, "close", chat)["state"] == "closed"
     assert [c["state"] for c in _json(bob, "list")] == ["closed"]

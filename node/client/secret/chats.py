@@ -447,6 +447,15 @@ class SecretChats:
         self.purge()
         return [public_message(m) for m in self.store.history(chat_id, limit)]
 
+    def message_id(self, chat_id: str, ref: int) -> int:
+        """A message's id from what a person typed: its id, or its local number (``seq``,
+        the short one the CLI's history shows)."""
+        self._chat(chat_id)
+        m = self.store.find_message(chat_id, ref) or self.store.by_seq(chat_id, ref)
+        if m is None:
+            raise SecretChatError(f"no message {ref} in secret chat {chat_id}")
+        return int(m["id"])
+
     def verify(self, chat_id: str) -> str:
         """The chat's safety number: compare it with the peer's out of band."""
         chat = self._chat(chat_id)

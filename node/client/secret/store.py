@@ -353,6 +353,13 @@ class SecretStore:
         ).fetchone()
         return None if row is None else _message(row)
 
+    def by_seq(self, chat_id: str, seq: int) -> dict[str, Any] | None:
+        """A message by its local number (``seq``, what the CLI shows) in that chat."""
+        row = self.db.execute(
+            f"SELECT {_MSG_COLS} FROM messages WHERE chat_id = ? AND seq = ?", (chat_id, seq)
+        ).fetchone()
+        return None if row is None else _message(row)
+
     def history(self, chat_id: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Oldest first; with ``limit``, the newest ``limit`` messages."""
         if limit is None:
