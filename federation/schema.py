@@ -71,5 +71,10 @@ SCHEMA = Schema(
             );
             """,
         ),
+        Migration(
+            3,
+            "the count an expired notice carries",
+            "ALTER TABLE fed_secret_outbox ADD COLUMN count INTEGER NOT NULL DEFAULT 0;",
+        ),
     ),
 )

@@ -291,14 +291,15 @@ _COLS = (
     "sent",
     "expires",
     "hops",
+    "count",
 )
 
 
 def _insert(c: sqlite3.Connection, dest: str, item: dict[str, Any], hops: int) -> None:
     c.execute(
         "INSERT OR IGNORE INTO fed_secret_outbox(dest, to_addr, device, from_addr, "
-        "from_device, msg_id, payload, kind, sent, expires, hops) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "from_device, msg_id, payload, kind, sent, expires, hops, count) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             dest,
             str(item["to"]),
@@ -311,6 +312,7 @@ def _insert(c: sqlite3.Connection, dest: str, item: dict[str, Any], hops: int) -
             float(item["sent"]),
             float(item["expires"]),
             hops,
+            int(item.get("count") or 0),
         ),
     )
 
@@ -339,6 +341,7 @@ def _item(row: tuple[Any, ...]) -> dict[str, Any]:
         "sent": float(r["sent"]),
         "expires": float(r["expires"]),
         "hops": int(r["hops"]),
+        "count": int(r["count"]),
     }
 
 

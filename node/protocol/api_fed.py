@@ -82,7 +82,7 @@ RemoteUser = Struct(
     name="RemoteUser",
 )
 
-SecretItem = Struct(
+SecretEnvelope = Struct(
     {
         "to": Field(ADDRESS, "the recipient user, canonical"),
         "device": Field(Int(0), "the recipient device (its id on the user's node)"),
@@ -94,8 +94,9 @@ SecretItem = Struct(
         "sent": Field(Float()),
         "expires": Field(Float(), "dropped (and its sender told) after this"),
         "hops": Field(Int(0, 3), "how many more nodes may carry it on"),
+        "count": Field(Int(0), "expired notices: how many messages were dropped", False),
     },
-    name="SecretItem",
+    name="SecretEnvelope",
 )
 
 ForwardedPost = Struct(
@@ -272,7 +273,7 @@ FED_METHODS: list[Method] = [
         "(store-and-forward, hops - 1), if it relays and the caller is within today's "
         "allowance. One result per item, in order: {ok: true} once stored durably, or "
         "{error: code}.",
-        {"items": Field(List(SecretItem, 16))},
+        {"items": Field(List(SecretEnvelope, 16))},
         Struct({"results": Field(List(AnyValue(), 16))}, name="SecretPutResults"),
         (E.PEER_PENDING,),
         access="node",

@@ -195,6 +195,7 @@ class SecretService:
                     "sent": now,
                     "expires": now + self.notice_ttl,
                     "hops": HOPS,
+                    "count": count,
                 },
             )
             return None
@@ -375,6 +376,10 @@ class SecretService:
         return {"acked": n}
 
     # --- federation -> node -------------------------------------------------------------
+    def _ttl_for(self, kind: str) -> float:
+        """How long this node keeps an item of ``kind`` for an absent device."""
+        return self.ttl if kind == "message" else self.notice_ttl
+
     async def deliver(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Queue items from federation (any kind) for devices of this node and push them;
         one result per item, in order: ``{"ok": True}`` once committed (also for a resend
@@ -397,8 +402,7 @@ class SecretService:
                     results[i] = {"error": str(ErrorCode.SECRET_DEVICE_GONE)}
                     continue
                 sender = str(Address.parse(it["from"]))
-                limit = self.ttl if it["kind"] == "message" else self.notice_ttl
-                expires = min(float(it["expires"]), now + limit)
+                expires = min(float(it["expires"]), now + self._ttl_for(it["kind"]))
                 kind = it["kind"]
                 try:
                     qid, new = store.queue_put(
@@ -434,8 +438,13 @@ class SecretService:
         if valid:
             pushes = await self.db.write(job)
             self._push(pushes)
-            if pushes:
-                self.sweeper.soon(min(float(it["expires"]) for _, _, it in valid))
+            if pushes:  # the earliest expiry queued: each item's own, capped by our TTL
+                self.sweeper.soon(
+                    min(
+                        min(float(it["expires"]), now + self._ttl_for(it["kind"]))
+                        for _, _, it in valid
+                    )
+                )
         log.event(
             _log,
             "secret.delivered",
