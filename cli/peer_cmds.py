@@ -37,6 +37,14 @@ def _ago(ts: float | None, now: float) -> str:
     return "now" if secs < 2 else f"{secs}s ago"
 
 
+def _size(n: int) -> str:
+    """Bytes in the largest unit that keeps a short number (a column read at a glance)."""
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
 _COLUMNS = (
     "NAME",
     "ID",
@@ -48,6 +56,7 @@ _COLUMNS = (
     "CHATS",
     "BEHIND",
     "OUTBOX",
+    "SECRET",
     "ERROR",
 )
 
@@ -64,6 +73,7 @@ def _row(p: dict[str, Any], now: float) -> list[str]:
         str(p["replicated_chats"]),
         str(p["lag"]),
         str(p["outbox"]),
+        f"{_size(p.get('secret_relayed_for', 0))}/{_size(p.get('secret_relayed_by', 0))}",
         p["last_error"] or "-",
     ]
 
