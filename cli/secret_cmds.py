@@ -237,7 +237,7 @@ def download(
         fail(f"cannot save to {output}: folder {output.parent} does not exist", LOCAL)
 
     async def go(sc: SecretChats) -> int:
-        return len(await sc.download(chat, sc.message_id(chat, message), output))
+        return await sc.download(chat, sc.message_id(chat, message), output)
 
     size = _with_secret(profile, go)
     if json:

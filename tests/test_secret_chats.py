@@ -289,8 +289,11 @@ async def test_file_round_trip_node_holds_only_ciphertext(snode: Node, tmp_path:
         mine = a.sc.store.find_message(chat, m["id"])
         assert theirs is not None and mine is not None and theirs["file"] == mine["file"]
         out = tmp_path / "copy.txt"
-        assert await a.sc.download(chat, m["id"], out) == secret_bytes
+        assert await a.sc.download(chat, m["id"], out) == len(secret_bytes)
         assert out.read_bytes() == secret_bytes
+        assert out.stat().st_mode & 0o077 == 0  # owner-only, like the profile
+        assert await a.sc.download_bytes(chat, m["id"]) == secret_bytes
+        assert list((a.profile / "secret-files").iterdir()) == []  # nothing left in transit
         info = await a.client.call("media.info", {"media_id": m["file"]["media_id"]})
         assert info["name"] == "" and info["mime"] == "application/octet-stream"
     # the node's folder (database, WAL, media) holds none of the plaintext
@@ -421,7 +424,7 @@ async def test_recipient_downloads_a_secret_file(snode: Node, tmp_path: Path) ->
         m = await a.sc.send_file(chat, src)
         await wait_for(b, "message")
         try:
-            got = await b.sc.download(chat, m["id"], tmp_path / "got.bin")
+            got = await b.sc.download_bytes(chat, m["id"])
         except RpcError as e:
             if e.code != ErrorCode.MEDIA_FORBIDDEN:
                 raise

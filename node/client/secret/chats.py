@@ -29,8 +29,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import builtins
-import hashlib
-import math
+import os
 import secrets
 import time
 from pathlib import Path
@@ -99,6 +98,29 @@ def _ids(inner: dict[str, Any]) -> list[int]:
     if not isinstance(ids, list):
         return []
     return [i for i in ids if isinstance(i, int) and not isinstance(i, bool)][:10_000]
+
+
+def _encrypt_to(src: Path, dst: Path) -> dict[str, Any]:
+    """Thread: encrypt a file to a new owner-only file; returns the meta."""
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+        return files.encrypt_stream(fin, fout)
+
+
+def _decrypt_to(src: Path, dest: Path, meta: dict[str, Any]) -> int:
+    """Thread: decrypt into ``dest.part`` (0600), fsync, rename; nothing left on failure."""
+    part = dest.with_name(dest.name + ".part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+            size = files.decrypt_stream(fin, fout, meta)
+            fout.flush()
+            os.fsync(fout.fileno())
+        os.replace(part, dest)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    return size
 
 
 def public_message(m: dict[str, Any]) -> dict[str, Any]:
@@ -287,22 +309,29 @@ class SecretChats:
     ) -> dict[str, Any]:
         """Encrypt a file with a one-time key, upload the ciphertext through the media path
         (the node stores opaque bytes under no name), then send the media id and the key in
-        a secret message."""
+        a secret message. The file is streamed (encrypted to a temporary file in the
+        profile, then uploaded in parallel parts), so its size costs no memory."""
         chat = self._writable(chat_id)
-        try:
-            data = await trio.to_thread.run_sync(path.read_bytes)
-        except OSError as e:
-            raise FileError(f"cannot read {path}: {e.strerror or e}") from None
-        ciphertext, meta = await trio.to_thread.run_sync(files.encrypt_file, data)
-        media = await self._upload(ciphertext)
-        from ..media import guess_mime
+        from ..media import guess_mime, upload_file
 
+        enc = self._temp(".enc")
+        try:
+            try:
+                size = path.stat().st_size
+                meta = await trio.to_thread.run_sync(_encrypt_to, path, enc)
+            except OSError as e:
+                raise FileError(f"cannot read {path}: {e.strerror or e}") from None
+            media = await upload_file(
+                self.client, enc, secrets.token_hex(12), mime=UPLOAD_MIME, name=UPLOAD_NAME
+            )
+        finally:
+            enc.unlink(missing_ok=True)
         ttl = ttl if ttl is not None else chat.ttl
         mid = _new_id()
         desc = {
             "name": path.name,
             "mime": mime or guess_mime(path),
-            "size": len(data),
+            "size": size,
             "media_id": media["media_id"],
             "media_sha256": media["sha256"],
             "media_size": media["size"],
@@ -318,65 +347,41 @@ class SecretChats:
         await self.flush()
         return self._message(chat_id, mid, True)
 
-    async def _upload(self, ciphertext: bytes) -> dict[str, Any]:
-        upload_id = secrets.token_hex(12)
-        c = self.client
-        status = await c.call("media.uploadStatus", {"upload_id": upload_id}, timeout=CALL_TIMEOUT)
-        part = int(status["part_size"])
-        count = max(1, math.ceil(len(ciphertext) / part))
-        for i in range(count):
-            await c.call(
-                "media.uploadPart",
-                {"upload_id": upload_id, "index": i, "data": ciphertext[i * part : (i + 1) * part]},
-                timeout=CALL_TIMEOUT,
-            )
-        info: dict[str, Any] = await c.call(
-            "media.complete",
-            {
-                "upload_id": upload_id,
-                "parts": count,
-                "size": len(ciphertext),
-                "sha256": hashlib.sha256(ciphertext).hexdigest(),
-                "name": UPLOAD_NAME,
-                "mime": UPLOAD_MIME,
-            },
-            timeout=120,
-        )
-        return info
-
-    async def download(self, chat_id: str, msg_id: int, dest: Path | None = None) -> bytes:
-        """Fetch a file message's ciphertext from the media path and decrypt it; with
-        ``dest``, also write it there (owner-only). Returns the plaintext."""
+    async def download(self, chat_id: str, msg_id: int, dest: Path) -> int:
+        """Fetch a file message's ciphertext through the media path (verified against the
+        SHA-256 the sender sent), decrypt it into ``dest`` (owner-only, written through
+        ``dest.part`` and renamed: a tampered file never appears there); returns its size."""
         m = self.store.find_message(chat_id, msg_id)
         if m is None or m["kind"] != "file" or not m["file"]:
             raise SecretChatError(f"no file message {msg_id} in secret chat {chat_id}")
         f = m["file"]
-        media_id = f["media_id"]
-        size = int(f["media_size"])
-        chunks: builtins.list[bytes] = []
-        offset = 0
-        while offset < size or not chunks:
-            r = await self.client.call(
-                "media.download",
-                {"media_id": media_id, "offset": offset, "limit": 1 << 20},
-                timeout=CALL_TIMEOUT,
-            )
-            chunks.append(r["data"])
-            offset += len(r["data"])
-            if r["eof"] or not r["data"]:
-                break
-        ciphertext = b"".join(chunks)
-        if hashlib.sha256(ciphertext).hexdigest() != f["media_sha256"]:
-            raise SecretChatError(f"file {msg_id}: the node served other bytes than were sent")
-        data: bytes = await trio.to_thread.run_sync(files.decrypt_file, ciphertext, f["meta"])
-        if dest is not None:
-            from ..profile import write_private
+        from ..media import check_destination, download_file
 
-            try:
-                await trio.to_thread.run_sync(write_private, dest, data)
-            except OSError as e:
-                raise FileError(f"cannot save to {dest}: {e.strerror or e}") from None
-        return data
+        check_destination(dest)
+        enc = self._temp(".enc")
+        try:
+            info = await download_file(self.client, f["media_id"], enc)
+            if info["sha256"] != f["media_sha256"]:
+                raise SecretChatError(f"file {msg_id}: the node serves other bytes than were sent")
+            return await trio.to_thread.run_sync(_decrypt_to, enc, dest, f["meta"])
+        finally:
+            enc.unlink(missing_ok=True)
+            enc.with_name(enc.name + ".part").unlink(missing_ok=True)
+
+    async def download_bytes(self, chat_id: str, msg_id: int) -> bytes:
+        """A file message's plaintext in memory (small files)."""
+        out = self._temp(".plain")
+        try:
+            await self.download(chat_id, msg_id, out)
+            return await trio.to_thread.run_sync(out.read_bytes)
+        finally:
+            out.unlink(missing_ok=True)
+
+    def _temp(self, suffix: str) -> Path:
+        """A fresh path in the profile's private folder for a file in transit."""
+        folder = self.store.path.parent / "secret-files"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return folder / (secrets.token_hex(8) + suffix)
 
     async def typing(self, chat_id: str) -> None:
         """Tell the peer this side is typing (not stored anywhere)."""
@@ -524,14 +529,16 @@ class SecretChats:
                     chat = self.store.chat(chat_id)
                     if chat is not None and chat.state == "active":
                         self._encrypt(c, chat, {"t": "delivered", "ids": mids})
+            # stored: show it now, even if the ack is lost (the node then delivers it again,
+            # and it is recognised as seen and acknowledged quietly: shown once either way)
+            for ev in events:
+                self._emit(ev)
             await self.client.call("secret.ack", {"ids": acks}, timeout=CALL_TIMEOUT)
         if any(ev["type"] in ("deleted", "closed", "taken") for ev in events):
             self.store.forget_wiped()
         await self.flush()
         if any(ev["type"] == "request" for ev in events):
             await self.ensure_keys()  # a request used up a one-time prekey
-        for ev in events:
-            self._emit(ev)
         return events
 
     async def listen(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
