@@ -364,6 +364,15 @@ async def test_tampered_and_replayed_envelopes_are_reported_not_shown(
         ok = await wait_for(b, "message")
         assert ok["message"]["text"] == "forged" and ok["message"]["id"] == 42
         assert (await wait_for(b, "error"))["error"] == "SECRET_REPLAYED"
+        # one from too far ahead (more than the ratchet's window of skipped messages)
+        ahead = ratchet.Session.from_bytes(row.session)
+        for _ in range(ratchet.MAX_SKIP + 5):
+            far = ahead.encrypt(cbor2.dumps({"t": "text", "m": 43, "text": "from the future"}))
+        await a.client.call(
+            "secret.send",
+            {"to": row.peer, "device": row.peer_device, "id": 1005, "payload": far},
+        )
+        assert (await wait_for(b, "error"))["error"] == "SECRET_OUT_OF_WINDOW"
         texts = [m["text"] for m in b.sc.history(chat)]
         assert texts == ["genuine", "forged"]  # the altered and replayed ones never show
         assert (await b.client.call("secret.fetch", {}))["items"] == []  # all acknowledged
