@@ -6,12 +6,16 @@ the parts, verifies and stores the file; this part only carries ranges over the 
 
 Trust: a peer gets the bytes of a file only if one of its users is a current member of a
 chat with a readable message carrying that SHA-256 (knowing a hash is not a right to its
-content); what a peer serves is trusted for nothing (the fetching node checks size and
-SHA-256 before keeping anything).
+content), or if the file is opaque (a secret chat's file, encrypted on the device under a
+one-time key: its hash travels only inside the secret message, with the key, so naming it
+is the grant, for any approved peer as for any local user; docs/secret-chats.md 6.6);
+what a peer serves is trusted for nothing (the fetching node checks size and SHA-256
+before keeping anything).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from typing import TYPE_CHECKING, Any
 
 from node.media import store as media_store
@@ -35,11 +39,15 @@ class FedMedia:
     async def serve(self, peer: peers.Peer, p: dict[str, Any]) -> dict[str, Any]:
         """A range for ``peer``: NOT_A_REPLICA unless it may read the file (checked first, so
         a stranger cannot learn whether a hash is stored here), MEDIA_NOT_FOUND if this node
-        lacks the bytes. Read in a thread."""
+        lacks the bytes. Read in a thread. An opaque file is readable by its hash alone (the
+        capability of a secret chat's file); any other only by the chat rule."""
         sha: str = p["sha256"]
-        allowed = await self.fed.db.read(
-            lambda c: media_store.node_may_fetch(c, peer.row, bytes.fromhex(sha))
-        )
+        raw = bytes.fromhex(sha)
+
+        def may(c: sqlite3.Connection) -> bool:
+            return media_store.is_opaque(c, raw) or media_store.node_may_fetch(c, peer.row, raw)
+
+        allowed = await self.fed.db.read(may)
         if not allowed:
             raise RpcError(ErrorCode.NOT_A_REPLICA, "no chat your users are in carries this file")
         length = min(int(p["length"]), RANGE_MAX)

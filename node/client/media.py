@@ -6,6 +6,15 @@
 Both read and write the file in threads and keep at most ``parallel`` parts in memory, so a
 2 GiB file costs a few MiB. Re-running either after an interruption continues where it
 stopped: the node tells which parts it has; a download continues its ``.part`` file.
+
+Secret chats' files (docs/secret-chats.md 6.6): the caller encrypts on the device under a
+one-time key, :func:`upload_secret` stores the ciphertext as *opaque* (no name, no type),
+and the recipient, given the SHA-256, size and uploader's node inside the secret message,
+fetches it with :func:`download_secret` (or :func:`download_secret_file`), on its own node,
+which fetches it from the uploader's node if need be. Nothing here encrypts or decrypts.
+
+    info = await upload_secret(client, ciphertext)
+    data = await download_secret(client, info["sha256"], info["size"], sender_node_id)
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import os
+import secrets
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,12 +30,19 @@ from typing import Any
 
 import trio
 
-from ..protocol.errors import RpcError
+from ..protocol.errors import ErrorCode, RpcError
 from .connection import Client
 from .errors import ChecksumError, FileError
 
 Progress = Callable[[int], None]  # called with the bytes just transferred
 HASH_CHUNK = 1 << 20
+# how an opaque upload is described to the node: the real name and type travel encrypted
+SECRET_NAME = ""
+SECRET_MIME = "application/octet-stream"
+SECRET_CHUNK = 512 * 1024  # a media.downloadSecret range (the node caps it too)
+# how long download_secret waits, in all, while the node answers MEDIA_FETCHING (it is
+# fetching the file from the uploader's node): past it the MEDIA_FETCHING error is raised
+SECRET_FETCH_WAIT = 120.0
 
 
 def upload_id_for(path: Path) -> str:
@@ -102,8 +119,11 @@ async def upload_file(
     name: str | None = None,
     progress: Progress | None = None,
     parallel: int = 8,
+    opaque: bool = False,
 ) -> dict[str, Any]:
-    """Upload (or finish uploading) a file; returns the node's media info."""
+    """Upload (or finish uploading) a file; returns the node's media info. ``opaque``: the
+    file is ciphertext under a one-time key (see :func:`upload_secret`), readable by anyone
+    who names its SHA-256: never for a plain file."""
     size = path.stat().st_size
     status = await client.call("media.uploadStatus", {"upload_id": upload_id})
     part_size: int = status["part_size"]
@@ -135,6 +155,63 @@ async def upload_file(
             if i not in have:
                 await slots.acquire()
                 nursery.start_soon(send, i)
+    params: dict[str, Any] = {
+        "upload_id": upload_id,
+        "parts": count,
+        "size": size,
+        "sha256": sha,
+        "name": name if name is not None else path.name,
+        "mime": mime or guess_mime(path),
+    }
+    if opaque:  # sent only when set: a node before secret files refuses unknown fields
+        params["opaque"] = True
+    info: dict[str, Any] = await client.call("media.complete", params, timeout=120)
+    return info
+
+
+async def upload_secret(
+    client: Client,
+    ciphertext: bytes,
+    *,
+    upload_id: str | None = None,
+    progress: Progress | None = None,
+    parallel: int = 4,
+) -> dict[str, Any]:
+    """Upload bytes already encrypted on this device under a one-time key as an *opaque*
+    file (media.complete ``opaque``), with no name and ``application/octet-stream``: the
+    node learns nothing but the size. Returns the node's media info (``sha256``, ``size``,
+    ``media_id``, ``opaque: True``); the recipient needs ``sha256`` and ``size`` (and the
+    uploader's node id) to fetch it with :func:`download_secret`.
+
+    Only for ciphertext: an opaque file is readable by anyone who names its SHA-256, which
+    is safe because the hash of bytes under a fresh random key cannot be guessed. Give the
+    same ``upload_id`` again to resume an interrupted upload (default: a random one)."""
+    upload_id = upload_id or secrets.token_hex(12)
+    size = len(ciphertext)
+    status = await client.call("media.uploadStatus", {"upload_id": upload_id})
+    part_size: int = status["part_size"]
+    count = max(1, -(-size // part_size))
+    have = set(status["parts"])
+    slots = trio.Semaphore(parallel)
+    view = memoryview(ciphertext)
+
+    async def send(i: int) -> None:
+        try:
+            data = bytes(view[i * part_size : (i + 1) * part_size])
+            await client.call(
+                "media.uploadPart", {"upload_id": upload_id, "index": i, "data": data}
+            )
+            if progress is not None:
+                progress(len(data))
+        finally:
+            slots.release()
+
+    sha = hashlib.sha256(ciphertext).hexdigest()
+    async with _one_error(), trio.open_nursery() as nursery:
+        for i in range(count):
+            if i not in have:
+                await slots.acquire()
+                nursery.start_soon(send, i)
     info: dict[str, Any] = await client.call(
         "media.complete",
         {
@@ -142,12 +219,140 @@ async def upload_file(
             "parts": count,
             "size": size,
             "sha256": sha,
-            "name": name if name is not None else path.name,
-            "mime": mime or guess_mime(path),
+            "name": SECRET_NAME,
+            "mime": SECRET_MIME,
+            "opaque": True,
         },
         timeout=120,
     )
     return info
+
+
+async def _secret_chunks(
+    client: Client,
+    sha256: str,
+    size: int,
+    node: str | None,
+    start: int,
+    chunk: int,
+    fetch_wait: float,
+) -> AsyncIterator[bytes]:
+    """The opaque file's bytes from ``start`` on, in order (each call names the offset it
+    needs, so a retry resumes exactly there). While the node answers MEDIA_FETCHING (it is
+    getting the file from ``node``), wait its retry_after and ask again, at most
+    ``fetch_wait`` seconds in all."""
+    offset = start
+    waited = 0.0
+    params: dict[str, Any] = {"sha256": sha256, "size": size}
+    if node:
+        params["node"] = node
+    while True:
+        try:
+            r = await client.call(
+                "media.downloadSecret", {**params, "offset": offset, "limit": chunk}
+            )
+        except RpcError as e:
+            if e.code != ErrorCode.MEDIA_FETCHING or waited >= fetch_wait:
+                raise
+            pause = min(max(e.retry_after or 1.0, 0.05), fetch_wait - waited)
+            await trio.sleep(pause)
+            waited += pause
+            continue
+        data: bytes = r["data"]
+        if data:
+            yield data
+        offset += len(data)
+        if r["eof"] or offset >= size:
+            return
+        if not data:  # not at the end, yet nothing: the node's file is shorter than named
+            raise ChecksumError(f"the node's file ends at {offset} bytes, expected {size}")
+
+
+async def download_secret(
+    client: Client,
+    sha256: str,
+    size: int,
+    node: str | None = None,
+    *,
+    have: bytes = b"",
+    chunk: int = SECRET_CHUNK,
+    progress: Progress | None = None,
+    fetch_wait: float = SECRET_FETCH_WAIT,
+) -> bytes:
+    """The opaque file (a secret chat's ciphertext) with this SHA-256 (hex) and size, read
+    by content address through ``media.downloadSecret``: the hash is the grant, so this
+    works for the recipient, who is in no chat with the file. ``node``: the uploader's node
+    id, for a recipient on another node (the own node fetches it from there; meanwhile it
+    answers MEDIA_FETCHING, retried here for up to ``fetch_wait`` seconds). ``have``: a
+    prefix already downloaded, resumed from its end. Verified (size and SHA-256) before it
+    is returned: :class:`ChecksumError` otherwise; the caller decrypts it."""
+    buf = bytearray(have[:size])
+    async for data in _secret_chunks(client, sha256, size, node, len(buf), chunk, fetch_wait):
+        buf += data
+        if progress is not None:
+            progress(len(data))
+    got = hashlib.sha256(buf).hexdigest()
+    if len(buf) != size or got != sha256:
+        raise ChecksumError(
+            f"downloaded {len(buf)} bytes with SHA-256 {got}, expected {size} with {sha256}"
+        )
+    return bytes(buf)
+
+
+async def download_secret_file(
+    client: Client,
+    sha256: str,
+    size: int,
+    dest: Path,
+    node: str | None = None,
+    *,
+    chunk: int = SECRET_CHUNK,
+    progress: Progress | None = None,
+    fetch_wait: float = SECRET_FETCH_WAIT,
+) -> dict[str, Any]:
+    """:func:`download_secret` into ``dest`` (the ciphertext, for files too big to hold in
+    memory), through ``dest.part``, which a re-run resumes by its length; verified, then
+    renamed into place. Returns ``{sha256, size, path}``. :class:`FileError` if ``dest``
+    cannot be written, :class:`ChecksumError` (the partial file removed) if the bytes do
+    not match."""
+    check_destination(dest)
+    partial = dest.with_name(dest.name + ".part")
+    start = partial.stat().st_size if partial.exists() else 0
+    if start > size:
+        partial.unlink()
+        start = 0
+    digest = hashlib.sha256()
+    if start:
+        await trio.to_thread.run_sync(_hash_into, digest, partial)
+        if progress is not None:
+            progress(start)
+    try:
+        f = open(partial, "ab")  # noqa: SIM115 - closed below, used from threads
+    except OSError as e:
+        raise FileError(f"cannot save to {dest}: {e.strerror or e}") from None
+    written = start
+    try:
+        async for data in _secret_chunks(client, sha256, size, node, start, chunk, fetch_wait):
+            await trio.to_thread.run_sync(_append, f, digest, data)
+            written += len(data)
+            if progress is not None:
+                progress(len(data))
+        await trio.to_thread.run_sync(f.flush)
+        await trio.to_thread.run_sync(os.fsync, f.fileno())
+    finally:
+        f.close()
+    got = digest.hexdigest()
+    if written != size or got != sha256:
+        partial.unlink()
+        raise ChecksumError(
+            f"downloaded file has {written} bytes with SHA-256 {got}, expected {size} with "
+            f"{sha256}; download it again"
+        )
+    try:
+        os.replace(partial, dest)
+    except OSError as e:
+        raise FileError(f"cannot save to {dest}: {e.strerror or e}") from None
+    return {"sha256": sha256, "size": size, "path": str(dest)}
 
 
 def check_destination(dest: Path) -> None:

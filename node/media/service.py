@@ -20,9 +20,21 @@ like any other. Readers asking meanwhile share the one fetch; each waits at most
 ``[media] fetch_wait`` seconds (default 20), then gets MEDIA_FETCHING (retry_after) while
 it goes on.
 
+Secret files (docs/secret-chats.md 6.6): ``media.complete`` with ``opaque`` records that
+the uploader encrypted the bytes on the device under a one-time key. Such a file is read
+by its content address with ``media.downloadSecret`` by any signed-in user: the SHA-256 of
+that ciphertext is a capability nobody can guess, carried to the recipient inside the
+secret message with the key. Its recipient on another node names the uploader's node; this
+node fetches the file from there the same way (``fed.media``, which serves an opaque file
+to any approved peer), verified, and keeps it under an opaque row of its own. An ordinary
+file never becomes readable by hash: no opaque row is made for bytes an ordinary row names,
+and every refusal is the same MEDIA_NOT_FOUND.
+
 Garbage: an unfinished upload lives ``upload_ttl`` from its first part. A finished media
 row older than ``upload_ttl`` that no readable message carries (never attached, or only by
-messages deleted for everyone) is dropped; a file goes once no media row names its hash.
+messages deleted for everyone) is dropped; an opaque row, which no message ever carries,
+lives ``[secret] ttl`` (its key waits that long in a device's queue), at least
+``upload_ttl``. A file goes once no media row names its hash.
 """
 
 from __future__ import annotations
@@ -61,6 +73,14 @@ class _Fetch:
         self.error: RpcError | None = None
 
 
+def _no_secret() -> RpcError:
+    """The one answer for every hash media.downloadSecret will not serve: absent, an
+    ordinary file's, or not served by the node named; it tells none of them apart."""
+    return RpcError(
+        ErrorCode.MEDIA_NOT_FOUND, "no secret file with this SHA-256 and size is available"
+    )
+
+
 def _uid(ctx: CallContext) -> int:
     assert ctx.session is not None and ctx.session.user_id is not None
     return ctx.session.user_id
@@ -75,6 +95,9 @@ class Media:
         self.file_max = int(cfg.get("media", "file_max_bytes"))
         self.quota = int(cfg.get("media", "quota_bytes"))
         self.upload_ttl = float(cfg.get("media", "upload_ttl"))
+        # an opaque file's key travels in a secret envelope that waits up to [secret] ttl for
+        # its device: the file must outlive it (and never live less than a plain upload)
+        self.opaque_ttl = max(self.upload_ttl, float(cfg.get("secret", "ttl")))
         self.gc_interval = float(cfg.get("media", "gc_interval"))
         self.chunk_max = int(cfg.get("media", "download_chunk_max"))
         # how long a reader's call waits for a fetch before MEDIA_FETCHING: under the SDK's
@@ -98,6 +121,7 @@ class Media:
             "media.complete": self.complete,
             "media.info": self.info,
             "media.download": self.download,
+            "media.downloadSecret": self.download_secret,
             "admin.mediaStats": self.admin_stats,
             "admin.mediaGc": self.admin_gc,
         }.items():
@@ -186,6 +210,7 @@ class Media:
     async def _complete(self, uid: int, p: Params) -> dict[str, Any]:
         upload_id, count, size = p["upload_id"], p["parts"], p["size"]
         sha = bytes.fromhex(p["sha256"])
+        opaque = bool(p.get("opaque", False))
 
         def check(c: sqlite3.Connection) -> tuple[float | None, dict[int, int], int, int]:
             return (
@@ -222,7 +247,7 @@ class Media:
             if self.quota and use + store.charge(c, uid, sha, size) > self.quota:
                 raise RpcError(ErrorCode.QUOTA_EXCEEDED, f"{use} of {self.quota} bytes in use")
             store.end_upload(c, uid, upload_id)
-            return store.insert(c, uid, sha, size, p["mime"], p["name"], dims)
+            return store.insert(c, uid, sha, size, p["mime"], p["name"], dims, opaque)
 
         path = files.upload_path(self.root, uid, upload_id)
         try:
@@ -237,7 +262,8 @@ class Media:
             raise RpcError(ErrorCode.DISK_FULL) from None
         except FileNotFoundError:  # expired and swept meanwhile
             raise RpcError(ErrorCode.UPLOAD_NOT_FOUND) from None
-        dims = files.image_size(head) if p["mime"].startswith("image/") else None
+        # ciphertext has no dimensions (and an opaque file's type is not the node's to know)
+        dims = files.image_size(head) if p["mime"].startswith("image/") and not opaque else None
         async with self._gc_lock:  # the blob must not be collected between rename and row
             try:
                 await self._thread(files.place, path, self.root, p["sha256"])
@@ -266,23 +292,72 @@ class Media:
     async def download(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = _uid(ctx)
         meta = await self.db.read(lambda c: store.need_readable(c, uid, p["media_id"]))
-        offset, limit = p["offset"], min(p["limit"], self.chunk_max)
-        data = b""
         await self._ensure_local(meta["sha256"], meta["size"])
-        if offset < meta["size"]:
-            path = files.blob_path(self.root, meta["sha256"])
+        return await self._chunk(meta["sha256"], meta["size"], p["offset"], p["limit"])
+
+    async def _chunk(self, sha: str, size: int, offset: int, limit: int) -> dict[str, Any]:
+        """A range of a file this node holds, as media.download answers it."""
+        data = b""
+        if offset < size:
+            path = files.blob_path(self.root, sha)
+            limit = min(limit, self.chunk_max)
             try:
                 data = await self._thread(files.read_range, path, offset, limit)
             except FileNotFoundError:  # collected between the row read and the file read
-                self._present.discard(meta["sha256"])
+                self._present.discard(sha)
                 raise RpcError(ErrorCode.MEDIA_NOT_FOUND, "the file is gone") from None
-        return {"data": data, "size": meta["size"], "eof": offset + len(data) >= meta["size"]}
+        return {"data": data, "size": size, "eof": offset + len(data) >= size}
+
+    async def download_secret(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        """A chunk of an opaque file named by its content address, for any signed-in user.
+
+        Why no membership check: the bytes were encrypted on the sender's device under a
+        one-time key, and their SHA-256 reaches the recipient only inside the secret message
+        that also carries the key; nobody can guess it, so naming it is the grant. An
+        ordinary file's hash grants nothing: it is answered exactly like a hash this node has
+        never seen (MEDIA_NOT_FOUND, same message), so the call cannot probe for it either.
+
+        Not here yet and ``node`` names another node (the uploader's): fetched from there
+        first, as media.download does for a chat's file (MEDIA_FETCHING while it runs), and
+        kept under an opaque row of this node's."""
+        _uid(ctx)  # any signed-in user: the hash is the capability
+        sha, size = p["sha256"], p["size"]
+        raw = bytes.fromhex(sha)
+        meta = await self.db.read(lambda c: store.find_opaque(c, raw, size))
+        origin = await self._origin(p.get("node"))
+        if meta is None:
+            if origin is None or await self.db.read(lambda c: store.has_plain(c, raw)):
+                raise _no_secret()
+            try:
+                await self._ensure_local(sha, size, origin)
+            except RpcError as e:
+                if e.code == ErrorCode.MEDIA_NOT_FOUND:  # not the peer's refusal, verbatim
+                    raise _no_secret() from None
+                raise
+            # made by the fetch, right where it placed the bytes; not if this reader joined
+            # a fetch of an ordinary file, or the bytes were here already without a grant
+            meta = await self.db.read(lambda c: store.find_opaque(c, raw, size))
+            if meta is None:
+                raise _no_secret()
+        else:
+            await self._ensure_local(sha, size, origin)
+        return await self._chunk(sha, size, p["offset"], p["limit"])
+
+    async def _origin(self, node: str | None) -> str | None:
+        """The node to fetch an opaque file from: ``node`` unless absent or this node."""
+        if not node:
+            return None
+        me = await self.db.read(
+            lambda c: c.execute("SELECT fingerprint FROM nodes WHERE state = 'self'").fetchone()
+        )
+        return None if me is not None and me[0] == node else node
 
     # --- files held by other nodes ----------------------------------------------------------
-    async def _ensure_local(self, sha: str, size: int) -> None:
+    async def _ensure_local(self, sha: str, size: int, origin: str | None = None) -> None:
         """Return once the file is in this node's store, fetching it from another node
         first if need be (the caller may read it: checked before, so only a reader makes
-        the node fetch anything)."""
+        the node fetch anything). ``origin``: an opaque file, fetched from that node only
+        (no chat names its sources) and given an opaque row once placed."""
         if sha in self._present:
             return
         if await self._thread(files.blob_path(self.root, sha).exists):
@@ -292,9 +367,9 @@ class Media:
         if fetch is None:
             fetch = self._fetches[sha] = _Fetch()
             if self._nursery is not None:
-                self._nursery.start_soon(self._run_fetch, fetch, sha, size)
+                self._nursery.start_soon(self._run_fetch, fetch, sha, size, origin)
             else:  # not running (a bare service in a test): fetch in the caller's task
-                await self._run_fetch(fetch, sha, size)
+                await self._run_fetch(fetch, sha, size, origin)
         with trio.move_on_after(self.fetch_wait):
             await fetch.done.wait()
         if not fetch.done.is_set():
@@ -308,9 +383,9 @@ class Media:
             raise RpcError(e.code, e.message, e.retry_after)
         self._present.add(sha)
 
-    async def _run_fetch(self, fetch: _Fetch, sha: str, size: int) -> None:
+    async def _run_fetch(self, fetch: _Fetch, sha: str, size: int, origin: str | None) -> None:
         try:
-            await self._fetch(sha, size)
+            await self._fetch(sha, size, origin)
         except RpcError as e:
             fetch.error = e
         except Exception as e:  # a failed fetch answers its readers; the node goes on
@@ -320,19 +395,23 @@ class Media:
             del self._fetches[sha]  # the next reader after a failure tries again
             fetch.done.set()
 
-    async def _fetch(self, sha: str, size: int) -> None:
+    async def _fetch(self, sha: str, size: int, origin: str | None = None) -> None:
         """Fetch from each node that may hold the file, best first, until one gives bytes
         that verify. The best error is kept: a mismatch (someone served wrong bytes) over an
-        unreachable node (try again later) over a node that lacks it."""
+        unreachable node (try again later) over a node that lacks it. With ``origin`` (an
+        opaque file) that node is the only source."""
         if self.remote is None:  # a node that does not federate has only its own files
             raise RpcError(ErrorCode.MEDIA_NOT_FOUND, "the file is not on this node")
         if size > self.file_max:  # an address from elsewhere: this node's limit holds too
             raise RpcError(ErrorCode.FILE_TOO_BIG, f"files here are at most {self.file_max} bytes")
-        sources = await self.db.read(lambda c: store.sources(c, bytes.fromhex(sha)))
+        if origin is not None:
+            sources = [origin]
+        else:
+            sources = await self.db.read(lambda c: store.sources(c, bytes.fromhex(sha)))
         errors: list[RpcError] = []
         for node_id in sources:
             try:
-                await self._fetch_from(node_id, sha, size)
+                await self._fetch_from(node_id, sha, size, opaque=origin is not None)
                 log.event(_log, "media.fetched", sha256=sha[:16], size=size, peer=node_id[:12])
                 return
             except RpcError as e:
@@ -349,7 +428,10 @@ class Media:
             raise RpcError(ErrorCode.MEDIA_NOT_FOUND, f"no node holds it: {errors[-1].message}")
         raise RpcError(ErrorCode.MEDIA_NOT_FOUND, "no other node is known to hold the file")
 
-    async def _fetch_from(self, node_id: str, sha: str, size: int) -> None:
+    async def _fetch_from(self, node_id: str, sha: str, size: int, opaque: bool = False) -> None:
+        """Fetch the file from ``node_id`` in ranges, verify it and place it. ``opaque``: no
+        row names these bytes yet, so the opaque row that keeps them is made in the same
+        gc-locked step as the placing (else a sweep could take them in between)."""
         assert self.remote is not None
         folder = files.fetch_dir(self.root, sha)
         count = -(-size // FETCH_PART)
@@ -369,6 +451,9 @@ class Media:
             await self._thread(files.verify, data_path, size, sha)
             async with self._gc_lock:  # the row exists: from here the blob is live
                 await self._thread(files.place, data_path, self.root, sha)
+                if opaque:
+                    raw = bytes.fromhex(sha)
+                    await self.db.write(lambda c: store.adopt_opaque(c, raw, size))
         except files.Mismatch as e:
             # what a peer cannot prove is not kept: the next attempt starts from nothing
             await self._thread(files.remove_tree, folder)
@@ -405,10 +490,11 @@ class Media:
                     log.event(_log, "media.gc", **r)
 
     async def gc(self) -> dict[str, int]:
-        cutoff = time.time() - self.upload_ttl
+        now = time.time()
+        cutoff, opaque_cutoff = now - self.upload_ttl, now - self.opaque_ttl
         async with self._gc_lock:
             expired = await self.db.write(lambda c: store.expired_uploads(c, cutoff))
-            dropped = await self.db.write(lambda c: store.drop_unattached(c, cutoff))
+            dropped = await self.db.write(lambda c: store.drop_unattached(c, cutoff, opaque_cutoff))
             live = await self.db.read(store.live_blobs)
             active = await self.db.read(store.active_uploads)
             fetching = {files.fetch_dir(self.root, sha).name for sha in self._fetches}

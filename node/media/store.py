@@ -5,6 +5,12 @@ by a row id; ``media_refs`` binds each message to the local row that serves thos
 (derived state, written by the chat log's ``apply``); reading a media needs being its
 uploader or being able to read one of those messages.
 
+An *opaque* row (migration 7) holds bytes its uploader declared encrypted on the device (a
+secret chat's file, docs/secret-chats.md 6.6). It is readable by content address alone
+(:func:`find_opaque`): the SHA-256 of ciphertext under a one-time key is a capability
+nobody can guess, and the node holds nothing that could decrypt it. An ordinary row never
+becomes readable that way, and no answer tells whether one exists.
+
 Every function runs inside one ``Database.write``/``read`` job.
 """
 
@@ -21,7 +27,11 @@ from ..protocol.errors import ErrorCode, RpcError
 # The tables are made by migration 4, frozen in node/storage/schema_v1.py (MEDIA); a change
 # to them is a new migration in node/storage/migrations.py.
 
-_COLS = "id, sha256, size, mime, name, width, height, uploader_id, created"
+_COLS = "id, sha256, size, mime, name, width, height, uploader_id, created, opaque"
+# what an opaque row fetched from another node is described as: the real name and type
+# travel inside the secret message, never to a node
+OPAQUE_NAME = ""
+OPAQUE_MIME = "application/octet-stream"
 
 
 def new_media_id() -> str:
@@ -39,6 +49,8 @@ def _out(row: Any) -> dict[str, Any]:
     }
     if row[5] is not None and row[6] is not None:
         out["width"], out["height"] = row[5], row[6]
+    if row[9]:
+        out["opaque"] = True
     return out
 
 
@@ -82,6 +94,7 @@ def describe(
         meta = need_readable(conn, user_id, item["media_id"])
         meta.pop("created")
         meta.pop("media_id")
+        meta.pop("opaque", None)  # a node-local fact about the upload, not the file's address
         out.append({**meta, "kind": item["kind"]})
     return out
 
@@ -121,7 +134,7 @@ def refer(
             w, h = item.get("width"), item.get("height")
             dims = (w, h) if isinstance(w, int) and isinstance(h, int) else (None, None)
             conn.execute(
-                f"INSERT INTO media({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                f"INSERT INTO media({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?, 0)",
                 (media_id, sha, size, mime, name, *dims, time.time()),
             )
         conn.execute(
@@ -253,15 +266,66 @@ def insert(
     mime: str,
     name: str,
     dims: tuple[int, int] | None,
+    opaque: bool = False,
 ) -> dict[str, Any]:
+    """A finished upload's row; ``opaque``: the uploader declared the bytes encrypted on
+    the device, so anyone naming their SHA-256 may read them (:func:`find_opaque`)."""
     media_id = new_media_id()
     w, h = dims if dims else (None, None)
     conn.execute(
-        f"INSERT INTO media({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (media_id, sha256, size, mime, name, w, h, user_id, time.time()),
+        f"INSERT INTO media({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (media_id, sha256, size, mime, name, w, h, user_id, time.time(), int(opaque)),
     )
     row = get(conn, media_id)
     return _out(row)
+
+
+def find_opaque(conn: sqlite3.Connection, sha256: bytes, size: int) -> dict[str, Any] | None:
+    """The newest opaque row with this content address, or None: whether an ordinary row
+    has it is not this function's business (and must not show in any answer)."""
+    row = conn.execute(
+        f"SELECT {_COLS} FROM media WHERE sha256 = ? AND size = ? AND opaque = 1 "
+        "ORDER BY created DESC LIMIT 1",
+        (sha256, size),
+    ).fetchone()
+    return _out(row) if row is not None else None
+
+
+def is_opaque(conn: sqlite3.Connection, sha256: bytes) -> bool:
+    """True if some row declares these bytes client-encrypted (a peer may then read them by
+    hash; the fetching node verifies the size)."""
+    row = conn.execute(
+        "SELECT 1 FROM media WHERE sha256 = ? AND opaque = 1 LIMIT 1", (sha256,)
+    ).fetchone()
+    return row is not None
+
+
+def has_plain(conn: sqlite3.Connection, sha256: bytes) -> bool:
+    """True if an ordinary (not opaque) row names these bytes: this node then never makes
+    an opaque row for them, or a reader who knows only the hash of a chat's file could get
+    it by declaring it a secret one."""
+    row = conn.execute(
+        "SELECT 1 FROM media WHERE sha256 = ? AND opaque = 0 LIMIT 1", (sha256,)
+    ).fetchone()
+    return row is not None
+
+
+def adopt_opaque(conn: sqlite3.Connection, sha256: bytes, size: int) -> dict[str, Any] | None:
+    """After fetching an opaque file from another node (its bytes verified and placed):
+    the row that serves and keeps it here, made once, with no uploader (it charges nobody's
+    quota) and no name, its ``created`` the fetch time (the gc keeps it [secret] ttl from
+    then). None if an ordinary row names these bytes (:func:`has_plain`)."""
+    found = find_opaque(conn, sha256, size)
+    if found is not None:
+        return found
+    if has_plain(conn, sha256):
+        return None
+    media_id = new_media_id()
+    conn.execute(
+        f"INSERT INTO media({_COLS}) VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, ?, 1)",
+        (media_id, sha256, size, OPAQUE_MIME, OPAQUE_NAME, time.time()),
+    )
+    return _out(get(conn, media_id))
 
 
 def touch_upload(conn: sqlite3.Connection, user_id: int, upload_id: str) -> float:
@@ -317,16 +381,18 @@ def expired_uploads(conn: sqlite3.Connection, before: float) -> list[tuple[int, 
     return [(int(r[0]), str(r[1])) for r in rows]
 
 
-def drop_unattached(conn: sqlite3.Connection, before: float) -> int:
+def drop_unattached(conn: sqlite3.Connection, before: float, opaque_before: float) -> int:
     """Media older than the upload TTL that no readable message carries are garbage: never
     attached (the uploader had upload_ttl to send it), or carried only by messages deleted
-    for everyone (no one but the uploader could read it any more). Their refs go with them
-    (ON DELETE CASCADE); the files follow in the disk sweep once no row names their hash."""
+    for everyone (no one but the uploader could read it any more). An opaque row (a secret
+    chat's file) is carried by no message at all: its key waits in a device's queue up to
+    [secret] ttl, so the row lives until ``opaque_before``. Their refs go with them (ON
+    DELETE CASCADE); the files follow in the disk sweep once no row names their hash."""
     cur = conn.execute(
-        "DELETE FROM media WHERE created < ? AND NOT EXISTS "
-        "(SELECT 1 FROM media_refs r JOIN events e ON e.chat_id = r.chat_id "
+        "DELETE FROM media WHERE created < CASE opaque WHEN 1 THEN ? ELSE ? END "
+        "AND NOT EXISTS (SELECT 1 FROM media_refs r JOIN events e ON e.chat_id = r.chat_id "
         "AND e.seq = r.seq AND e.deleted = 0 WHERE r.media_id = media.id)",
-        (before,),
+        (opaque_before, before),
     )
     return cur.rowcount
 

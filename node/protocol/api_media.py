@@ -8,6 +8,8 @@ from .schema import Bool, Bytes, Field, Float, Int, List, Method, Str, Struct
 UPLOAD_ID = Str(1, 64, r"[A-Za-z0-9_-]+")
 MEDIA_ID = Str(1, 64, r"[a-z0-9]+")
 SHA256_HEX = Str(64, 64, r"[0-9a-f]{64}")
+# a node's identity fingerprint (node/address.py NODE_ID_RE): base32 of a 20-byte digest
+NODE_ID = Str(32, 32, r"[a-z2-7]{32}")
 # the schema bound is the frame's; the node's configured part size is checked by the handler
 PART_BYTES = Bytes(0, 1 << 20)
 
@@ -21,8 +23,14 @@ MediaInfo = Struct(
         "width": Field(Int(), "images: pixels", False),
         "height": Field(Int(), "images: pixels", False),
         "created": Field(Float(), required=False),
+        "opaque": Field(Bool(), "present (true) if uploaded as client-encrypted", False),
     },
     name="MediaInfo",
+)
+
+Chunk = Struct(
+    {"data": Field(Bytes()), "size": Field(Int(), "whole file"), "eof": Field(Bool())},
+    name="Chunk",
 )
 
 # media.info/download of a file held elsewhere (fetched through federation's fed.media)
@@ -77,6 +85,13 @@ MEDIA_METHODS: list[Method] = [
             # a bare name: no path separators or control characters a downloader could trip on
             "name": Field(Str(0, 255, r"[^/\\\x00-\x1f\x7f]*"), "file name (no folders)"),
             "mime": Field(Str(1, 127, r"[\w.+-]+/[\w.+-]+"), "e.g. image/png"),
+            "opaque": Field(
+                Bool(),
+                "true: the bytes are encrypted on the device under a one-time key (a secret "
+                "chat's file); anyone who names their SHA-256 may read them "
+                "(media.downloadSecret), which is safe only for such ciphertext. Default false",
+                False,
+            ),
         },
         MediaInfo,
         (
@@ -109,11 +124,37 @@ MEDIA_METHODS: list[Method] = [
             "offset": Field(Int(0)),
             "limit": Field(Int(1, 1 << 20), "bytes; capped at the node's download_chunk_max"),
         },
-        Struct(
-            {"data": Field(Bytes()), "size": Field(Int(), "whole file"), "eof": Field(Bool())},
-            name="Chunk",
-        ),
+        Chunk,
         FETCH_ERRORS,
+        rate_group="media",
+    ),
+    Method(
+        "media.downloadSecret",
+        "A chunk of an opaque file (media.complete opaque=true: a secret chat's file, "
+        "encrypted on the device under a one-time key) named by its SHA-256 and size, for "
+        "any signed-in user: the hash of such ciphertext reaches only the recipient, inside "
+        "the secret message with the key, and cannot be guessed, so naming it is the grant. "
+        "An ordinary file is never readable this way: its hash is answered MEDIA_NOT_FOUND "
+        "exactly like one never seen. Not on this node and `node` names another node (the "
+        "uploader's): fetched from there first (verified, kept here [secret] ttl), as "
+        "media.download fetches a chat's file: MEDIA_FETCHING (retry after retry_after) "
+        "while it runs.",
+        {
+            "sha256": Field(SHA256_HEX, "of the stored (encrypted) bytes"),
+            "size": Field(Int(0), "bytes of the stored file"),
+            "node": Field(NODE_ID, "the uploader's node id, to fetch from if need be", False),
+            "offset": Field(Int(0)),
+            "limit": Field(Int(1, 1 << 20), "bytes; capped at the node's download_chunk_max"),
+        },
+        Chunk,
+        (
+            E.MEDIA_NOT_FOUND,
+            E.MEDIA_FETCHING,
+            E.PEER_UNREACHABLE,
+            E.CHECKSUM_MISMATCH,
+            E.FILE_TOO_BIG,
+            E.DISK_FULL,
+        ),
         rate_group="media",
     ),
     Method(
@@ -137,8 +178,8 @@ MEDIA_METHODS: list[Method] = [
     Method(
         "admin.mediaGc",
         "Expire abandoned uploads, drop media past the upload TTL that no message (not "
-        "deleted for everyone) carries, delete files nothing refers to (admin socket; also "
-        "runs every gc_interval).",
+        "deleted for everyone) carries (opaque media: past [secret] ttl, at least the upload "
+        "TTL), delete files nothing refers to (admin socket; also runs every gc_interval).",
         {},
         Struct(
             {

@@ -209,5 +209,17 @@ MIGRATIONS: list[Migration] = [
         """,
         rebuilds=True,
     ),
+    # Secret-chat files (issue 14, docs/secret-chats.md 6.6): the uploader declares the bytes
+    # encrypted on the device (media.complete opaque=true). Such a file is read by its
+    # SHA-256 (media.downloadSecret, fed.media) rather than through a chat, and the gc keeps
+    # it for [secret] ttl. Rows made before are ordinary media (0).
+    Migration(
+        7,
+        "media opaque",
+        """
+        ALTER TABLE media ADD COLUMN opaque INTEGER NOT NULL DEFAULT 0 CHECK (opaque IN (0, 1));
+        CREATE INDEX media_opaque ON media(sha256) WHERE opaque = 1;
+        """,
+    ),
 ]
 check_sequence(MIGRATIONS)
