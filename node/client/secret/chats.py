@@ -807,6 +807,10 @@ class SecretChats:
                            "from": sender, "device": device, "id": env_id})  # fmt: skip
         t = inner["t"]
         cid = chat.id
+        if s.last_gap:
+            # earlier envelopes of this chat are missing (still awaited: their keys are kept
+            # within the window; an "expired" notice says if the node dropped them)
+            events.append({"type": "gap", "chat": cid, "missing": s.last_gap})
         with self.store.tx() as c:
             self.store.mark_seen(c, sender, device, env_id)
             if candidate is not None:
