@@ -43,9 +43,14 @@ class FedMedia:
         capability of a secret chat's file); any other only by the chat rule."""
         sha: str = p["sha256"]
         raw = bytes.fromhex(sha)
+        only_opaque = bool(p.get("opaque", False))
 
         def may(c: sqlite3.Connection) -> bool:
-            return media_store.is_opaque(c, raw) or media_store.node_may_fetch(c, peer.row, raw)
+            if media_store.is_opaque(c, raw):
+                return True
+            # asked as a secret file: an ordinary one is not served, whatever the chat rule
+            # says (the asking node would keep it under an opaque row, readable by hash)
+            return not only_opaque and media_store.node_may_fetch(c, peer.row, raw)
 
         allowed = await self.fed.db.read(may)
         if not allowed:
@@ -55,15 +60,18 @@ class FedMedia:
         self.ranges_served += 1
         return {"data": data, "size": size}
 
-    async def fetch(self, node_id: str, sha256: str, offset: int, length: int) -> tuple[bytes, int]:
+    async def fetch(
+        self, node_id: str, sha256: str, offset: int, length: int, *, opaque: bool = False
+    ) -> tuple[bytes, int]:
         """Ask ``node_id`` for a range over our link to it; the answer is checked for shape
-        only (the caller verifies the bytes)."""
+        only (the caller verifies the bytes). ``opaque``: only an opaque file will do."""
         link = self.fed.links.get(node_id)
         if link is None:
             raise RpcError(ErrorCode.PEER_UNREACHABLE, f"node {node_id[:12]} is not a peer here")
-        answer = await link.call(
-            "fed.media", {"sha256": sha256, "offset": offset, "length": length}
-        )
+        params: dict[str, Any] = {"sha256": sha256, "offset": offset, "length": length}
+        if opaque:
+            params["opaque"] = True
+        answer = await link.call("fed.media", params)
         data, size = answer.get("data"), answer.get("size")
         if not isinstance(data, bytes) or not isinstance(size, int) or len(data) > length:
             raise RpcError(ErrorCode.CHECKSUM_MISMATCH, f"node {node_id[:12]}: malformed range")

@@ -542,9 +542,9 @@ class Federation:
         return result
 
     async def fetch_media(
-        self, node_id: str, sha256: str, offset: int, length: int
+        self, node_id: str, sha256: str, offset: int, length: int, *, opaque: bool = False
     ) -> tuple[bytes, int]:
-        return await self.media.fetch(node_id, sha256, offset, length)
+        return await self.media.fetch(node_id, sha256, offset, length, opaque=opaque)
 
     # --- fed.* handlers (a peer's calls on the link it dialled) -----------------------------
     async def _caller(self, ctx: CallContext, *, hello: bool = False) -> peers.Peer | None:

@@ -180,12 +180,13 @@ class Federated(Protocol):
         ...
 
     async def fetch_media(
-        self, node_id: str, sha256: str, offset: int, length: int
+        self, node_id: str, sha256: str, offset: int, length: int, *, opaque: bool = False
     ) -> tuple[bytes, int]:
         """One range of the file with SHA-256 ``sha256`` (hex) from node ``node_id``
         (fed.media): its bytes and the whole file's size as that node says, unverified (the
-        caller verifies the assembled file). Raises RpcError (PEER_UNREACHABLE,
-        MEDIA_NOT_FOUND, NOT_A_REPLICA...)."""
+        caller verifies the assembled file). ``opaque``: only a file that node marked
+        opaque (a secret chat's ciphertext) will do, never one readable by the chat rule.
+        Raises RpcError (PEER_UNREACHABLE, MEDIA_NOT_FOUND, NOT_A_REPLICA...)."""
         ...
 
 

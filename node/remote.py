@@ -52,9 +52,9 @@ class RemoteSlot:
         return await self.impl.cancel_post(chat_id, sender_id, random_id)
 
     async def fetch_media(
-        self, node_id: str, sha256: str, offset: int, length: int
+        self, node_id: str, sha256: str, offset: int, length: int, *, opaque: bool = False
     ) -> tuple[bytes, int]:
-        return await self._need().fetch_media(node_id, sha256, offset, length)
+        return await self._need().fetch_media(node_id, sha256, offset, length, opaque=opaque)
 
     def _relay(self) -> SecretRelay:
         if self.secret is None:

@@ -257,6 +257,16 @@ async def test_recipient_on_another_node_downloads_through_its_own_node(tmp_path
         assert not stored(b, sent["sha256"]) and await media_rows(b, sent["sha256"]) == [
             (None, "chat.bin", "application/octet-stream", 0)
         ]
+        # and n1 itself: asked for it as a secret file (opaque), it refuses even n2, whose
+        # member may read it by the chat rule (n2 would keep it readable by hash)
+        async with Client.connect(a.url, identity=b.identity) as as_b:
+            ask = {"sha256": sent["sha256"], "offset": 0, "length": 100}
+            assert len((await as_b.call("fed.media", ask))["data"]) == 100
+            with pytest.raises(RpcError) as e:
+                await as_b.call("fed.media", {**ask, "opaque": True})
+            assert e.value.code == "NOT_A_REPLICA"
+            got_ct = await as_b.call("fed.media", {"sha256": digest, "offset": 0, "length": 10})
+            assert got_ct["data"] == ct[:10]
 
     # only ciphertext on either node: the blob is the encrypted bytes, no plaintext anywhere
     assert files.blob_path(b.config.media_dir, digest).read_bytes() == ct

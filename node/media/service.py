@@ -440,7 +440,9 @@ class Media:
             for i in range(min(start, count), count):
                 offset = i * FETCH_PART
                 want = min(FETCH_PART, size - offset)
-                data, total = await self.remote.fetch_media(node_id, sha, offset, want)
+                data, total = await self.remote.fetch_media(
+                    node_id, sha, offset, want, opaque=opaque
+                )
                 if total != size or len(data) != want:
                     raise files.Mismatch(
                         f"node {node_id[:12]} has {total} bytes under this SHA-256 (gave "

@@ -230,9 +230,11 @@ FED_METHODS: list[Method] = [
     ),
     Method(
         "fed.media",
-        "A byte range of a stored file, by SHA-256, for a node that may read it: one of its "
-        "users is a current member of a chat with a readable message carrying that file "
-        "(NOT_A_REPLICA otherwise, checked first). MEDIA_NOT_FOUND if this node does not "
+        "A byte range of a stored file, by SHA-256, for a node that may read it: the file "
+        "is opaque (a secret chat's ciphertext, uploaded with media.complete opaque: "
+        "readable by hash alone), or one of its users is a current member of a chat with a "
+        "readable message carrying it (NOT_A_REPLICA otherwise, checked first; with "
+        "``opaque``, only the first rule). MEDIA_NOT_FOUND if this node does not "
         "hold the bytes (it never fetches them for a peer: the caller asks the next node, "
         "the chat's home first, then the sender's). Nothing served is trusted: the caller "
         "assembles the ranges and checks size and SHA-256 before keeping the file.",
@@ -240,6 +242,9 @@ FED_METHODS: list[Method] = [
             "sha256": Field(Str(64, 64, r"[0-9a-f]{64}")),
             "offset": Field(Int(0)),
             "length": Field(Int(1, 512 * 1024)),
+            "opaque": Field(
+                Bool(), "only a file marked opaque (a secret chat's, readable by hash)", False
+            ),
         },
         Struct(
             {
