@@ -125,6 +125,7 @@ class Link:
             self.since = time.time()
             log.event(_log, "link.up", peer=self.node_id[:12], url=self.url)
             await self.fed.link_up(self)
+            reason: str | None = None  # stays None if a worker ends the session first
             async with trio.open_nursery() as nursery:
                 for worker in (self._poker, self._puller, self._outbox_pump):
                     nursery.start_soon(self._guard, worker, nursery.cancel_scope)

@@ -15,9 +15,11 @@ home's signature) before anything is stored.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import sqlite3
 import time
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import cbor2
@@ -311,7 +313,7 @@ class Federation:
             home_key = await self._key_of(home_id)
             start = got = after or 0
             send, recv = trio.open_memory_channel[replication.Batch](1)
-            async with trio.open_nursery() as nursery:
+            async with _plain_rpc_errors(), trio.open_nursery() as nursery:
                 nursery.start_soon(self._apply_pulled, home_id, recv)
                 async with send:
                     while True:
@@ -894,6 +896,29 @@ def _chat(c: sqlite3.Connection, chat_id: str) -> chat_store.Chat | None:
 
 def _replicas(c: sqlite3.Connection, chat_id: str) -> set[str]:
     return replication.replica_nodes(c, chat_id)
+
+
+@contextlib.asynccontextmanager
+async def _plain_rpc_errors() -> AsyncIterator[None]:
+    """An RpcError from a nursery's tasks (a pull that timed out, a batch that does not
+    verify) leaves as itself, not inside an ExceptionGroup: callers (the link's guard)
+    tell a peer's failure from a bug by ``except RpcError``."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = list(_leaves(group))
+        first = next((e for e in leaves if isinstance(e, RpcError)), None)
+        if first is not None and all(isinstance(e, RpcError | trio.Cancelled) for e in leaves):
+            raise first from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for e in group.exceptions:
+        if isinstance(e, BaseExceptionGroup):
+            yield from _leaves(e)
+        else:
+            yield e
 
 
 def _shared_chats(c: sqlite3.Connection, peer_row: int, homes: set[str]) -> list[tuple[str, int]]:

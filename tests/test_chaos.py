@@ -96,13 +96,6 @@ async def test_connect_gives_up_on_time_when_the_path_is_a_black_hole(node: Node
         assert time.monotonic() - start < 3.0, "Client.connect(timeout=1) hung"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node bug found by the suite: an RpcError of fed.pull (a timeout on a "
-    "partitioned link) is raised inside pull_chat's nursery, so it reaches Link._guard "
-    "as an ExceptionGroup, which `except RpcError` does not catch: the link is logged "
-    "as 'link failed' (an internal error) instead of going down for its reason",
-)
 async def test_a_pull_that_times_out_takes_the_link_down_for_that_reason(
     tmp_path: Path,
 ) -> None:
