@@ -195,6 +195,9 @@ class FaultProxy:
         self._cut_dirs: tuple[str, ...] = ()
         self._dup_mode: DupMode | None = None
         self._serve_scope: trio.CancelScope | None = None
+        #: with capture(): the bytes read each way (a wiretap, for tests), else None
+        self.captured: dict[str, bytearray] | None = None
+        self._capture_limit = 0
 
     # ---------------------------------------------------------------- running
 
@@ -357,6 +360,14 @@ class FaultProxy:
         self._dup_mode = mode
         self._note(None, f"dup_connect {mode}")
 
+    def capture(self, limit: int = 64 << 20) -> None:
+        """Keep a copy of the bytes read each way from now on (up to ``limit`` bytes per
+        direction; later bytes are not kept): what a wiretap on this path would see, for
+        tests that check what a link never carries in the clear. ``captured["up"]`` is
+        client -> target, ``["down"]`` the other way, all connections concatenated."""
+        self.captured = {"up": bytearray(), "down": bytearray()}
+        self._capture_limit = limit
+
     def heal(self) -> None:
         """Clear every fault at once: resume, unblock, no delay, no drop, cut_after
         disarmed, no duplicates. Connections that a fault already broke stay broken
@@ -496,6 +507,9 @@ class FaultProxy:
                             replay.send_nowait(piece)
                         if left <= 0:
                             replay.close()
+                    kept = self.captured.get(direction) if self.captured else None
+                    if kept is not None and data and len(kept) < self._capture_limit:
+                        kept += data[: self._capture_limit - len(kept)]
                     if data and self._dropping(direction):
                         if direction == "up":
                             self.dropped_up += len(data)

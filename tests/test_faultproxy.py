@@ -96,6 +96,23 @@ async def test_bytes_pass_both_ways_unchanged(proxy: FaultProxy) -> None:
     await stream.aclose()
 
 
+async def test_capture_keeps_what_passed_each_way_up_to_its_limit(proxy: FaultProxy) -> None:
+    stream = await connect(proxy)
+    await stream.send_all(b"before")  # not captured: capture starts later
+    with trio.fail_after(2):
+        assert await stream.receive_some(10) == b"before"
+    proxy.capture(limit=10)
+    await stream.send_all(b"hello wiretap")
+    got = bytearray()
+    with trio.fail_after(2):
+        while len(got) < 13:
+            got += await stream.receive_some(64)
+    assert proxy.captured is not None
+    assert bytes(proxy.captured["up"]) == b"hello wire"  # 10 bytes: the limit
+    assert bytes(proxy.captured["down"]) == b"hello wire"  # the echo, back through
+    await stream.aclose()
+
+
 async def test_cut_resets_live_connections_and_new_ones_work(proxy: FaultProxy, echo: Echo) -> None:
     streams = [await connect(proxy) for _ in range(2)]
     for s in streams:
