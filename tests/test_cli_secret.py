@@ -92,10 +92,10 @@ def test_secret_chat_from_the_cli(node_process: Any, tmp_path: Path) -> None:
     assert "meta" not in fm["file"] and "key" not in json.dumps(fm)
     got = _json(alice, "history", chat)[-1]
     assert got["kind"] == "file" and got["file"]["size"] == src.stat().st_size
+    # the recipient fetches it by the hash in the message, and decrypts it
     copy = tmp_path / "copy.txt"
-    assert _json(bob, "download", chat, str(fm["id"]), "-o", str(copy))["size"] == len(
-        src.read_bytes()
-    )
+    got_file = _json(alice, "download", chat, str(got["seq"]), "-o", str(copy))
+    assert got_file == {"path": str(copy), "size": src.stat().st_size}
     assert copy.read_bytes() == src.read_bytes()
 
     # delete for both, then close

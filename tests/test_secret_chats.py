@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -427,24 +427,30 @@ async def test_start_with_a_user_without_keys_is_refused(snode: Node, tmp_path: 
 
 async def test_recipient_downloads_a_secret_file(snode: Node, tmp_path: Path) -> None:
     src = tmp_path / "photo.bin"
-    src.write_bytes(b"\x89PNG secret pixels" * 1000)
+    src.write_bytes(b"\x89PNG secret pixels" * 50_000)  # ~1 MB: several parts and chunks
     async with (
         device(snode, "alice", tmp_path / "alice") as a,
         device(snode, "bob", tmp_path / "bob") as b,
     ):
         chat = await pair(a, b)
-        m = await a.sc.send_file(chat, src)
-        await wait_for(b, "message")
-        try:
-            got = await b.sc.download_bytes(chat, m["id"])
-        except RpcError as e:
-            if e.code != ErrorCode.MEDIA_FORBIDDEN:
-                raise
-            pytest.xfail(
-                "the node's media authorization (node/media/store.may_read: the uploader, or "
-                "a chat referencing it) has no grant for a secret chat's recipient yet"
-            )
-        assert got == src.read_bytes()
+        m = await a.sc.send_file(chat, src, ttl=3600)
+        ev = await wait_for(b, "message")
+        assert ev["message"]["file"]["name"] == "photo.bin" and ev["message"]["ttl"] == 3600
+        got = tmp_path / "got.bin"
+        assert await b.sc.download(chat, m["id"], got) == src.stat().st_size
+        assert got.read_bytes() == src.read_bytes()
+        # a media id is no way in for the recipient: only the hash in the message is
+        with pytest.raises(RpcError) as e:
+            await b.client.call("media.info", {"media_id": m["file"]["media_id"]})
+        assert e.value.code == ErrorCode.MEDIA_FORBIDDEN
+        # deleted for both: the recipient's copy of the key is gone with the message
+        await a.sc.delete_for_both(chat, m["id"])
+        await wait_for(b, "deleted")
+        with pytest.raises(SecretChatError):
+            await b.sc.download(chat, m["id"], tmp_path / "again.bin")
+    for p in snode.config.data_dir.rglob("*"):
+        if p.is_file():
+            assert b"secret pixels" not in p.read_bytes(), p
 
 
 async def test_messages_expired_on_the_node_are_reported_on_both_sides(tmp_path: Path) -> None:
@@ -520,3 +526,48 @@ async def test_two_devices_accepting_at_once_only_the_first_is_bound(
         assert [e["type"] for e in await laptop.sc.sync()] == []  # no error, nothing twice
         await a.sc.send(chat, "hello phone")
         assert (await wait_for(phone, "message"))["message"]["text"] == "hello phone"
+
+
+async def test_secret_file_across_two_nodes(tmp_path: Path) -> None:
+    """alice on n1, bob on n2 (linked): bob's node fetches the ciphertext from alice's by
+    its hash; neither node holds the plaintext."""
+    from federation import Federation
+    from tests.test_federation import links_up
+
+    async with AsyncExitStack() as stack:
+        n1, n2 = [
+            await stack.enter_async_context(
+                Node.start(
+                    make_config(
+                        tmp_path / name,
+                        node={"name": name, "listen": "127.0.0.1:0", "log_level": "warning"},
+                        federation={"peering": "open"},
+                    ),
+                    parts=[Federation()],
+                )
+            )
+            for name in ("n1", "n2")
+        ]
+        await admin(n1, "admin.peerAdd", {"url": n2.url, "pin": n2.node_id})
+        await admin(n2, "admin.peerAdd", {"url": n1.url, "pin": n1.node_id})
+        await links_up(n1, 1)
+        await links_up(n2, 1)
+        src = tmp_path / "across.bin"
+        src.write_bytes(b"CROSS-NODE-SECRET-FILE " * 40_000)  # ~900 KB
+        a = await stack.enter_async_context(device(n1, "alice", tmp_path / "alice"))
+        b = await stack.enter_async_context(device(n2, "bob", tmp_path / "bob"))
+        chat = await a.sc.start(f"bob@{n2.node_id}")
+        assert (await wait_for(b, "request", 20))["chat"] == chat
+        await b.sc.accept(chat)
+        await wait_for(a, "accepted", 20)
+        m = await a.sc.send_file(chat, src)
+        assert (await wait_for(b, "message", 20))["message"]["kind"] == "file"
+        got = tmp_path / "got.bin"
+        assert await b.sc.download(chat, m["id"], got) == src.stat().st_size
+        assert got.read_bytes() == src.read_bytes()
+        await b.sc.send(chat, "got it")
+        assert (await wait_for(a, "message", 20))["message"]["text"] == "got it"
+    for node in ("n1", "n2"):
+        for p in (tmp_path / node).rglob("*"):
+            if p.is_file():
+                assert b"CROSS-NODE-SECRET-FILE" not in p.read_bytes(), p

@@ -322,7 +322,12 @@ class SecretChats:
             except OSError as e:
                 raise FileError(f"cannot read {path}: {e.strerror or e}") from None
             media = await upload_file(
-                self.client, enc, secrets.token_hex(12), mime=UPLOAD_MIME, name=UPLOAD_NAME
+                self.client,
+                enc,
+                secrets.token_hex(12),
+                mime=UPLOAD_MIME,
+                name=UPLOAD_NAME,
+                opaque=True,  # readable by whoever names its SHA-256: the recipient
             )
         finally:
             enc.unlink(missing_ok=True)
@@ -335,7 +340,8 @@ class SecretChats:
             "media_id": media["media_id"],
             "media_sha256": media["sha256"],
             "media_size": media["size"],
-            "meta": meta,
+            "node": self.client.node_id,  # where the ciphertext is: the recipient's node
+            "meta": meta,  # fetches it from there if it is another
         }
         inner: dict[str, Any] = {"t": "file", "m": mid, "file": desc, "at": _now()}
         if ttl:
@@ -348,21 +354,28 @@ class SecretChats:
         return self._message(chat_id, mid, True)
 
     async def download(self, chat_id: str, msg_id: int, dest: Path) -> int:
-        """Fetch a file message's ciphertext through the media path (verified against the
-        SHA-256 the sender sent), decrypt it into ``dest`` (owner-only, written through
-        ``dest.part`` and renamed: a tampered file never appears there); returns its size."""
+        """Fetch a file message's ciphertext by its content address
+        (``media.downloadSecret``: the SHA-256 in the message is the grant; from the
+        sender's node through one's own if they differ; verified), decrypt it into ``dest``
+        (owner-only, through ``dest.part`` and renamed: a tampered file never appears
+        there); returns its size."""
         m = self.store.find_message(chat_id, msg_id)
         if m is None or m["kind"] != "file" or not m["file"]:
             raise SecretChatError(f"no file message {msg_id} in secret chat {chat_id}")
         f = m["file"]
-        from ..media import check_destination, download_file
+        from ..media import check_destination, download_secret_file
 
         check_destination(dest)
+        node = f.get("node")
         enc = self._temp(".enc")
         try:
-            info = await download_file(self.client, f["media_id"], enc)
-            if info["sha256"] != f["media_sha256"]:
-                raise SecretChatError(f"file {msg_id}: the node serves other bytes than were sent")
+            await download_secret_file(
+                self.client,
+                str(f["media_sha256"]),
+                int(f["media_size"]),
+                enc,
+                node if isinstance(node, str) and node != self.client.node_id else None,
+            )
             return await trio.to_thread.run_sync(_decrypt_to, enc, dest, f["meta"])
         finally:
             enc.unlink(missing_ok=True)
@@ -900,7 +913,16 @@ class SecretChats:
                 return []
             desc = {
                 k: f.get(k)
-                for k in ("name", "mime", "size", "media_id", "media_sha256", "media_size", "meta")
+                for k in (
+                    "name",
+                    "mime",
+                    "size",
+                    "media_id",
+                    "media_sha256",
+                    "media_size",
+                    "node",
+                    "meta",
+                )
             }
         if not self.store.add_message(c, chat.id, mid, False, inner["t"], text, desc, ttl, sent,
                                       "received"):  # fmt: skip
