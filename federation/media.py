@@ -44,6 +44,9 @@ class FedMedia:
         sha: str = p["sha256"]
         raw = bytes.fromhex(sha)
         only_opaque = bool(p.get("opaque", False))
+        target = p.get("node")
+        if target is not None and target != self.fed.node_id:
+            return await self._relay(peer, target, p)
 
         def may(c: sqlite3.Connection) -> bool:
             if media_store.is_opaque(c, raw):
@@ -66,13 +69,43 @@ class FedMedia:
         """Ask ``node_id`` for a range over our link to it; the answer is checked for shape
         only (the caller verifies the bytes). ``opaque``: only an opaque file will do."""
         link = self.fed.links.get(node_id)
-        if link is None:
-            raise RpcError(ErrorCode.PEER_UNREACHABLE, f"node {node_id[:12]} is not a peer here")
         params: dict[str, Any] = {"sha256": sha256, "offset": offset, "length": length}
         if opaque:
             params["opaque"] = True
+            if link is None or link.state != "up":
+                # a secret file of a node we have no link to: through a peer that reaches
+                # it, as secret-chat envelopes go (it carries ciphertext only)
+                link = await self.fed.secret.route(node_id)
+                if link.node_id != node_id:
+                    params["node"] = node_id
+        if link is None:
+            raise RpcError(ErrorCode.PEER_UNREACHABLE, f"node {node_id[:12]} is not a peer here")
         answer = await link.call("fed.media", params)
         data, size = answer.get("data"), answer.get("size")
         if not isinstance(data, bytes) or not isinstance(size, int) or len(data) > length:
             raise RpcError(ErrorCode.CHECKSUM_MISMATCH, f"node {node_id[:12]}: malformed range")
         return data, size
+
+    async def _relay(self, peer: peers.Peer, target: str, p: dict[str, Any]) -> dict[str, Any]:
+        """A range of a secret file held by ``target``, for a peer with no link to it: asked
+        of ``target`` over our link and handed back (opaque files only: ciphertext, and
+        nothing the chat rule would have to judge), counted against the peer's relay
+        allowance like its envelopes."""
+        if not p.get("opaque"):
+            raise RpcError(ErrorCode.SECRET_RELAY_REFUSED, "only secret files are relayed")
+        secret = self.fed.secret
+        if not secret.relay:
+            raise RpcError(ErrorCode.SECRET_RELAY_REFUSED, "this node does not relay")
+        link = self.fed.links.get(target)
+        if link is None or link.state != "up":
+            raise RpcError(ErrorCode.SECRET_NO_ROUTE, f"no link to {target[:12]} here")
+        length = min(int(p["length"]), RANGE_MAX)
+        await secret.charge(peer.node_id, length)
+        answer = await link.call(
+            "fed.media",
+            {"sha256": p["sha256"], "offset": p["offset"], "length": length, "opaque": True},
+        )
+        data, size = answer.get("data"), answer.get("size")
+        if not isinstance(data, bytes) or not isinstance(size, int) or len(data) > length:
+            raise RpcError(ErrorCode.CHECKSUM_MISMATCH, f"node {target[:12]}: malformed range")
+        return {"data": data, "size": size}

@@ -74,7 +74,7 @@ class FedSecret:
         a = _parse(address)
         if a.node == self.fed.node_id:
             return await self.fed.node.secret.keys_for(a.name)
-        link = await self._route(a.node)
+        link = await self.route(a.node)
         return dict(await link.call("fed.secretKeys", {"user": str(a), "hops": HOPS - 1}))
 
     def committed(self) -> None:
@@ -184,7 +184,7 @@ class FedSecret:
             if not rows:
                 return
             try:
-                link = await self._route(dest)
+                link = await self.route(dest)
             except RpcError:
                 return  # no way there now: the rows wait (until they expire)
             items = [_item(r) for r in rows]
@@ -246,7 +246,7 @@ class FedSecret:
             await self.fed.db.write(store)
             self._wake.set()
 
-    async def _route(self, dest: str) -> Link:
+    async def route(self, dest: str) -> Link:
         """The link an envelope for node ``dest`` leaves on: direct, else a relay."""
         link = self.fed.links.get(dest)
         if link is not None and link.state == "up":
@@ -267,6 +267,27 @@ class FedSecret:
                 self._routes[dest] = (node_id, trio.current_time() + ROUTE_TTL)
                 return via
         raise RpcError(ErrorCode.SECRET_NO_ROUTE, f"no route to node {dest[:12]}")
+
+    async def charge(self, node_id: str, size: int) -> None:
+        """Count ``size`` relayed bytes against peer ``node_id``'s allowance for today
+        (secret-file ranges carried for it); SECRET_RELAY_REFUSED once it is spent."""
+        day = _day(time.time())
+
+        def job(c: sqlite3.Connection) -> None:
+            row = c.execute(
+                "SELECT bytes_for FROM fed_secret_usage WHERE node = ? AND day = ?",
+                (node_id, day),
+            ).fetchone()
+            used = int(row[0]) if row else 0
+            if used + size > self.relay_max:
+                raise RpcError(ErrorCode.SECRET_RELAY_REFUSED, "today's relay allowance is spent")
+            c.execute(
+                "INSERT INTO fed_secret_usage(node, day, bytes_for, bytes_via) VALUES (?, ?, ?, 0) "
+                "ON CONFLICT(node, day) DO UPDATE SET bytes_for = bytes_for + excluded.bytes_for",
+                (node_id, day, size),
+            )
+
+        await self.fed.db.write(job)
 
     async def usage(self, node_id: str) -> dict[str, int]:
         """Secret bytes carried for a peer and by it (today, and all kept days)."""

@@ -128,10 +128,22 @@ async def test_secret_chat_through_a_relay_that_sees_only_ciphertext(
             order = [m["text"] for m in carol.sc.history(chat) if "from alice" in m["text"]]
             assert order == [f"{marker} from alice {i}" for i in range(30)]
 
+            # a secret file: uploaded opaque to n1, fetched by n3 for carol through n2
+            blob = (marker.encode() + b" file\n") * 40_000  # ~1 MB: several ranges
+            f = tmp_path / "file.txt"
+            f.write_bytes(blob)
+            sent = await alice.sc.send_file(chat, f)
+            with trio.fail_after(20):
+                while not any(m.get("file") for m in carol.sc.history(chat)):
+                    await carol.sc.sync()
+                    await trio.sleep(0.05)
+            got = await carol.sc.download(chat, sent["id"], tmp_path / "carol-file.txt")
+            assert got == blob or (tmp_path / "carol-file.txt").read_bytes() == blob
+
         # n2 carried it both ways, and says so; n1 and n3 know n2 carried for them
         p2 = (await admin(n2, "admin.peerList"))["peers"]
         assert peer_info(p2, n1)["secret_relayed_for"] > 30 * 256
-        assert peer_info(p2, n3)["secret_relayed_for"] > 30 * 256
+        assert peer_info(p2, n3)["secret_relayed_for"] > 30 * 256 + len(blob)  # and the file
         p1 = (await admin(n1, "admin.peerList"))["peers"]
         assert peer_info(p1, n2)["secret_relayed_by"] > 30 * 256
 

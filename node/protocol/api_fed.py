@@ -245,6 +245,12 @@ FED_METHODS: list[Method] = [
             "opaque": Field(
                 Bool(), "only a file marked opaque (a secret chat's, readable by hash)", False
             ),
+            "node": Field(
+                NODE_ID,
+                "the node holding it, when the caller has no link there: the callee relays "
+                "the range (opaque files only; SECRET_RELAY_REFUSED, SECRET_NO_ROUTE)",
+                False,
+            ),
         },
         Struct(
             {
@@ -253,7 +259,13 @@ FED_METHODS: list[Method] = [
             },
             name="MediaRange",
         ),
-        (E.MEDIA_NOT_FOUND, E.NOT_A_REPLICA, E.PEER_PENDING),
+        (
+            E.MEDIA_NOT_FOUND,
+            E.NOT_A_REPLICA,
+            E.PEER_PENDING,
+            E.SECRET_RELAY_REFUSED,
+            E.SECRET_NO_ROUTE,
+        ),
         access="node",
         part="federation",
         rate_group="federation",
