@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from node.app import Node
 from node.config import Config, validate
+from tests.helpers import NodeLogs
 
 REPO = Path(__file__).resolve().parent.parent
 # The CLI and node processes the tests start may cache their bytecode (__pycache__ is
@@ -156,3 +158,17 @@ def cli_login(url: str, data: str, name: str, profile: Path, device: str = "dev"
         "client", "login", url, name, "--code", code, "--device-name", device,
         "--profile", str(profile), check=True,
     )  # fmt: skip
+
+
+@pytest.fixture
+def node_logs() -> Iterator[NodeLogs]:
+    """The nodes' log lines at debug level, for the test's duration."""
+    root = logging.getLogger("fedgram")
+    handler, level = NodeLogs(), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,6 +12,7 @@ from nacl.signing import SigningKey
 from node.app import Node
 from node.client import Client
 from node.interfaces import CallContext
+from node.log import KeyValueFormatter
 
 
 async def admin(node: Node, method: str, params: dict[str, Any] | None = None) -> Any:
@@ -57,3 +59,16 @@ async def next_of(c: Client, kind: str, timeout: float = 5) -> dict[str, Any]:
         u = await c.next_update(timeout)
         if u.get("type") == kind:
             return u
+
+
+class NodeLogs(logging.Handler):
+    """Every log line the in-process nodes write, formatted as on a node's stderr (the
+    ``node_logs`` fixture attaches one): tests check what the logs never contain."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.setFormatter(KeyValueFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))

@@ -8,9 +8,8 @@ its database, WAL, media folder and log output hold none of the plaintext."""
 
 from __future__ import annotations
 
-import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,8 @@ import trio
 
 from federation import Federation
 from node.app import Node
-from node.log import KeyValueFormatter
 from tests.conftest import make_config
-from tests.helpers import admin
+from tests.helpers import NodeLogs, admin
 from tests.test_federation import links_up
 from tests.test_secret_chats import Device, device, wait_for
 
@@ -76,33 +74,8 @@ async def connect(a: Device, b: Device, address: str) -> str:
     return chat
 
 
-class Lines(logging.Handler):
-    """Every log line the nodes write, formatted as they go to a node's stderr."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.setFormatter(KeyValueFormatter())
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(self.format(record))
-
-
-@pytest.fixture
-def node_logs() -> Iterator[Lines]:
-    root = logging.getLogger("fedgram")
-    handler, level = Lines(), root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
-
-
 async def test_secret_chat_through_a_relay_that_sees_only_ciphertext(
-    tmp_path: Path, node_logs: Lines
+    tmp_path: Path, node_logs: NodeLogs
 ) -> None:
     async with line(tmp_path) as (n1, n2, n3):
         assert all(p["node_id"] != n3.node_id for p in (await admin(n1, "admin.peerList"))["peers"])

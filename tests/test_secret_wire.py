@@ -10,13 +10,11 @@ the nodes wrote."""
 
 from __future__ import annotations
 
-import logging
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
-import pytest
 import trio
 from nacl.signing import SigningKey
 
@@ -26,25 +24,12 @@ from node.app import Node
 from node.client import Client
 from node.client.secret.chats import SecretChats
 from tests.conftest import make_config
-from tests.helpers import add_user, admin, fresh_code
+from tests.helpers import NodeLogs, add_user, admin, fresh_code
 from tests.test_federation import links_up
 from tests.test_secret_chats import device, wait_for
-from tests.test_secret_relay import Lines, files_of
+from tests.test_secret_relay import files_of
 
 MESSAGES = 1000
-
-
-@pytest.fixture
-def node_logs() -> Iterator[Lines]:
-    root = logging.getLogger("fedgram")
-    handler, level = Lines(), root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(level)
 
 
 @asynccontextmanager
@@ -86,7 +71,9 @@ def url(proxy: FaultProxy) -> str:
     return f"ws://127.0.0.1:{proxy.port}/"
 
 
-async def test_secret_plaintext_is_on_no_node_and_no_wire(tmp_path: Path, node_logs: Lines) -> None:
+async def test_secret_plaintext_is_on_no_node_and_no_wire(
+    tmp_path: Path, node_logs: NodeLogs
+) -> None:
     marker = "SECRET-" + secrets.token_hex(6)
     blob = (marker.encode() + b"\n") * 20_000  # ~380 KB of a file
     async with (
