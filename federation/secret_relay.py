@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 _log = log.get("federation")
 HOPS = 3  # how many nodes an envelope may pass through after its sender's
 ROUTE_TTL = 60.0  # seconds a relay found for a node is used before asking again
+NO_ROUTE_TTL = 10.0  # seconds "nobody reaches that node" holds (unless a link comes up)
 RETRY = 2.0  # seconds between looks at an outbox with nothing deliverable
 PUT_ITEMS = 16  # envelopes per fed.secretPut (payloads are at most 64 KiB)
 PUT_BYTES = 768 * 1024
@@ -58,6 +59,7 @@ class FedSecret:
         self._wake = trio.Event()
         self._kicks: collections.deque[str] = collections.deque()  # from the writer thread
         self._routes: dict[str, tuple[str, float]] = {}  # node -> (via peer, until)
+        self._no_route: dict[str, float] = {}  # node -> until: not asked of every peer again
         cfg = fed.node.config
         self.ttl = float(cfg.get("secret", "ttl"))
         self.relay = bool(cfg.get("secret", "relay"))
@@ -76,6 +78,11 @@ class FedSecret:
             return await self.fed.node.secret.keys_for(a.name)
         link = await self.route(a.node)
         return dict(await link.call("fed.secretKeys", {"user": str(a), "hops": HOPS - 1}))
+
+    def link_up(self) -> None:
+        """A link came up: routes may exist now; try what waits at once."""
+        self._no_route.clear()
+        self._wake.set()
 
     def committed(self) -> None:
         """A commit was published (trio thread): wake the pump if it queued envelopes."""
@@ -251,11 +258,14 @@ class FedSecret:
         link = self.fed.links.get(dest)
         if link is not None and link.state == "up":
             return link
+        now = trio.current_time()
         cached = self._routes.get(dest)
-        if cached is not None and cached[1] > trio.current_time():
+        if cached is not None and cached[1] > now:
             via = self.fed.links.get(cached[0])
             if via is not None and via.state == "up":
                 return via
+        if self._no_route.get(dest, 0.0) > now:  # asked every peer lately: wait for a link
+            raise RpcError(ErrorCode.SECRET_NO_ROUTE, f"no route to node {dest[:12]}")
         for node_id, via in list(self.fed.links.items()):
             if via.state != "up" or node_id == dest:
                 continue
@@ -266,6 +276,7 @@ class FedSecret:
             if ok.get("reachable"):
                 self._routes[dest] = (node_id, trio.current_time() + ROUTE_TTL)
                 return via
+        self._no_route[dest] = trio.current_time() + NO_ROUTE_TTL
         raise RpcError(ErrorCode.SECRET_NO_ROUTE, f"no route to node {dest[:12]}")
 
     async def charge(self, node_id: str, size: int) -> None:

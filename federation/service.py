@@ -196,6 +196,7 @@ class Federation:
     async def link_up(self, link: Link) -> None:
         """A link just came up: catch up both ways."""
         await self._note_error(link.node_id, None)
+        self.secret.link_up()
         peer = await self.db.read(lambda c: peers.get(c, link.node_id))
         if peer is None:
             return
