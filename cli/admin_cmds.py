@@ -93,7 +93,15 @@ def user_list(data: DataOpt = None, json: JsonOpt = False) -> None:
 def user_code(name: NameArg, data: DataOpt = None, json: JsonOpt = False) -> None:
     """Issue a fresh login code for NAME and print it (you deliver it to the person)."""
     r = admin_call(data, "admin.userCode", {"name": name})
-    print_json(r) if json else typer.echo(r["code"])
+    if json:
+        print_json(r)
+        return
+    typer.echo(r["code"])  # the code alone on stdout (for `CODE=$(...)`), the advice on stderr
+    typer.echo(
+        f"login code for {name.lower()}, valid {r['expires_in'] // 60} min: they run "
+        f"`fedgram client login URL {name.lower()} --code {r['code']}`",
+        err=True,
+    )
 
 
 @user_app.command("devices")
@@ -107,34 +115,35 @@ def user_logout(
     name: NameArg,
     data: DataOpt = None,
     device: Annotated[int | None, typer.Option("--device", help="Only this device id.")] = None,
+    json: JsonOpt = False,
 ) -> None:
     """Log out a user's devices (all, or --device ID); their sessions close at once."""
     p: dict[str, Any] = {"name": name}
     if device is not None:
         p["device_id"] = device
     r = admin_call(data, "admin.userLogout", p)
-    typer.echo(f"revoked {r['revoked']} device(s)")
+    print_json(r) if json else typer.echo(f"revoked {r['revoked']} device(s) of {name.lower()}")
 
 
 @user_app.command("ban")
-def user_ban(name: NameArg, data: DataOpt = None) -> None:
+def user_ban(name: NameArg, data: DataOpt = None, json: JsonOpt = False) -> None:
     """Ban a user: sessions closed, sign-in refused."""
-    admin_call(data, "admin.userBan", {"name": name})
-    typer.echo(f"banned {name.lower()}")
+    r = admin_call(data, "admin.userBan", {"name": name})
+    print_json(r) if json else typer.echo(f"banned {name.lower()}")
 
 
 @user_app.command("unban")
-def user_unban(name: NameArg, data: DataOpt = None) -> None:
+def user_unban(name: NameArg, data: DataOpt = None, json: JsonOpt = False) -> None:
     """Lift a ban."""
-    admin_call(data, "admin.userUnban", {"name": name})
-    typer.echo(f"unbanned {name.lower()}")
+    r = admin_call(data, "admin.userUnban", {"name": name})
+    print_json(r) if json else typer.echo(f"unbanned {name.lower()}")
 
 
 @user_app.command("remove")
-def user_remove(name: NameArg, data: DataOpt = None) -> None:
+def user_remove(name: NameArg, data: DataOpt = None, json: JsonOpt = False) -> None:
     """Delete a user and its devices."""
-    admin_call(data, "admin.userRemove", {"name": name})
-    typer.echo(f"removed {name.lower()}")
+    r = admin_call(data, "admin.userRemove", {"name": name})
+    print_json(r) if json else typer.echo(f"removed {name.lower()}")
 
 
 _DURATION = re.compile(r"(\d+)([smhdw])")
@@ -144,7 +153,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 def parse_duration(text: str) -> int:
     m = _DURATION.fullmatch(text.strip())
     if not m:
-        fail(f"--expires {text!r}: use a number and a unit, e.g. 30m, 12h, 7d", 2)
+        fail(f"--expires {text!r}: use a number and a unit, e.g. 30m, 12h, 7d", 2, "USAGE")
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 

@@ -70,7 +70,13 @@ def _hexed(obj: Any) -> Any:
 
 
 @chat_app.command()
-def export(chat: ChatIdArg, data: DataOpt = None) -> None:
+def export(
+    chat: ChatIdArg,
+    data: DataOpt = None,
+    json: Annotated[
+        bool, typer.Option("--json", help="Accepted: the output is JSON lines.")
+    ] = False,
+) -> None:
     """The whole log as JSON lines, exactly as signed: each line has the decoded event, its
     raw bytes, hash and signature in hex, and its content record in hex (null when it was
     erased, e.g. deleted for everyone, or the event never had any; "erased" tells which).
@@ -175,7 +181,7 @@ def verify(
         try:
             r: dict[str, Any] = _verify_export(chat, export_file)
         except OSError as e:
-            fail(f"{export_file}: {e.strerror}", LOCAL)
+            fail(f"{export_file}: {e.strerror}", LOCAL, "FILE_ERROR")
         except (ChainError, DecodeError) as e:
             r = {"ok": False, "events": 0, "error": str(e)}
         if not json and r["ok"]:
@@ -191,4 +197,4 @@ def verify(
     elif r["ok"]:
         typer.echo(f"ok: {r['events']} events, chain, signatures and content verify")
     if not r["ok"]:
-        fail(f"chain broken: {r['error']}")
+        fail(f"chain broken: {r['error']}", error="CHAIN_BROKEN")

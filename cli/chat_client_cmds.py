@@ -45,6 +45,14 @@ def _call(profile: Any, method: str, params: dict[str, Any], chat: str | None = 
     return run_async(go)
 
 
+def _said(json: bool, result: Any, sentence: str) -> None:
+    """A command's answer: the node's result with --json, else one sentence."""
+    if json:
+        print_json(result)
+    else:
+        typer.echo(sentence)
+
+
 def _when(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
@@ -132,7 +140,8 @@ def start(
     if json:
         print_json(r)
     else:
-        typer.echo(r["chat"]["id"])
+        typer.echo(r["chat"]["id"])  # the id on stdout (for `C=$(...)`), the sentence on stderr
+        typer.echo(f"private chat with {r['chat']['title']}", err=True)
 
 
 def _create(
@@ -147,7 +156,9 @@ def _create(
     if json:
         print_json(r["chat"])
     else:
-        typer.echo(r["chat"]["id"])
+        typer.echo(r["chat"]["id"])  # the id on stdout (for `G=$(...)`), the sentence on stderr
+        kind = "channel" if method == "chats.createChannel" else "group"
+        typer.echo(f"created {kind} {r['chat']['title']!r}; you are its owner", err=True)
 
 
 @client_app.command("create-group")
@@ -179,31 +190,42 @@ def invite(
     uses: Annotated[int | None, typer.Option(help="How many joins (default unlimited).")] = None,
     expires: Annotated[str | None, typer.Option(help="e.g. 12h, 7d (default never).")] = None,
     profile: ProfileOpt = None,
+    json: JsonOpt = False,
 ) -> None:
-    """Create an invite token for a group or channel (admins)."""
+    """Create an invite token for a group or channel (admins); prints the token."""
     params: dict[str, Any] = {}
     if uses is not None:
         params["uses"] = uses
     if expires is not None:
         params["expires_in"] = parse_duration(expires)
-    typer.echo(_call(profile, "chats.createInvite", params, chat)["invite"])
+    r = _call(profile, "chats.createInvite", params, chat)
+    if json:
+        print_json(r)
+        return
+    typer.echo(r["invite"])  # the token on stdout, the sentence on stderr
+    typer.echo(f"invite link created: `fedgram client join {r['invite']}` joins {chat}", err=True)
 
 
 @client_app.command()
 def join(
     token: Annotated[str, typer.Argument(help="Invite token.")],
     profile: ProfileOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Join a group or channel with an invite token; prints its chat id."""
     r = _call(profile, "chats.join", {"invite": token})
+    if json:
+        print_json(r)
+        return
     typer.echo(r["chat"]["id"])
+    typer.echo(f"joined {r['chat']['title']!r}", err=True)
 
 
 @client_app.command()
-def leave(chat: ChatArg, profile: ProfileOpt = None) -> None:
+def leave(chat: ChatArg, profile: ProfileOpt = None, json: JsonOpt = False) -> None:
     """Leave a group or channel."""
-    _call(profile, "chats.leave", {}, chat)
-    typer.echo("left")
+    r = _call(profile, "chats.leave", {}, chat)
+    _said(json, r, f"left {chat}")
 
 
 @client_app.command()
@@ -211,22 +233,25 @@ def add(
     chat: ChatArg,
     users: Annotated[list[str], typer.Argument(help="User names.")],
     profile: ProfileOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Add users to a group (or, for admins, a channel)."""
     r = _call(profile, "chats.addMembers", {"users": [u.lstrip("@") for u in users]}, chat)
-    typer.echo("already members" if r["seq"] is None else f"added (seq {r['seq']})")
+    who = ", ".join(users)
+    _said(json, r, f"already members: {who}" if r["seq"] is None else f"added {who} (#{r['seq']})")
 
 
 @client_app.command()
 def kick(
     chat: ChatArg,
     user: Annotated[str, typer.Argument(help="User name.")],
-    ban: Annotated[bool, typer.Option(help="Also ban from rejoining.")] = False,
+    ban: Annotated[bool, typer.Option("--ban", help="Also ban from rejoining.")] = False,
     profile: ProfileOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Remove (and optionally ban) a member (admins)."""
     r = _call(profile, "chats.kick", {"user": user.lstrip("@"), "ban": ban}, chat)
-    typer.echo(f"{'banned' if ban else 'removed'} (seq {r['seq']})")
+    _said(json, r, f"{'banned' if ban else 'removed'} {user} from {chat} (#{r['seq']})")
 
 
 @client_app.command()
@@ -251,9 +276,13 @@ def send(
     if json:
         print_json(r)
     elif r.get("pending"):
-        typer.echo(f"queued (random id {params['random_id']})")
+        typer.echo(
+            f"queued for {chat}: its chat lives on another node and gets it as soon as the "
+            f"link is up (random id {params['random_id']}; `fedgram client cancel {chat} "
+            f"{params['random_id']}` takes it back until then)"
+        )
     else:
-        typer.echo(r["seq"])
+        typer.echo(f"sent to {chat} as #{r['seq']}")
 
 
 @client_app.command()
@@ -276,10 +305,12 @@ def cancel(
 
 
 @client_app.command()
-def edit(chat: ChatArg, seq: SeqArg, text: str, profile: ProfileOpt = None) -> None:
+def edit(
+    chat: ChatArg, seq: SeqArg, text: str, profile: ProfileOpt = None, json: JsonOpt = False
+) -> None:
     """Edit one of your messages."""
-    _call(profile, "messages.edit", {"seq": seq, "text": text}, chat)
-    typer.echo("edited")
+    r = _call(profile, "messages.edit", {"seq": seq, "text": text}, chat)
+    _said(json, r, f"edited #{seq} in {chat}")
 
 
 @client_app.command()
@@ -288,17 +319,19 @@ def delete(
     seq: SeqArg,
     for_me: Annotated[bool, typer.Option("--for-me", help="Hide it only for yourself.")] = False,
     profile: ProfileOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Delete a message for everyone (yours, or as admin), or --for-me."""
-    _call(profile, "messages.delete", {"seq": seq, "for_everyone": not for_me}, chat)
-    typer.echo("deleted")
+    r = _call(profile, "messages.delete", {"seq": seq, "for_everyone": not for_me}, chat)
+    whom = "for you" if for_me else "for everyone"
+    _said(json, r, f"deleted #{seq} in {chat} {whom}")
 
 
 @client_app.command()
-def pin(chat: ChatArg, seq: SeqArg, profile: ProfileOpt = None) -> None:
+def pin(chat: ChatArg, seq: SeqArg, profile: ProfileOpt = None, json: JsonOpt = False) -> None:
     """Pin a message."""
-    _call(profile, "messages.pin", {"seq": seq}, chat)
-    typer.echo("pinned")
+    r = _call(profile, "messages.pin", {"seq": seq}, chat)
+    _said(json, r, f"pinned #{seq} in {chat}")
 
 
 @client_app.command()
@@ -306,10 +339,11 @@ def read(
     chat: ChatArg,
     seq: Annotated[int | None, typer.Option(help="Read up to here (default: all).", min=1)] = None,
     profile: ProfileOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Mark a chat read (on all your devices)."""
     r = _call(profile, "messages.read", {} if seq is None else {"seq": seq}, chat)
-    typer.echo(f"read up to {r['read_seq']}, {r['unread']} unread")
+    _said(json, r, f"read {chat} up to #{r['read_seq']}, {r['unread']} unread")
 
 
 @client_app.command()

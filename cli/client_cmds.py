@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import getpass
+import os
 import socket
 import sys
 from pathlib import Path
@@ -30,9 +31,30 @@ ProfileOpt = Annotated[
         "--profile",
         envvar="FEDGRAM_PROFILE",
         show_envvar=True,
-        help="Client profile folder (device key, pinned node keys, session).",
+        help="Client profile folder (device key, pinned node keys, session); also accepted "
+        "once before the command: `fedgram client --profile DIR send ...`.",
     ),
 ]
+# `fedgram client --profile DIR COMMAND ...`: the profile for whichever command follows
+_group_profile: Path | None = None
+
+
+@client_app.callback()
+def _client_group(
+    profile: Annotated[
+        Path | None,
+        typer.Option(
+            "--profile",
+            help="Client profile folder for the command that follows (default: "
+            "$FEDGRAM_PROFILE, else ~/.config/fedgram/profile).",
+        ),
+    ] = None,
+) -> None:
+    """A small Fedgram client: log in, chat, send files, secret chats."""
+    global _group_profile
+    _group_profile = profile
+
+
 UrlArg = Annotated[str, typer.Argument(help="Node URL, e.g. ws://127.0.0.1:7443")]
 NameArg = Annotated[str, typer.Argument(help="Your user name on that node.")]
 DeviceNameOpt = Annotated[
@@ -45,9 +67,19 @@ PinOpt = Annotated[
 
 
 def _profile(path: Path | None) -> Profile:
+    """The command's own --profile (or $FEDGRAM_PROFILE, which typer fills in), else the one
+    given to the group (`fedgram client --profile DIR ...`), else the default folder. The
+    group's is checked before the environment's: an explicit flag beats the environment."""
     from node.client import Profile, default_profile_dir
 
+    if _group_profile is not None and (path is None or _from_env(path)):
+        path = _group_profile
     return Profile(path.expanduser().absolute() if path else default_profile_dir())
+
+
+def _from_env(path: Path) -> bool:
+    env = os.environ.get("FEDGRAM_PROFILE")
+    return env is not None and Path(env) == path
 
 
 async def _ask(prompt: str, secret: bool = False) -> str:
@@ -57,7 +89,9 @@ async def _ask(prompt: str, secret: bool = False) -> str:
         return str(await trio.to_thread.run_sync(fn, prompt, abandon_on_cancel=True)).strip()
     except EOFError:
         what = "--password" if secret else "--code"
-        fail(f"no input to read the {prompt.rstrip(': ')} from; pass it with {what}", LOCAL)
+        fail(
+            f"no input to read the {prompt.rstrip(': ')} from; pass it with {what}", LOCAL, "USAGE"
+        )
 
 
 def _save(prof: Profile, url: str, auth: dict[str, Any]) -> None:
@@ -183,6 +217,7 @@ def revoke(
     ] = None,
     others: Annotated[bool, typer.Option("--others", help="Revoke all other devices.")] = False,
     profile: ProfileOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Log out another device of this account (or --others: all but this one)."""
     if (device_id is None) == (not others):
@@ -199,11 +234,12 @@ def revoke(
                 r = await c.call("account.revokeDevice", {"device_id": device_id})
             return int(r["revoked"])
 
-    typer.echo(f"revoked {run_async(go)} device(s)")
+    n = run_async(go)
+    print_json({"revoked": n}) if json else typer.echo(f"revoked {n} device(s)")
 
 
 @client_app.command()
-def logout(profile: ProfileOpt = None) -> None:
+def logout(profile: ProfileOpt = None, json: JsonOpt = False) -> None:
     """Log this device out (the node forgets it) and clear the profile's session."""
     prof = _profile(profile)
 
@@ -221,7 +257,10 @@ def logout(profile: ProfileOpt = None) -> None:
 
     told = run_async(go)
     prof.clear_session()
-    typer.echo("logged out" if told else "this device was already logged out; session cleared")
+    if json:
+        print_json({"logged_out": True, "node_told": told})
+    else:
+        typer.echo("logged out" if told else "this device was already logged out; session cleared")
 
 
 @client_app.command("forget-node")
@@ -229,6 +268,7 @@ def forget_node(
     url: UrlArg,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
     profile: ProfileOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Forget the node key pinned for URL, to accept a node that was really re-keyed.
 
@@ -241,17 +281,27 @@ def forget_node(
     prof = _profile(profile)
     old = prof.pinned(address)
     if old is None:
-        typer.echo(f"no node key is pinned for {address} in {prof.path}")
+        if json:
+            print_json({"address": address, "forgotten": None})
+        else:
+            typer.echo(f"no node key is pinned for {address} in {prof.path}")
         return
     if not yes:
         if not sys.stdin.isatty():
-            fail(f"forget-node {url}: not asking on a non-interactive input; pass --yes", LOCAL)
+            fail(
+                f"forget-node {url}: not asking on a non-interactive input; pass --yes",
+                LOCAL,
+                "USAGE",
+            )
         typer.confirm(
             f"forget the key {old} pinned for {address}? The next connection will trust the "
             "key the node presents then",
             abort=True,
         )
     prof.forget(address)
+    if json:
+        print_json({"address": address, "forgotten": old})
+        return
     typer.echo(
         f"forgot the key of {address}; the next `fedgram client login {url} NAME` pins the "
         "key the node presents (check it: --pin FINGERPRINT)"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +11,7 @@ import typer
 from .chat_client_cmds import resolve_chat
 from .client_cmds import ProfileOpt, _profile, client_app
 from .common import JsonOpt, print_json, run_async
+from .progress import transfer_bar
 
 
 @client_app.command()
@@ -36,15 +36,14 @@ def upload(
 
     async def go() -> dict[str, Any]:
         async with connect_signed_in(prof) as c:
-            with typer.progressbar(
-                length=size, label=file.name, file=sys.stderr, show_pos=True
-            ) as bar:
+            with transfer_bar(file.name, size) as bar:
                 info = await upload_file(
                     c,
                     file,
                     upload_id_for(file),
                     mime=the_mime,
-                    progress=bar.update,
+                    progress=bar.advance,
+                    resumed=bar.resumed,
                     parallel=parallel,
                 )
             out: dict[str, Any] = {"media": info}
@@ -63,9 +62,12 @@ def upload(
     if json:
         print_json(r)
         return
-    typer.echo(r["media"]["media_id"])
+    typer.echo(r["media"]["media_id"])  # the id on stdout (for `M=$(...)`), sentences on stderr
+    typer.echo(f"uploaded {file.name} ({_size(size)}) as media {r['media']['media_id']}", err=True)
     if "message" in r:
-        typer.echo(f"sent to {r['message']['chat']} (seq {r['message']['seq']})", err=True)
+        m = r["message"]
+        where = f"as #{m['seq']}" if m.get("seq") is not None else "(queued: chat on another node)"
+        typer.echo(f"sent to {to} {where}", err=True)
 
 
 def default_dest(name: str, media_id: str, folder: Path = Path()) -> Path:
@@ -90,6 +92,7 @@ def download(
     media_id: Annotated[str, typer.Argument(help="Media id (from a message or an upload).")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to save it.")] = None,
     profile: ProfileOpt = None,
+    json: JsonOpt = False,
 ) -> None:
     """Download a file (resumes a partial download); verifies its SHA-256."""
     from node.client.media import check_destination, download_file
@@ -99,15 +102,32 @@ def download(
     if output is not None:
         check_destination(output)  # a mistyped -o fails before any connection
 
-    async def go() -> Path:
+    async def go() -> dict[str, Any]:
         async with connect_signed_in(prof) as c:
             info = await c.call("media.info", {"media_id": media_id})
             dest = output or default_dest(info["name"], media_id)
             check_destination(dest)  # before the progress bar shows
-            with typer.progressbar(
-                length=info["size"], label=dest.name, file=sys.stderr, show_pos=True
-            ) as bar:
-                await download_file(c, media_id, dest, progress=bar.update)
-            return dest
+            with transfer_bar(dest.name, info["size"]) as bar:
+                await download_file(c, media_id, dest, progress=bar.advance, resumed=bar.resumed)
+            return {
+                "path": str(dest),
+                "media_id": media_id,
+                "size": info["size"],
+                "sha256": info["sha256"],
+            }
 
-    typer.echo(str(run_async(go)))
+    r = run_async(go)
+    if json:
+        print_json(r)
+        return
+    typer.echo(f"saved {r['path']} ({_size(r['size'])}, SHA-256 verified)")
+
+
+def _size(n: int) -> str:
+    """Bytes as a person reads them."""
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{n} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} bytes"

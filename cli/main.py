@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json as jsonlib
 import signal
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,11 +16,20 @@ from node.client.admin import AdminClient
 from node.config import ConfigError
 from node.lock import node_running
 
-from . import chat_client_cmds, client_listen, client_media_cmds, secret_cmds  # noqa: F401
+from . import chat_client_cmds, client_listen, client_media_cmds, helpfmt, secret_cmds  # noqa: F401
 from .admin_cmds import invite_app, user_app
 from .chat_admin_cmds import chat_app
 from .client_cmds import client_app
-from .common import NO_NODE, DataOpt, JsonOpt, fail, print_json, report_errors, run_async
+from .common import (
+    NO_NODE,
+    DataOpt,
+    JsonOpt,
+    fail,
+    json_errors_from,
+    print_json,
+    report_errors,
+    run_async,
+)
 from .dev_cluster import cluster as dev_cluster
 from .media_cmds import media_app
 from .peer_cmds import peer_app, user_lookup
@@ -27,10 +38,11 @@ app = typer.Typer(
     name="fedgram",
     help="Fedgram: a Telegram-like messenger node that anyone can run, and that federates.",
     no_args_is_help=False,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 dev_app = typer.Typer(help="Development tools.", no_args_is_help=True)
+helpfmt.install()
 app.add_typer(dev_app, name="dev")
 dev_app.command("cluster")(dev_cluster)
 app.add_typer(user_app, name="user")
@@ -79,6 +91,7 @@ def init(
     config_file: Annotated[
         Path | None, typer.Option("--config", help="Start from this TOML file (see configs/).")
     ] = None,
+    json: JsonOpt = False,
 ) -> None:
     """Create a data folder with a documented config.toml and the node's identity key."""
     data_dir = config.resolve_data_dir(data)
@@ -94,15 +107,56 @@ def init(
 
         key = load_or_create_key(cfg.key_path)
     except (ConfigError, ValueError) as e:
-        fail(str(e), 2)
+        fail(str(e), 2, "CONFIG_INVALID")
+    node_id = fingerprint(bytes(key.verify_key))
+    listen_at = cfg.values["node"]["listen"]
+    if json:
+        print_json(
+            {"data": str(data_dir), "name": cfg.name, "node_id": node_id, "listen": listen_at}
+        )
+        return
     typer.echo(f"initialised {data_dir}")
     typer.echo(f"node name: {cfg.name}")
-    typer.echo(f"node id:   {fingerprint(bytes(key.verify_key))}")
-    typer.echo(f"listen:    {cfg.values['node']['listen']}")
+    typer.echo(f"node id:   {node_id}")
+    typer.echo(f"listen:    {listen_at}")
+    typer.echo("")
+    typer.echo("next:")
+    steps = _first_steps(data_dir, f"ws://{listen_at}", cfg.get("accounts", "registration"))
+    start = (f"fedgram run --data {data_dir}", "start the node (Ctrl-C stops it)")
+    for line in _aligned([start, *steps]):
+        typer.echo(f"  {line}")
+
+
+def _first_steps(data_dir: Path, url: str, registration: str) -> list[tuple[str, str]]:
+    """What a new operator does next, with this node's own folder and URL filled in."""
+    d = f" --data {data_dir}"
+    if registration == "open":
+        steps = [(f"fedgram client signup {url} NAME", "anyone can create an account")]
+    else:
+        steps = [
+            (f"fedgram user add NAME{d}", f"registration is {registration}: add each person"),
+            (f"fedgram user code NAME{d}", "a login code to give them"),
+            (f"fedgram client login {url} NAME --code CODE", "on their device"),
+        ]
+    if registration == "invite":
+        steps.append((f"fedgram invite create{d}", "or a sign-up token to hand out"))
+    return steps
+
+
+def _aligned(steps: list[tuple[str, str]]) -> list[str]:
+    width = max(len(cmd) for cmd, _ in steps)
+    return [f"{cmd:<{width}}   # {why}" for cmd, why in steps]
 
 
 @app.command()
-def run(data: DataOpt = None, listen: ListenOpt = None, log_level: LogOpt = None) -> None:
+def run(
+    data: DataOpt = None,
+    listen: ListenOpt = None,
+    log_level: LogOpt = None,
+    json: Annotated[
+        bool, typer.Option("--json", help="Say 'listening' and 'stopped' as JSON lines.")
+    ] = False,
+) -> None:
     """Run the node in the foreground (first run creates the data folder). Ctrl-C stops it."""
     data_dir = config.resolve_data_dir(data)
     try:
@@ -115,7 +169,7 @@ def run(data: DataOpt = None, listen: ListenOpt = None, log_level: LogOpt = None
                 data_dir, config.validate(config.merge(cfg.values, over), "command line")
             )
     except ConfigError as e:
-        fail(str(e), 2)
+        fail(str(e), 2, "CONFIG_INVALID")
     log.setup(cfg.get("node", "log_level"))
     from federation import Federation  # lazy, like the node: only `run` needs them
     from node.app import Node
@@ -123,16 +177,28 @@ def run(data: DataOpt = None, listen: ListenOpt = None, log_level: LogOpt = None
     async def serve() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with Node.start(cfg, parts=[Federation()]) as node:
-                typer.echo(f"fedgram {__version__} node '{cfg.name}' listening on {node.url}")
-                typer.echo(f"node id: {node.node_id}")
-                typer.echo(
-                    f"data:    {data_dir}",
-                )
+                _say_listening(node.url, node.node_id, cfg, json)
                 async for _ in signals:
                     break
-        typer.echo("stopped")
+        typer.echo(jsonlib.dumps({"event": "stopped"}) if json else "stopped")
 
     run_async(serve)
+
+
+def _say_listening(url: str, node_id: str, cfg: config.Config, json: bool) -> None:
+    """The first lines of `run`: where the node is, and, for a new operator, what next."""
+    if json:
+        info = {"event": "listening", "url": url, "node_id": node_id, "name": cfg.name}
+        info |= {"version": __version__, "data": str(cfg.data_dir)}
+        typer.echo(jsonlib.dumps(info))
+        return
+    typer.echo(f"fedgram {__version__} node '{cfg.name}' listening on {url}")
+    typer.echo(f"node id: {node_id}")
+    typer.echo(f"data:    {cfg.data_dir}")
+    typer.echo("in another terminal:")
+    for line in _aligned(_first_steps(cfg.data_dir, url, cfg.get("accounts", "registration"))):
+        typer.echo(f"  {line}")
+    sys.stdout.flush()
 
 
 @app.command()
@@ -165,7 +231,8 @@ def status(data: DataOpt = None, json: JsonOpt = False) -> None:
 @dev_app.command("api-docs")
 def api_docs(
     out: Annotated[Path, typer.Option(help="Where to write the reference.")] = Path("docs/api.md"),
-    check: Annotated[bool, typer.Option(help="Only check that OUT is current.")] = False,
+    check: Annotated[bool, typer.Option("--check", help="Only check that OUT is current.")] = False,
+    json: JsonOpt = False,
 ) -> None:
     """Render the API reference from the schema (docs/api.md)."""
     from node.protocol.apidoc import render
@@ -175,13 +242,20 @@ def api_docs(
         current = out.read_text() if out.exists() else ""
         if current != text:
             fail(f"{out} is out of date; run `fedgram dev api-docs`", 1)
-        typer.echo(f"{out} is current")
+        print_json({"path": str(out), "current": True}) if json else typer.echo(f"{out} is current")
         return
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
-    typer.echo(f"wrote {out}")
+    print_json({"path": str(out), "written": True}) if json else typer.echo(f"wrote {out}")
 
 
 def main() -> None:
+    json_errors_from(sys.argv[1:])
     with report_errors():
-        app()
+        # not standalone: usage errors reach report_errors (JSON with --json); Exit returns
+        try:
+            rc = app(prog_name="fedgram", standalone_mode=False)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            rc = 130
+    sys.exit(rc if isinstance(rc, int) else 0)

@@ -64,7 +64,7 @@ def _with_secret(profile: Path | None, fn: Callable[[SecretChats], Awaitable[T]]
     try:
         return run_async(go)
     except SecretError as e:
-        fail(f"{e} ({e.code})")
+        fail(f"{e} ({e.code})", error=e.code)
 
 
 def _identity(prof: Profile) -> tuple[str | None, int | None]:
@@ -234,7 +234,7 @@ def download(
 ) -> None:
     """Download and decrypt the file of a message."""
     if not output.parent.is_dir():
-        fail(f"cannot save to {output}: folder {output.parent} does not exist", LOCAL)
+        fail(f"cannot save to {output}: folder {output.parent} does not exist", LOCAL, "FILE_ERROR")
 
     async def go(sc: SecretChats) -> int:
         return await sc.download(chat, sc.message_id(chat, message), output)
@@ -395,7 +395,7 @@ def listen(
     try:
         run_async(bounded)
     except SecretError as e:
-        fail(f"{e} ({e.code})")
+        fail(f"{e} ({e.code})", error=e.code)
 
 
 def _say(text: str) -> None:

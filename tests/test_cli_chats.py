@@ -16,6 +16,11 @@ def _client(profile: Path, *args: str, check: bool = True) -> subprocess.Complet
     return fedgram("client", *args, "--profile", str(profile), check=check)
 
 
+def _seq(sent: subprocess.CompletedProcess[str]) -> int:
+    """The seq from `send`'s sentence ("sent to CHAT as #N")."""
+    return int(sent.stdout.strip().rsplit("#", 1)[1])
+
+
 def _listener(profile: Path, count: int) -> subprocess.Popen[str]:
     """`fedgram client listen --json --count N` running in the background."""
     return subprocess.Popen(
@@ -73,9 +78,9 @@ def test_two_people_chat_from_the_cli(node_process: Any, tmp_path: Path) -> None
     # the rest live; either way 5 updates (joined, create, 3 messages), none twice
     listener = _listener(b1, 5)
     try:
-        s1 = int(_client(a1, "send", "@bob", "hello bob").stdout)
-        s2 = int(_client(a2, "send", chat, "from my laptop", "--reply-to", str(s1)).stdout)
-        s3 = int(_client(b2, "send", "@alice", "hi alice!").stdout)
+        s1 = _seq(_client(a1, "send", "@bob", "hello bob"))
+        s2 = _seq(_client(a2, "send", chat, "from my laptop", "--reply-to", str(s1)))
+        s3 = _seq(_client(b2, "send", "@alice", "hi alice!"))
         out, err = listener.communicate(timeout=30)
     finally:
         if listener.poll() is None:
@@ -96,7 +101,7 @@ def test_two_people_chat_from_the_cli(node_process: Any, tmp_path: Path) -> None
     assert by_seq[s3]["deleted"] is True
     text = _client(a2, "history", chat).stdout
     assert "hello bob (edited) (edited)" in text and "(deleted)" in text and "pinned" in text
-    assert _client(b1, "read", chat).stdout.strip() == f"read up to {s3 + 3}, 0 unread"
+    assert _client(b1, "read", chat).stdout.strip() == f"read {chat} up to #{s3 + 3}, 0 unread"
     dialogs = _json(b2, "chats")
     assert [(x["id"], x["unread"]) for x in dialogs] == [(chat, 0)]  # read on the phone
 

@@ -206,10 +206,14 @@ def test_listen_exits_when_its_device_is_revoked(node_process: Any, tmp_path: Pa
     finally:
         listener.stop()
     assert rc == 1
-    err = [ln for ln in listener.err if ln.strip()]
-    assert len(err) == 1 and "Traceback" not in err[0], err
-    assert "SESSION_REVOKED" in err[0] and "logged out" in err[0]
-    assert "fedgram client login" in err[0]
+    # with --json the error is JSON too, the last line on stdout; nothing on stderr
+    assert not [ln for ln in listener.err if ln.strip()], listener.err
+    rest = []
+    while (line := listener.lines.get(timeout=5)) is not None:
+        rest.append(json.loads(line))
+    error = rest[-1]
+    assert error["error"] == "SESSION_REVOKED" and "logged out" in error["message"], rest
+    assert "fedgram client login" in error["message"]
 
     # listening again with the revoked device: refused at once, saying what to do
     again = _client(laptop, "listen", check=False)

@@ -71,7 +71,7 @@ def test_upload_resume_send_download_from_the_cli(node_process: Any, tmp_path: P
     media_id = out["media"]["media_id"]
     assert out["media"]["sha256"] == hashlib.sha256(f.read_bytes()).hexdigest()
     assert out["message"]["seq"] == 2
-    assert "holiday.mp4" in r.stderr  # the progress bar's label
+    assert "holiday.mp4 (resuming)" in r.stderr and " MiB " in r.stderr  # the bar, on stderr
 
     hist = json.loads(
         fedgram("client", "history", "@alice", "--json", "--profile", str(bob), check=True).stdout

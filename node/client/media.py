@@ -120,17 +120,21 @@ async def upload_file(
     progress: Progress | None = None,
     parallel: int = 8,
     opaque: bool = False,
+    resumed: Progress | None = None,
 ) -> dict[str, Any]:
     """Upload (or finish uploading) a file; returns the node's media info. ``opaque``: the
     file is ciphertext under a one-time key (see :func:`upload_secret`), readable by anyone
-    who names its SHA-256: never for a plain file."""
+    who names its SHA-256: never for a plain file. ``resumed`` (else ``progress``) is told
+    the bytes an earlier attempt already stored, so a progress bar can say it resumes."""
     size = path.stat().st_size
     status = await client.call("media.uploadStatus", {"upload_id": upload_id})
     part_size: int = status["part_size"]
     count = max(1, -(-size // part_size))
     have = set(status["parts"])
-    if progress is not None:
-        progress(sum(min(part_size, size - i * part_size) for i in have if i < count))
+    already = sum(min(part_size, size - i * part_size) for i in have if i < count)
+    report = resumed or progress
+    if already and report is not None:
+        report(already)
     slots = trio.Semaphore(parallel)
     sha = ""
 
@@ -376,9 +380,11 @@ async def download_file(
     progress: Progress | None = None,
     parallel: int = 4,
     chunk: int = 512 * 1024,
+    resumed: Progress | None = None,
 ) -> dict[str, Any]:
     """Download to ``dest`` (through ``dest.part``, resumed if present), verify the SHA-256,
-    then rename into place. Returns the media info.
+    then rename into place. Returns the media info. ``resumed`` (else ``progress``) is told
+    the bytes already in ``dest.part``.
 
     A target that cannot be written raises :class:`FileError`, a file whose SHA-256 differs
     from the node's :class:`ChecksumError` (the partial file is removed)."""
@@ -390,8 +396,9 @@ async def download_file(
     if start > size:
         partial.unlink()
         start = 0
-    if progress is not None and start:
-        progress(start)
+    report = resumed or progress
+    if start and report is not None:
+        report(start)
     digest = hashlib.sha256()
     if start:
         await trio.to_thread.run_sync(_hash_into, digest, partial)

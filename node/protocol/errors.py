@@ -27,6 +27,16 @@ class ErrorCode(StrEnum):
     NODE_KEY_MISMATCH = "NODE_KEY_MISMATCH"
     CONNECTION_LOST = "CONNECTION_LOST"
     TIMEOUT = "TIMEOUT"
+    # local: what the CLI reports (with --json) for problems on this side; never on the wire
+    USAGE = "USAGE"
+    CONFIG_INVALID = "CONFIG_INVALID"
+    DATABASE_ERROR = "DATABASE_ERROR"
+    PROFILE_INVALID = "PROFILE_INVALID"
+    URL_INVALID = "URL_INVALID"
+    FILE_ERROR = "FILE_ERROR"
+    NO_NODE_RUNNING = "NO_NODE_RUNNING"
+    CHAIN_BROKEN = "CHAIN_BROKEN"
+    LOCAL_ERROR = "LOCAL_ERROR"
     # RPC
     METHOD_UNKNOWN = "METHOD_UNKNOWN"
     PARAMS_INVALID = "PARAMS_INVALID"
@@ -124,6 +134,19 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     "one. Refused; investigate before re-pinning.",
     ErrorCode.CONNECTION_LOST: "Client side: the connection closed before the reply arrived.",
     ErrorCode.TIMEOUT: "Client side: no reply within the call timeout.",
+    ErrorCode.USAGE: "CLI: the command line is wrong (unknown option, missing argument, bad "
+    "value); `--help` shows the usage.",
+    ErrorCode.CONFIG_INVALID: "CLI: the node's configuration or data folder cannot be used; "
+    "the message names the file and key.",
+    ErrorCode.DATABASE_ERROR: "CLI: the node's database cannot be opened or is damaged.",
+    ErrorCode.PROFILE_INVALID: "CLI: the client profile folder cannot be read or written, or "
+    "a file in it is damaged.",
+    ErrorCode.URL_INVALID: "CLI: a node URL that cannot be used (scheme, host, port).",
+    ErrorCode.FILE_ERROR: "CLI: a local file or folder cannot be read or written.",
+    ErrorCode.NO_NODE_RUNNING: "CLI: no node is running on the data folder.",
+    ErrorCode.CHAIN_BROKEN: "CLI: a chat log failed verification (chain, signature or "
+    "content hash).",
+    ErrorCode.LOCAL_ERROR: "CLI: another problem on this side; the message says what to do.",
     ErrorCode.METHOD_UNKNOWN: "No such method in the schema.",
     ErrorCode.PARAMS_INVALID: "Parameters are missing, extra, of the wrong type or out of "
     "bounds; the message names the first offending field.",
