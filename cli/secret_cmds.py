@@ -21,6 +21,7 @@ import typer
 
 from .client_cmds import ProfileOpt, _profile, client_app
 from .common import LOCAL, JsonOpt, fail, print_json, run_async
+from .progress import transfer_bar
 
 if TYPE_CHECKING:
     from node.client import Profile
@@ -200,7 +201,7 @@ def send(
     if json:
         print_json(m)
     else:
-        typer.echo(m["seq"])
+        typer.echo(f"sent to secret chat {chat} as #{m['seq']}")
 
 
 @secret_app.command("send-file")
@@ -215,13 +216,14 @@ def send_file(
     prints the message's number in the chat."""
 
     async def go(sc: SecretChats) -> dict[str, Any]:
-        return await sc.send_file(chat, path, ttl=ttl)
+        with transfer_bar(path.name, path.stat().st_size) as bar:
+            return await sc.send_file(chat, path, ttl=ttl, progress=bar.advance)
 
     m = _with_secret(profile, go)
     if json:
         print_json(m)
     else:
-        typer.echo(m["seq"])
+        typer.echo(f"sent {path.name} to secret chat {chat} as #{m['seq']} (encrypted here)")
 
 
 @secret_app.command()
@@ -237,13 +239,17 @@ def download(
         fail(f"cannot save to {output}: folder {output.parent} does not exist", LOCAL, "FILE_ERROR")
 
     async def go(sc: SecretChats) -> int:
-        return await sc.download(chat, sc.message_id(chat, message), output)
+        mid = sc.message_id(chat, message)
+        found = sc.store.find_message(chat, mid)
+        total = int(found["file"]["media_size"]) if found and found.get("file") else 0
+        with transfer_bar(output.name, total) as bar:
+            return await sc.download(chat, mid, output, progress=bar.advance)
 
     size = _with_secret(profile, go)
     if json:
         print_json({"path": str(output), "size": size})
     else:
-        typer.echo(str(output))
+        typer.echo(f"saved {output} ({size} bytes, decrypted and verified)")
 
 
 @secret_app.command()

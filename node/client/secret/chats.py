@@ -32,6 +32,7 @@ import builtins
 import os
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -305,7 +306,12 @@ class SecretChats:
         return self._message(chat_id, mid, True)
 
     async def send_file(
-        self, chat_id: str, path: Path, ttl: int | None = None, mime: str | None = None
+        self,
+        chat_id: str,
+        path: Path,
+        ttl: int | None = None,
+        mime: str | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> dict[str, Any]:
         """Encrypt a file with a one-time key, upload the ciphertext through the media path
         (the node stores opaque bytes under no name), then send the media id and the key in
@@ -328,6 +334,7 @@ class SecretChats:
                 mime=UPLOAD_MIME,
                 name=UPLOAD_NAME,
                 opaque=True,  # readable by whoever names its SHA-256: the recipient
+                progress=progress,
             )
         finally:
             enc.unlink(missing_ok=True)
@@ -353,7 +360,13 @@ class SecretChats:
         await self.flush()
         return self._message(chat_id, mid, True)
 
-    async def download(self, chat_id: str, msg_id: int, dest: Path) -> int:
+    async def download(
+        self,
+        chat_id: str,
+        msg_id: int,
+        dest: Path,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
         """Fetch a file message's ciphertext by its content address
         (``media.downloadSecret``: the SHA-256 in the message is the grant; from the
         sender's node through one's own if they differ; verified), decrypt it into ``dest``
@@ -375,6 +388,7 @@ class SecretChats:
                 int(f["media_size"]),
                 enc,
                 node if isinstance(node, str) and node != self.client.node_id else None,
+                progress=progress,
             )
             return await trio.to_thread.run_sync(_decrypt_to, enc, dest, f["meta"])
         finally:
