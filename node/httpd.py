@@ -183,7 +183,13 @@ class Front:
                 head_only=req.method == "HEAD",
             )
         elif not _allowed(peer, self.allow()):
-            await self._answer(stream, req.path, 403, b"not allowed from this address\n")
+            await self._answer(
+                stream,
+                req.path,
+                403,
+                b"not allowed from this address\n",
+                head_only=req.method == "HEAD",
+            )
         else:
             try:
                 data = await self.scrape()

@@ -28,6 +28,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .protocol.api import METHODS
+from .protocol.errors import ErrorCode
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # request latency buckets (seconds): sub-millisecond answers up to slow media/federation calls
@@ -73,6 +74,8 @@ class Metrics:
                 method = group = UNKNOWN
             else:
                 group = self._groups[method] = method.partition(".")[0]
+        if code != "OK" and code not in ErrorCode.__members__:
+            code = "OTHER"  # a code relayed from elsewhere: labels stay a bounded set
         key = (method, code)
         self.requests[key] = self.requests.get(key, 0) + 1
         h = self.latency.get(group)
