@@ -94,9 +94,9 @@ async def _ask(prompt: str, secret: bool = False) -> str:
         )
 
 
-def _save(prof: Profile, url: str, auth: dict[str, Any]) -> None:
+def _save(prof: Profile, url: str, auth: dict[str, Any], tls_ca: str | None = None) -> None:
     prof.clear_session()  # a new device starts afresh: no sync state of another account
-    prof.save_session({"url": url, **auth})
+    prof.save_session({"url": url, **auth, **({"tls_ca": tls_ca} if tls_ca else {})})
 
 
 def _print_auth(auth: dict[str, Any], as_json: bool) -> None:
@@ -115,15 +115,24 @@ def login(
     device_name: DeviceNameOpt = None,
     pin: PinOpt = None,
     profile: ProfileOpt = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-ca",
+            help="PEM certificate (or CA) to trust for a wss:// node with a self-signed "
+            "certificate; kept in the profile for later commands.",
+        ),
+    ] = None,
     json: JsonOpt = False,
 ) -> None:
     """Sign in with a login code; binds a new device key kept in the profile."""
     prof = _profile(profile)
+    ca = str(tls_ca.expanduser().absolute()) if tls_ca else None
 
     from node.client import Client
 
     async def go() -> dict[str, Any]:
-        async with Client.connect(url, pin=pin, profile=prof) as c:
+        async with Client.connect(url, pin=pin, profile=prof, tls_ca=ca) as c:
             the_code = code
             if the_code is None:
                 sent = await c.request_code(name)
@@ -143,7 +152,7 @@ def login(
                 auth = await c.sign_in(
                     name, the_code, key, dev, await _ask("password: ", secret=True)
                 )
-            _save(prof, url, auth)
+            _save(prof, url, auth, ca)
             return auth
 
     _print_auth(run_async(go), json)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json as jsonlib
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -168,18 +169,20 @@ def run(
             cfg = config.Config(
                 data_dir, config.validate(config.merge(cfg.values, over), "command line")
             )
+        _setup_log(cfg)
     except ConfigError as e:
         fail(str(e), 2, "CONFIG_INVALID")
-    log.setup(cfg.get("node", "log_level"))
     from federation import Federation  # lazy, like the node: only `run` needs them
     from node.app import Node
 
     async def serve() -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async with Node.start(cfg, parts=[Federation()]) as node:
                 _say_listening(node.url, node.node_id, cfg, json)
-                async for _ in signals:
-                    break
+                async for signum in signals:
+                    if signum != signal.SIGHUP:
+                        break
+                    await _reload(node, data_dir, over)
         typer.echo(jsonlib.dumps({"event": "stopped"}) if json else "stopped")
 
     run_async(serve)
@@ -199,6 +202,40 @@ def _say_listening(url: str, node_id: str, cfg: config.Config, json: bool) -> No
     for line in _aligned(_first_steps(cfg.data_dir, url, cfg.get("accounts", "registration"))):
         typer.echo(f"  {line}")
     sys.stdout.flush()
+
+
+def _setup_log(cfg: config.Config) -> None:
+    """Logging as ``[node] log_level``/``log_format``/``log_file`` say (a file that cannot
+    be opened is a ConfigError naming it)."""
+    file = cfg.path("node", "log_file")
+    try:
+        log.setup(cfg.get("node", "log_level"), cfg.get("node", "log_format"), file)
+    except OSError as e:
+        raise ConfigError(f"[node] log_file = {file}: cannot open ({e.strerror})") from None
+
+
+async def _reload(node: Any, data_dir: Path, over: dict[str, Any]) -> None:
+    """SIGHUP: re-read config.toml (the command line's --listen/--log-level still win),
+    validate it, and apply what can change live; a bad file is logged and the running
+    configuration kept. Logging is set up again, which also reopens ``log_file`` (so
+    logrotate can move it away and send SIGHUP)."""
+    _rlog = log.get("node")
+
+    def load() -> config.Config:
+        cfg = config.load(data_dir)
+        if over:
+            cfg = config.Config(
+                data_dir, config.validate(config.merge(cfg.values, over), "command line")
+            )
+        return cfg
+
+    try:
+        new = await trio.to_thread.run_sync(load)
+        _setup_log(new)
+    except ConfigError as e:
+        log.event(_rlog, "config.reload_failed", logging.ERROR, error=str(e), kept="old config")
+        return
+    node.reload(new)
 
 
 @app.command()

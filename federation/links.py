@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -30,6 +31,12 @@ if TYPE_CHECKING:
 _log = log.get("federation")
 POKE_BATCH = 1000
 BACKOFF_FIRST = 0.5
+
+
+def tls_ca(fed: Federation) -> Path | None:
+    """``[federation] tls_ca``: the CA file trusted, besides the system's, when dialling a
+    ``wss://`` peer (None: the system's store only)."""
+    return fed.node.config.path("federation", "tls_ca")
 
 
 class Link:
@@ -116,7 +123,11 @@ class Link:
     async def _session(self) -> None:
         timeout = self.fed.link_timeout
         async with Client.connect(
-            self.url, pin=self.node_id, identity=self.fed.identity, timeout=timeout
+            self.url,
+            pin=self.node_id,
+            identity=self.fed.identity,
+            timeout=timeout,
+            tls_ca=tls_ca(self.fed),  # for wss:// peers with self-signed certificates
         ) as client:
             hello = await client.call("fed.hello", self.fed.hello_params(), timeout=timeout)
             if hello.get("state") != "peer":  # it has not approved us yet: nothing to carry

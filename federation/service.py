@@ -112,6 +112,18 @@ class Federation:
         }.items():
             node.router.add(name, fn)
         node.background.append(self.run)
+        node.metrics.gauge(
+            "federation_links_up",
+            "Links to peers that are up now.",
+            lambda: sum(1 for link in self.links.values() if link.state == "up"),
+        )
+        node.metrics.gauge_async(
+            "federation_outbox",
+            "Posts waiting in the outbox for chats homed on other nodes.",
+            lambda: self.db.read(
+                lambda c: int(c.execute("SELECT count(*) FROM fed_outbox").fetchone()[0])
+            ),
+        )
 
     def hello_params(self) -> dict[str, Any]:
         return {"name": self.node.config.name, "url": self.url(), "version": __version__}
@@ -711,10 +723,14 @@ class Federation:
 
         url = _dialable(raw_url)
         if url is None:
-            raise RpcError(ErrorCode.PEER_INVALID, f"{raw_url!r} is not a ws:// node URL")
+            raise RpcError(ErrorCode.PEER_INVALID, f"{raw_url!r} is not a ws:// or wss:// node URL")
         try:
             async with Client.connect(
-                url, pin=pin, identity=self.identity, timeout=self.link_timeout
+                url,
+                pin=pin,
+                identity=self.identity,
+                timeout=self.link_timeout,
+                tls_ca=self.node.config.path("federation", "tls_ca"),
             ) as client:
                 key = client.node_key
                 info = await client.call("system.info", {}, timeout=self.link_timeout)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import socket
+from typing import Any
 
 import trio
 
@@ -26,6 +28,10 @@ from .rpc import Router
 _log = log.get("admin")
 UNIX_PATH_MAX = 107
 _READ_TIMEOUT = 300.0
+# parameters never written to the log, whatever a future admin method calls them
+SECRET_PARAMS = frozenset({"password", "code", "token", "invite", "secret", "key", "sig"})
+# polled by `fedgram status` and the dev cluster: logged at debug, not info
+QUIET_METHODS = frozenset({"admin.status"})
 
 
 def bind_admin_socket(path: os.PathLike[str] | str) -> trio.socket.SocketType:
@@ -96,8 +102,31 @@ class AdminServer:
             rid, method, params = frames.parse_request(obj)
         except RpcError as e:
             return frames.error(frames.request_id_of(obj), e)
+        if method.startswith("admin."):
+            log.security(
+                "admin",
+                logging.DEBUG if method in QUIET_METHODS else logging.INFO,
+                method=method,
+                **_loggable(params),
+            )
         ctx = CallContext("admin")
         try:
             return frames.result(rid, await self.router.dispatch(ctx, method, params))
         except RpcError as e:
             return frames.error(rid, e)
+
+
+def _loggable(params: dict[str, Any]) -> dict[str, Any]:
+    """An admin call's parameters as log fields: scalars (strings cut at 200 characters),
+    the length of anything else, and nothing whose name says it is a secret."""
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        if not isinstance(k, str) or k.lower() in SECRET_PARAMS or k in ("method", "what", "level"):
+            continue
+        if isinstance(v, str):
+            out[k] = v[:200]
+        elif isinstance(v, bool | int | float) or v is None:
+            out[k] = v
+        else:
+            out[f"{k}_len"] = len(v) if hasattr(v, "__len__") else "?"
+    return out

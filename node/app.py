@@ -9,6 +9,7 @@ every task, closes sessions with NODE_SHUTDOWN and lets the storage writer flush
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -18,18 +19,20 @@ import trio
 from nacl.signing import SigningKey
 from trio_websocket import WebSocketServer
 
-from . import log, system
+from . import __version__, log, system, tls
 from .admin import AdminServer, bind_admin_socket
 from .auth.service import Accounts
 from .chats.compaction import Compaction
 from .chats.service import Chats
-from .config import Config, ConfigError, check_writable
+from .config import SPEC, Config, ConfigError, check_writable, parse_networks
 from .gateway import Gateway
+from .httpd import Front
 from .interfaces import Background
 from .keyfile import load_or_create_key
 from .lock import DataDirLock
 from .lookup import Lookup
 from .media.service import Media
+from .metrics import Metrics
 from .nodes import Directory, ensure_self
 from .protocol.identity import fingerprint
 from .publications import Publications
@@ -45,6 +48,20 @@ _log = log.get("node")
 WS_MESSAGE_QUEUE = 8  # messages trio-websocket buffers per connection before backpressure
 WS_RECEIVE_BUFFER = 64 * 1024
 LOCK_PATIENCE = 0.5  # seconds a starting node waits out a "is it running?" probe (lock.py)
+# What a config reload (SIGHUP) applies to the running node: whole sections, or
+# (section, key). Everything else is read once at start (sockets, storage, services' cached
+# settings) and needs a restart; a reload says so (config.reload_ignored) and keeps it.
+LIVE_SECTIONS = frozenset({"ratelimit", "accounts", "metrics"})
+LIVE_KEYS = frozenset(
+    {
+        ("node", "log_level"),
+        ("node", "log_format"),
+        ("node", "log_file"),
+        ("limits", "max_sessions"),  # checked at each new connection
+        ("limits", "max_inflight"),  # read by each new session
+        ("limits", "session_queue"),  # read by each new session
+    }
+)
 
 
 class Part(Protocol):
@@ -80,6 +97,8 @@ class Node:
         # committed changes in commit order: the hub subscribes (federation may too)
         self.events = Publications()
         self.events.subscribe(self.hub.on_committed)
+        # request counters, latency histograms and gauges served as GET /metrics
+        self.metrics = Metrics(self.node_id, config.name)
         self.ratelimit = RateLimiter(
             {k: Rule.parse(v) for k, v in config.values["ratelimit"].items()}
         )
@@ -126,10 +145,107 @@ class Node:
         missing = self.router.missing(frozenset({"node", *(p.name for p in parts)}))
         if missing:
             raise RuntimeError(f"schema methods without a handler: {', '.join(missing)}")
-        self.gateway = Gateway(config, identity, self.router, self.hub)
+        self.gateway = Gateway(config, identity, self.router, self.hub, self.metrics)
         self.background.append(self.gateway.heartbeats)
         self.started_at = time.time()
         self.host, self.port = config.listen
+        self._allow = parse_networks(config.get("metrics", "allow"))
+        self.metrics.gauge(
+            "sessions",
+            "Sessions now (handshaken WebSocket connections: clients and peer nodes).",
+            self._sessions,
+        )
+        self.metrics.gauge(
+            "handshakes_pending", "Connections in their handshake now.", self._handshakes
+        )
+        self.metrics.gauge(
+            "storage_write_queue",
+            "Write jobs waiting for the storage writer now.",
+            lambda: db.stats["queued"],
+        )
+        self.metrics.gauge("db_bytes", "Database file plus its WAL, in bytes.", db.size_bytes)
+        self.metrics.gauge(
+            "ratelimit_buckets", "Partly spent rate-limit buckets held.", self._buckets
+        )
+
+    def _sessions(self) -> float:
+        return len(self.gateway.sessions)
+
+    def _handshakes(self) -> float:
+        return self.gateway.pending
+
+    def _buckets(self) -> float:
+        return self.ratelimit.size
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """GET /health: 200 while serving, 503 once shutting down (a load balancer stops
+        sending new clients here)."""
+        down = self.gateway.shutting_down
+        return 503 if down else 200, {
+            "status": "shutting_down" if down else "ok",
+            "version": __version__,
+            "node_id": self.node_id,
+            "name": self.config.name,
+            "uptime": round(time.time() - self.started_at, 3),
+            "sessions": len(self.gateway.sessions),
+        }
+
+    async def scrape(self) -> bytes:
+        """GET /metrics: the counters, the gauges and what needs a database read (media
+        bytes), as Prometheus text."""
+
+        def media(conn: sqlite3.Connection) -> tuple[int, int]:
+            stored = conn.execute(
+                "SELECT COALESCE(SUM(size), 0) FROM (SELECT MAX(size) AS size FROM media "
+                "GROUP BY sha256)"
+            ).fetchone()[0]
+            parts = conn.execute("SELECT COALESCE(SUM(size), 0) FROM media_parts").fetchone()[0]
+            return int(stored), int(parts)
+
+        stored, parts = await self.db.read(media)
+        return self.metrics.render(
+            {
+                **await self.metrics.read_async(),
+                "fedgram_media_bytes": ("Bytes of stored media files (each file once).", stored),
+                "fedgram_media_upload_bytes": ("Bytes of unfinished uploads' parts.", parts),
+                "fedgram_uptime_seconds": (
+                    "Seconds since the node started.",
+                    time.time() - self.started_at,
+                ),
+            }
+        )
+
+    def reload(self, new: Config) -> tuple[list[str], list[str]]:
+        """Apply a re-read configuration (SIGHUP): what can change live is changed in place
+        (every reader of ``config.get`` sees it at once; the rate limiter and accounts are
+        told); the rest keeps its old value until a restart. Returns (changed, ignored) as
+        ``section.key`` names, and logs them."""
+        changed: list[str] = []
+        ignored: list[str] = []
+        for section, keys in SPEC.items():
+            for key in keys:
+                old, val = self.config.values[section][key], new.values[section][key]
+                if old == val:
+                    continue
+                if section in LIVE_SECTIONS or (section, key) in LIVE_KEYS:
+                    self.config.values[section][key] = val
+                    changed.append(f"{section}.{key}")
+                else:
+                    ignored.append(f"{section}.{key}")
+        if any(k.startswith("ratelimit.") for k in changed):
+            self.ratelimit.update(
+                {k: Rule.parse(v) for k, v in self.config.values["ratelimit"].items()}
+            )
+        if any(k.startswith("accounts.") for k in changed):
+            self.accounts.reconfigure(self.config)
+        self._allow = parse_networks(self.config.get("metrics", "allow"))
+        if changed:
+            log.event(_log, "config.reloaded", changed=",".join(changed))
+        else:
+            log.event(_log, "config.reloaded", changed="none")
+        if ignored:
+            log.event(_log, "config.reload_ignored", keys=",".join(ignored), why="needs a restart")
+        return changed, ignored
 
     def describe(self) -> dict[str, Any]:
         """What ``system.info`` and ``admin.status`` say of this node."""
@@ -155,7 +271,8 @@ class Node:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"ws://{host}:{self.port}/"
+        scheme = "wss" if self.config.tls else "ws"
+        return f"{scheme}://{host}:{self.port}/"
 
     @classmethod
     @asynccontextmanager
@@ -186,6 +303,8 @@ class Node:
         try:
             identity = load_or_create_key(config.key_path)
             config.media_dir.mkdir(exist_ok=True)
+            ssl_context = tls.server_context(config)  # a bad certificate fails here
+            tls.check_ca(config)
             host, port = config.listen
             try:
                 listeners = await trio.open_tcp_listeners(port, host=host)
@@ -212,8 +331,20 @@ class Node:
                     connect_timeout=config.get("timeouts", "handshake"),
                     disconnect_timeout=2,
                 )
+                front = Front(
+                    # trio-websocket's per-connection handler (private, like wslimits'
+                    # hooks; the version is pinned): it runs the upgrade and our handler
+                    server._handle_connection,
+                    timeout=lambda: float(config.get("timeouts", "handshake")),
+                    metrics=node.metrics,
+                    health=node.health,
+                    scrape=node.scrape,
+                    enabled=lambda: bool(config.get("metrics", "enabled")),
+                    allow=lambda: node._allow,
+                    ssl_context=ssl_context,
+                )
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(server.run)
+                    await nursery.start(trio.serve_listeners, front.handle, listeners)
                     await nursery.start(
                         AdminServer(
                             node.router, admin_sock, config.get("limits", "frame_max_bytes")

@@ -17,7 +17,7 @@ from typing import Any
 
 import platformdirs
 
-from .log import LEVELS
+from .log import FORMATS, LEVELS
 from .ratelimit import DEFAULT_RULES as _RULES
 
 DEFAULT_PORT = 7443
@@ -78,6 +78,19 @@ def _level(v: Any) -> str | None:
     return None if v in LEVELS else f"must be one of {', '.join(LEVELS)}"
 
 
+def parse_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """``"127.0.0.0/8, ::1"`` -> networks (a bare address is a /32 or /128)."""
+    return [ipaddress.ip_network(p.strip(), strict=False) for p in text.split(",") if p.strip()]
+
+
+def _networks(v: Any) -> str | None:
+    try:
+        parse_networks(v)
+    except ValueError as e:
+        return f"must be comma-separated addresses or CIDR networks ({e})"
+    return None
+
+
 SPEC: dict[str, dict[str, Key]] = {
     "node": {
         "name": Key(str, "fedgram", "Human name of the node (users are name@node).", _name),
@@ -87,7 +100,44 @@ SPEC: dict[str, dict[str, Key]] = {
             "host:port for the WebSocket gateway (port 0 = any free port).",
             _listen,
         ),
-        "log_level": Key(str, "info", "debug, info, warning or error.", _level),
+        "log_level": Key(
+            str, "info", "debug, info, warning or error (changes live on SIGHUP).", _level
+        ),
+        "log_format": Key(
+            str,
+            "text",
+            "text (key=value lines) or json (one JSON object a line: ts, level, logger, "
+            "event, fields).",
+            _one_of(*FORMATS),
+        ),
+        "log_file": Key(
+            str,
+            "",
+            "File the log is appended to (relative to the data folder, or absolute); empty: "
+            "stderr (for journald).",
+        ),
+        "tls_cert": Key(
+            str,
+            "",
+            "PEM certificate chain (relative to the data folder, or absolute): with tls_key "
+            "set the gateway speaks wss:// (TLS in the node); empty: plain ws://.",
+        ),
+        "tls_key": Key(str, "", "PEM private key of tls_cert (keep it mode 0600)."),
+    },
+    "metrics": {
+        "enabled": Key(
+            bool,
+            True,
+            "Answer GET /health and GET /metrics (Prometheus text) over plain HTTP (HTTPS "
+            "with TLS) on the gateway's port.",
+        ),
+        "allow": Key(
+            str,
+            "127.0.0.0/8, ::1",
+            "Comma-separated addresses or networks (CIDR) whose GET /metrics is answered "
+            "(others get 403); /health answers everyone. Empty: nobody.",
+            _networks,
+        ),
     },
     "limits": {
         "frame_max_bytes": Key(int, 1 << 20, "Largest WebSocket message accepted.", _positive),
@@ -239,8 +289,16 @@ SPEC: dict[str, dict[str, Key]] = {
         "public_url": Key(
             str,
             "",
-            "ws:// URL peers dial to reach this node (empty: from [node] listen; set it "
-            "when behind a proxy or listening on 0.0.0.0).",
+            "ws:// or wss:// URL peers dial to reach this node (empty: from [node] listen, "
+            "wss:// when [node] tls_cert is set; set it when behind a proxy or listening on "
+            "0.0.0.0).",
+        ),
+        "tls_ca": Key(
+            str,
+            "",
+            "PEM file of the certificate authorities (or self-signed certificates) trusted "
+            "when dialling wss:// peers, besides the system's (relative to the data folder, "
+            "or absolute).",
         ),
         "link_timeout": Key(
             float, 10.0, "Seconds a peer has to answer a call on a link.", _positive
@@ -289,6 +347,15 @@ class Config:
     def listen(self) -> tuple[str, int]:
         return parse_listen(self.values["node"]["listen"])
 
+    def path(self, section: str, key: str) -> Path | None:
+        """A path-valued key: None when empty, else relative to the data folder."""
+        raw = str(self.values[section][key])
+        return None if not raw else self.data_dir / Path(raw).expanduser()
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.values["node"]["tls_cert"])
+
     @property
     def db_path(self) -> Path:
         return self.data_dir / "fedgram.db"
@@ -334,6 +401,9 @@ def validate(raw: dict[str, Any], source: str) -> dict[str, dict[str, Any]]:
 
 
 def _cross_check(values: dict[str, dict[str, Any]], source: str) -> None:
+    node = values["node"]
+    if bool(node["tls_cert"]) != bool(node["tls_key"]):
+        raise ConfigError(f"{source}: [node] tls_cert and tls_key must be set together")
     acc = values["accounts"]
     kind = acc["code_delivery"]
     if kind != "log" and not acc[f"code_{kind}"]:

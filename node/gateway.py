@@ -16,6 +16,7 @@ import contextlib
 import itertools
 import logging
 import time
+from time import perf_counter
 from typing import Any
 
 import trio
@@ -25,6 +26,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 from . import log, wslimits
 from .config import Config
 from .interfaces import CallContext, Sessions
+from .metrics import Metrics
 from .protocol import frames
 from .protocol.connection import BadFrame, Connection, ProtocolError, Request, State
 from .protocol.errors import CLOSE_CODES, ErrorCode, RpcError
@@ -140,15 +142,19 @@ class Session:
 
     async def _call(self, rid: int, method: str, params: dict[str, Any]) -> None:
         ctx = CallContext("ws", self)
+        start = perf_counter()
+        code = "OK"
         try:
             try:
                 value = await self.gateway.router.dispatch(ctx, method, params)
             except RpcError as e:
+                code = e.code
                 await self._send(self.conn.error(rid, e))
             else:
                 await self._send(self.conn.result(rid, value))
         finally:
             self._inflight -= 1
+            self.gateway.metrics.observe(method, code, perf_counter() - start)
 
     async def _send(self, sealed: bytes) -> None:
         """Send a frame the caller has just sealed, as the argument of this call: answers go
@@ -196,15 +202,26 @@ class Gateway:
     requests go to ``router``, signed-in sessions are listed in ``sessions``."""
 
     def __init__(
-        self, config: Config, identity: SigningKey, router: Router, sessions: Sessions
+        self,
+        config: Config,
+        identity: SigningKey,
+        router: Router,
+        sessions: Sessions,
+        metrics: Metrics,
     ) -> None:
         self.config = config
+        self.metrics = metrics
         self.identity = identity
         self.router = router
         self.hub = sessions
         self.sessions: dict[int, Session] = {}
         self._pending = 0  # connections still in their handshake
         self.shutting_down = False
+
+    @property
+    def pending(self) -> int:
+        """Connections in their handshake now."""
+        return self._pending
 
     async def close_all(self, timeout: float) -> None:
         """Close every session with NODE_SHUTDOWN while their readers still run, so each

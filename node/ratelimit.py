@@ -16,14 +16,20 @@ the soonest bucket refills) instead of evicting anyone's spent budget.
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import log
 from .protocol.errors import ErrorCode, RpcError
 
 MAX_BUCKETS = 200_000  # partly spent buckets kept per rule; more wait (fail closed)
+# A refused caller is logged (security.flood_wait) once per group, key kind and IP per this
+# many seconds: a flood must not become a flood of log lines.
+FLOOD_LOG_EVERY = 60.0
+FLOOD_LOG_KEYS = 10_000  # remembered (group, kind, ip) before the memory is cleared
 
 
 @dataclass(frozen=True)
@@ -144,6 +150,31 @@ class RateLimiter:
         self._clock = clock
         bound = MAX_BUCKETS if max_buckets is None else max_buckets
         self._tables = {name: _Table(rule, bound) for name, rule in rules.items()}
+        self._flood_logged: dict[tuple[str, str, str], float] = {}
+
+    def update(self, rules: dict[str, Rule]) -> None:
+        """New rules (config reload). A changed rule keeps what each caller has spent, so
+        a reload hands no spent budget back: a bucket that had spent S tokens has
+        ``new burst - S`` (at least 0), and its "full again" time is recomputed under the
+        new rate."""
+        now = self._clock()
+        for name, rule in rules.items():
+            table = self._tables.get(name)
+            if table is None:
+                self._tables[name] = _Table(rule, MAX_BUCKETS)
+                continue
+            if table.rule == rule:
+                continue
+            for b in table.buckets.values():
+                spent = table.rule.count - table.tokens(b, now)
+                b.tokens = max(0.0, rule.count - spent)
+                b.stamp = now
+            table.rule = rule
+            for b in table.buckets.values():
+                b.full_at = now + (rule.count - b.tokens) * rule.period / rule.count
+            table.heap = [(b.full_at, k) for k, b in table.buckets.items()]
+            heapq.heapify(table.heap)
+        self.rules = dict(rules)
 
     @property
     def size(self) -> int:
@@ -156,15 +187,19 @@ class RateLimiter:
         now = self._clock()
         picked: list[tuple[_Table, str]] = []
         wait = 0.0
+        refused_by = ""
         for kind, rule_name in GROUPS.get(group, GROUPS["default"]):
             key = keys.get(kind)
             table = self._tables.get(rule_name)
             if key is None or table is None:
                 continue
             table.drop_full(now)
-            wait = max(wait, table.wait(key, now))
+            w = table.wait(key, now)
+            if w > wait:
+                wait, refused_by = w, kind
             picked.append((table, key))
         if wait > 0:
+            self._log_flood(group, refused_by, keys.get("ip") or "", now, wait)
             raise RpcError(
                 ErrorCode.FLOOD_WAIT,
                 f"too many requests; retry in {math.ceil(wait)}s",
@@ -172,3 +207,20 @@ class RateLimiter:
             )
         for table, key in picked:
             table.take(key, now)
+
+    def _log_flood(self, group: str, kind: str, ip: str, now: float, wait: float) -> None:
+        key = (group, kind, ip)
+        last = self._flood_logged.get(key)
+        if last is not None and now - last < FLOOD_LOG_EVERY:
+            return
+        if len(self._flood_logged) >= FLOOD_LOG_KEYS:
+            self._flood_logged.clear()
+        self._flood_logged[key] = now
+        log.security(
+            "flood_wait",
+            logging.WARNING,
+            group=group,
+            key=kind,
+            ip=ip or "-",
+            retry_after=math.ceil(wait),
+        )

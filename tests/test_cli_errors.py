@@ -125,7 +125,7 @@ def test_client_errors_against_a_real_node(node_process: Any, tmp_path: Path) ->
         "client", "login", f"wss://127.0.0.1:{port}", "alice", "--code", "123456",
         "--profile", str(tmp_path / "tls"),
     )  # fmt: skip
-    one_clear_line(tls, "CONNECTION_LOST", "timed out", "ws://", code=1)
+    one_clear_line(tls, "CONNECTION_LOST", "TLS failed", "ws://", code=1)
 
     # the node stops: the saved session's node cannot be reached, and we are told why
     assert n.stop() == 0

@@ -131,6 +131,17 @@ class Accounts:
             bytes(identity), digest_size=32, person=b"fedgram-codes"
         ).digest()
 
+    def reconfigure(self, config: Config) -> None:
+        """Take the ``[accounts]`` settings of a reloaded config (SIGHUP): registration
+        policy, code settings and delivery change for the next request."""
+        acc = config.values["accounts"]
+        self.policy = acc["registration"]
+        self.code_ttl = acc["code_ttl"]
+        self.code_length = acc["code_length"]
+        self.code_attempts = acc["code_attempts"]
+        self.delivery = CodeDelivery(config)
+        self.hide_names = self.policy != "open"
+
     # --- helpers ------------------------------------------------------------------------
     def _hash(self, secret: str) -> bytes:
         return hmac.new(self._code_key, secret.encode(), "sha256").digest()
@@ -247,6 +258,14 @@ class Accounts:
             device=device_id,
             session=s.id,
         )
+        log.security(
+            "sign_in" if new else "authorize",
+            logging.INFO if new else logging.DEBUG,
+            user=user.name,
+            device=device_id,
+            device_name=s.device_name,
+            ip=s.ip,
+        )
         return self._authorization(user, device_id)
 
     @staticmethod
@@ -290,7 +309,15 @@ class Accounts:
                     self.hub.close_user(user_id, reason, device_id=device_id)
         return len(device_ids or ())
 
-    async def _revoked(self, user_id: int, ids: list[int]) -> int:
+    async def _revoked(self, user_id: int, ids: list[int], by: str, ip: str = "-") -> int:
+        if ids:
+            log.security(
+                "devices_revoked",
+                user_id=user_id,
+                devices=",".join(map(str, ids)),
+                by=by,
+                ip=ip,
+            )
         n = await self._end_sessions(user_id, ErrorCode.SESSION_REVOKED, ids)
         with trio.CancelScope(shield=True):  # committed already: its consequences must follow
             for step in self.revocation:
@@ -367,6 +394,7 @@ class Accounts:
 
         user, err = await self.db.write(check)
         if err is not None:
+            _failed(name, s.ip, err)
             raise err
         assert user is not None  # check_code accepts only a code issued to this user
         if user.password_hash is not None:
@@ -374,6 +402,7 @@ class Accounts:
                 raise RpcError(ErrorCode.PASSWORD_REQUIRED)
             if not await check_password(user.password_hash, p["password"]):
                 await self.db.write(lambda c: store.spend_attempt(c, name))
+                _failed(name, s.ip, RpcError(ErrorCode.PASSWORD_INVALID))
                 raise RpcError(ErrorCode.PASSWORD_INVALID)
 
         def bind(conn: sqlite3.Connection) -> tuple[store.User, store.DeviceRow]:
@@ -403,7 +432,7 @@ class Accounts:
             return u, store.add_device(conn, u.id, p["device_key"], p["device_name"])
 
         user, device_id = await self.db.write(job)
-        log.event(_log, "user.signed_up", user=name)
+        log.security("sign_up", user=name, device=device_id, ip=s.ip, policy=self.policy)
 
         def check(conn: sqlite3.Connection) -> tuple[store.User, store.DeviceRow]:
             # an admin may have banned or removed the new account meanwhile
@@ -440,7 +469,7 @@ class Accounts:
         await self.db.write(lambda c: store.revoke_devices(c, user_id, device_id))
         self.hub.detach(s)
         s.user_id = s.device_id = None  # this session stays open, signed out
-        await self._revoked(user_id, [device_id])
+        await self._revoked(user_id, [device_id], "logout", s.ip)
         return {}
 
     # --- account.* ----------------------------------------------------------------------
@@ -501,14 +530,14 @@ class Accounts:
         ids = await self.db.write(lambda c: store.revoke_devices(c, uid, p["device_id"]))
         if not ids:
             raise RpcError(ErrorCode.DEVICE_NOT_FOUND)
-        return {"revoked": await self._revoked(uid, ids)}
+        return {"revoked": await self._revoked(uid, ids, "user", s.ip)}
 
     async def revoke_others(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         s = self._session(ctx)
         uid, keep = s.user_id, s.device_id
         assert uid is not None
         ids = await self.db.write(lambda c: store.revoke_devices(c, uid, keep=keep))
-        return {"revoked": await self._revoked(uid, ids)}
+        return {"revoked": await self._revoked(uid, ids, "user", s.ip)}
 
     # --- admin.* ------------------------------------------------------------------------
     async def admin_user_add(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
@@ -516,7 +545,7 @@ class Accounts:
         u = await self.db.write(
             lambda c: store.create_user(c, name, p.get("display_name", ""), p.get("admin", False))
         )
-        log.event(_log, "user.added", user=name)
+        log.security("user_added", user=name, admin=bool(p.get("admin", False)))
         return self._user_row(u, 0)
 
     async def admin_user_list(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
@@ -549,7 +578,7 @@ class Accounts:
             return u, ids
 
         u, ids = await self.db.write(job)
-        return {"revoked": await self._revoked(u.id, ids)}
+        return {"revoked": await self._revoked(u.id, ids, "admin")}
 
     async def _set_banned(self, name: str, banned: bool) -> dict[str, Any]:
         def job(conn: sqlite3.Connection) -> tuple[store.User, int]:
@@ -563,7 +592,7 @@ class Accounts:
         u, n = await self.db.write(job)
         if banned:
             await self._end_sessions(u.id, ErrorCode.USER_BANNED)
-        log.event(_log, "user.banned" if banned else "user.unbanned", user=name)
+        log.security("user_banned" if banned else "user_unbanned", user=name)
         return self._user_row(u, n)
 
     async def admin_user_ban(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
@@ -587,7 +616,7 @@ class Accounts:
 
         uid = await self.events.commit(self.db, job)
         await self._end_sessions(uid, ErrorCode.SESSION_REVOKED)
-        log.event(_log, "user.removed", user=name)
+        log.security("user_removed", user=name)
         return {"removed": name}
 
     async def admin_invite_create(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
@@ -623,3 +652,17 @@ class Accounts:
             "admin.inviteCreate": self.admin_invite_create,
         }.items():
             router.add(name, fn)
+
+
+def _failed(name: str, ip: str, err: RpcError) -> None:
+    """security.sign_in_failed: who was tried from where, and what is left of the code
+    (its attempts, from the refusal's own message). Never the code or password tried."""
+    m = re.search(r"(\d+) attempts left", err.message)
+    log.security(
+        "sign_in_failed",
+        logging.WARNING,
+        name=name,
+        ip=ip,
+        reason=err.code,
+        attempts_left=m.group(1) if m else 0,
+    )

@@ -25,13 +25,14 @@ from trio_websocket import (
     HandshakeError,
     WebSocketConnection,
     connect_websocket,
+    wrap_client_stream,
 )
 
 from ..protocol.connection import Connection, ErrorReply, ProtocolError, Reply, Updates
 from ..protocol.errors import ErrorCode, RpcError
 from ..protocol.handshake import device_proof
 from ..protocol.identity import fingerprint, normalize_fingerprint
-from .errors import why_unreachable
+from .errors import ClientError, why_unreachable
 from .profile import Profile
 from .urls import check_url, node_address
 
@@ -79,6 +80,7 @@ class Client:
         timeout: float = 10.0,
         max_message_size: int = 2 << 20,
         identity: SigningKey | None = None,
+        tls_ca: str | Path | None = None,
     ) -> AsyncIterator[Client]:
         """Open a session. ``pin``: the node fingerprint to require; without it, the pin
         stored in ``profile`` (trust on first use: the first key seen is stored).
@@ -87,8 +89,13 @@ class Client:
         ``RpcError(CONNECTION_LOST)`` saying why (refused, timed out, name not found...).
 
         ``identity``: a node's key, to open a link as a node (the handshake proves it; the
-        other node then serves its ``fed.*`` methods to this session)."""
+        other node then serves its ``fed.*`` methods to this session).
+
+        ``tls_ca``: for ``wss://``, a PEM file of CA certificates (or the node's self-signed
+        certificate) trusted besides the system's store (``$SSL_CERT_FILE`` is honoured
+        too). A file that cannot be read raises :class:`ClientError`."""
         url = check_url(url)
+        ssl_context = _tls_context(tls_ca) if url.lower().startswith("wss:") else None
         prof = Profile(profile) if isinstance(profile, Path) else profile
         failure: RpcError | None = None
         body_error: BaseException | None = None
@@ -101,8 +108,14 @@ class Client:
             try:
                 try:
                     with trio.fail_after(timeout):
-                        ws = await _dial(ws_nursery, url, max_message_size)
-                except (OSError, HandshakeError, trio.TooSlowError, ConnectionClosed) as e:
+                        ws = await _dial(ws_nursery, url, max_message_size, ssl_context)
+                except (
+                    OSError,
+                    HandshakeError,
+                    trio.TooSlowError,
+                    trio.BrokenResourceError,  # TLS refused (the certificate, the protocol)
+                    ConnectionClosed,
+                ) as e:
                     why = why_unreachable(url, e, timeout)
                     failure = RpcError(ErrorCode.CONNECTION_LOST, f"cannot connect to {url}: {why}")
                 else:
@@ -364,18 +377,56 @@ def _close_code(e: ConnectionClosed) -> str | None:
     return text if text in ErrorCode.__members__ else None
 
 
-async def _dial(nursery: trio.Nursery, url: str, max_message_size: int) -> WebSocketConnection:
+def client_context(ca_file: str | Path | None = None) -> ssl.SSLContext:
+    """The system's trust store (``$SSL_CERT_FILE`` honoured, as by the default context),
+    plus ``ca_file`` when given: a PEM of CA certificates or of a node's self-signed
+    certificate. Raises FileNotFoundError / ssl.SSLError for a missing or bad file."""
+    ctx = ssl.create_default_context()
+    if ca_file:
+        ctx.load_verify_locations(cafile=str(ca_file))
+    return ctx
+
+
+def _tls_context(ca_file: str | Path | None) -> ssl.SSLContext:
+    try:
+        return client_context(ca_file)
+    except FileNotFoundError:
+        raise ClientError(f"{ca_file}: no such CA file (--tls-ca)") from None
+    except (ssl.SSLError, OSError) as e:
+        raise ClientError(
+            f"{ca_file}: not a PEM certificate file ({getattr(e, 'reason', None) or e}); "
+            "pass the node's certificate or its CA in PEM form (--tls-ca)"
+        ) from None
+
+
+async def _dial(
+    nursery: trio.Nursery,
+    url: str,
+    max_message_size: int,
+    ssl_context: ssl.SSLContext | None = None,
+) -> WebSocketConnection:
     """Open the WebSocket of a checked ``ws://`` or ``wss://`` URL, its reader in ``nursery``."""
     parts = urlsplit(url)
     tls = parts.scheme == "wss"
     host = parts.hostname or ""
     port = parts.port or (443 if tls else 80)
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return await connect_websocket(
-        nursery,
-        host,
-        port,
-        resource,
-        use_ssl=ssl.create_default_context() if tls else False,
-        max_message_size=max_message_size,
+    if not tls:
+        return await connect_websocket(
+            nursery, host, port, resource, use_ssl=False, max_message_size=max_message_size
+        )
+    # The TLS handshake first, on its own: inside connect_websocket a refused certificate
+    # only stops its reader task and the dial waits out the whole timeout ("timed out"
+    # instead of "certificate not trusted").
+    stream = await trio.open_ssl_over_tcp_stream(
+        host, port, ssl_context=ssl_context or client_context(), https_compatible=True
+    )
+    try:
+        await stream.do_handshake()
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    host_header = host if port == 443 else f"{host}:{port}"
+    return await wrap_client_stream(
+        nursery, stream, host_header, resource, max_message_size=max_message_size
     )

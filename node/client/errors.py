@@ -67,10 +67,17 @@ def why_unreachable(url: str, e: BaseException, timeout: float) -> str:
         if isinstance(x, socket.gaierror):
             return f"host name not found ({x.strerror}): check the address"
     for x in chain:
+        if isinstance(x, ssl.SSLCertVerificationError):
+            return (
+                f"the node's TLS certificate is not trusted ({x.verify_message or x.reason}): "
+                "if it is self-signed or from a private CA, pass that certificate with "
+                "--tls-ca FILE (or set $SSL_CERT_FILE)"
+            )
+    for x in chain:
         if isinstance(x, ssl.SSLError):
             return (
-                f"TLS failed ({x.reason or x}): Fedgram nodes serve plain ws:// (their own "
-                "encryption); use wss:// only with a TLS proxy in front of the node"
+                f"TLS failed ({x.reason or x}): does the node serve wss:// (a [node] tls_cert, "
+                "or a TLS proxy in front of it)? Otherwise use ws://"
             )
     for x in chain:
         if isinstance(x, ConnectionRefusedError):
@@ -78,7 +85,7 @@ def why_unreachable(url: str, e: BaseException, timeout: float) -> str:
     for x in chain:
         if isinstance(x, trio.TooSlowError):
             hint = (
-                " (a node without a TLS proxy in front does not answer wss://: try ws://)"
+                " (a node without TLS, its own or a proxy's, does not answer wss://: try ws://)"
                 if tls
                 else ""
             )

@@ -20,7 +20,10 @@ async def connect_signed_in(profile: Profile, timeout: float = 10.0) -> AsyncIte
         )
     url = str(session["url"])
     key = profile.device_key()  # a damaged key fails here, before any network wait
-    async with Client.connect(url, profile=profile, timeout=timeout) as c:
+    # the CA file given at login (--tls-ca) for a node with a self-signed certificate
+    ca = session.get("tls_ca")
+    tls_ca = ca if isinstance(ca, str) and ca else None
+    async with Client.connect(url, profile=profile, timeout=timeout, tls_ca=tls_ca) as c:
         try:
             await c.authorize(key)
         except RpcError as e:
