@@ -70,6 +70,29 @@ def _root(
         typer.echo(ctx.get_help())
 
 
+def _base_config(value: str) -> tuple[dict[str, Any], str]:
+    """``--config``: a file if VALUE names one, else a config bundled with Fedgram (package
+    data, found the same from a checkout or an installed wheel)."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return config.read_raw(path), str(path)
+    import tomllib
+
+    import configs
+
+    text = configs.read(value)
+    if text is None:
+        raise ConfigError(
+            f"--config {value}: no such file, and no bundled config of that name "
+            f"(bundled: {', '.join(configs.names())})"
+        )
+    source = f"bundled config {value.removesuffix('.toml')}"
+    try:
+        return tomllib.loads(text), source
+    except tomllib.TOMLDecodeError as e:  # a broken file in the package itself
+        raise ConfigError(f"{source}: invalid TOML: {e}") from None
+
+
 @app.command()
 def init(
     data: DataOpt = None,
@@ -77,16 +100,30 @@ def init(
     listen: ListenOpt = None,
     log_level: LogOpt = None,
     config_file: Annotated[
-        Path | None, typer.Option("--config", help="Start from this TOML file (see configs/).")
+        str | None,
+        typer.Option(
+            "--config",
+            help="Start from a bundled config (community, personal, local-federation/n1; "
+            "see --list-configs) or from this TOML file.",
+        ),
     ] = None,
+    list_configs: Annotated[
+        bool, typer.Option("--list-configs", help="List the bundled configs and exit.")
+    ] = False,
 ) -> None:
     """Create a data folder with a documented config.toml and the node's identity key."""
+    if list_configs:
+        import configs
+
+        for bundled in configs.names():
+            typer.echo(bundled)
+        return
     data_dir = config.resolve_data_dir(data)
     if (data_dir / config.CONFIG_FILE).exists():
         fail(f"{data_dir / config.CONFIG_FILE}: already exists; edit it instead", 2)
     try:
-        base = config.read_raw(config_file) if config_file else {}
-        config.validate(base, str(config_file))
+        base, source = _base_config(config_file) if config_file else ({}, "options")
+        config.validate(base, source)
         over = config.merge(base, _overrides(name, listen, log_level))
         cfg = config.init_data_dir(data_dir, over)
         from node.keyfile import load_or_create_key
