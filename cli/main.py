@@ -16,6 +16,7 @@ from node.lock import node_running
 
 from . import chat_client_cmds, client_listen, client_media_cmds, secret_cmds  # noqa: F401
 from .admin_cmds import invite_app, user_app
+from .backup_cmds import backup_app
 from .chat_admin_cmds import chat_app
 from .client_cmds import client_app
 from .common import NO_NODE, DataOpt, JsonOpt, fail, print_json, report_errors, run_async
@@ -39,6 +40,7 @@ app.add_typer(client_app, name="client")
 app.add_typer(chat_app, name="chat")
 app.add_typer(media_app, name="media")
 app.add_typer(peer_app, name="peer")
+app.add_typer(backup_app, name="backup")
 user_app.command("lookup")(user_lookup)
 
 ListenOpt = Annotated[
