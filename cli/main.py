@@ -18,6 +18,7 @@ from . import chat_client_cmds, client_listen, client_media_cmds, secret_cmds  #
 from .admin_cmds import invite_app, user_app
 from .backup_cmds import backup_app
 from .chat_admin_cmds import chat_app
+from .check_cmd import check as check_cmd
 from .client_cmds import client_app
 from .common import NO_NODE, DataOpt, JsonOpt, fail, print_json, report_errors, run_async
 from .dev_cluster import cluster as dev_cluster
@@ -41,6 +42,7 @@ app.add_typer(chat_app, name="chat")
 app.add_typer(media_app, name="media")
 app.add_typer(peer_app, name="peer")
 app.add_typer(backup_app, name="backup")
+app.command("check")(check_cmd)
 user_app.command("lookup")(user_lookup)
 
 ListenOpt = Annotated[
