@@ -15,7 +15,7 @@ from node.config import ConfigError
 from node.lock import node_running
 
 from . import chat_client_cmds, client_listen, client_media_cmds, secret_cmds  # noqa: F401
-from .admin_cmds import invite_app, user_app
+from .admin_cmds import invite_app, session_app, user_app
 from .backup_cmds import backup_app
 from .chat_admin_cmds import chat_app
 from .check_cmd import check as check_cmd
@@ -43,6 +43,7 @@ app.add_typer(media_app, name="media")
 app.add_typer(peer_app, name="peer")
 app.add_typer(backup_app, name="backup")
 app.command("check")(check_cmd)
+app.add_typer(session_app, name="session")
 user_app.command("lookup")(user_lookup)
 
 ListenOpt = Annotated[
