@@ -79,3 +79,54 @@ def test_config_by_name_by_path_and_unknown(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert "no bundled config of that name" in r.stderr and "community" in r.stderr
     assert not (tmp_path / "c" / "config.toml").exists()
+
+
+UNIT = REPO / "configs" / "systemd" / "fedgram.service"
+
+
+def _unit() -> dict[str, list[str]]:
+    """The unit's [Service] keys (a key may repeat)."""
+    out: dict[str, list[str]] = {}
+    section = ""
+    for raw in UNIT.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            section = line
+            continue
+        if section == "[Service]":
+            key, _, value = line.partition("=")
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def test_systemd_unit_runs_our_commands(tmp_path: Path) -> None:
+    svc = _unit()
+    assert svc["User"] == ["fedgram"]
+    assert svc["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert svc["Restart"] == ["on-failure"]
+    for key in ("NoNewPrivileges", "PrivateTmp", "ProtectHome"):
+        assert svc[key] == ["yes"], key
+    assert svc["ProtectSystem"] == ["strict"]
+    assert "/var/lib/fedgram" in svc["ReadWritePaths"][0].split()
+    assert int(svc["LimitNOFILE"][0]) >= 65536
+    # the Exec lines are commands this CLI accepts: run them on a real data folder
+    data = tmp_path / "var-lib-fedgram"
+    fedgram("init", "--data", str(data), "--listen", "127.0.0.1:0", check=True)
+    pre = svc["ExecStartPre"][0].split()
+    assert pre[0].endswith("/fedgram") and pre[1:] == ["check", "--data", "/var/lib/fedgram"]
+    r = fedgram(*[str(data) if a == "/var/lib/fedgram" else a for a in pre[1:]])
+    assert r.returncode == 0, r.stdout
+    start = svc["ExecStart"][0].split()
+    assert start[1:] == ["run", "--data", "/var/lib/fedgram"]
+    if shutil.which("systemd-analyze"):
+        # the unit as systemd reads it, the fedgram path pointed at an executable that exists
+        unit = tmp_path / "fedgram.service"
+        unit.write_text(UNIT.read_text().replace("/opt/fedgram/bin/fedgram", sys.executable))
+        v = subprocess.run(
+            ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+        )
+        # silent when every line parses ("Unknown key ...", "Failed to parse ..." otherwise)
+        problems = [ln for ln in (v.stdout + v.stderr).splitlines() if "fedgram.service" in ln]
+        assert not problems, problems
