@@ -162,6 +162,7 @@ def _copy_database(
 
         src.backup(dst, pages=PAGES_PER_STEP, progress=step)
         dst.execute("PRAGMA journal_mode = DELETE")  # one file; the node turns WAL back on
+        dst.execute("PRAGMA secure_delete = ON")  # as the node's: what is dropped is zeroed
         tables = {r[0] for r in dst.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if {"media_parts", "media_uploads"} <= tables:
             dst.execute("DELETE FROM media_parts")
@@ -184,6 +185,8 @@ def create(
         raise BackupError(f"{data_dir}: not a Fedgram data folder (no {CONFIG_FILE})")
     if out.exists():
         raise BackupError(f"{out}: already exists; choose another name")
+    if not out.parent.is_dir():
+        raise BackupError(f"{out.parent}: no such folder for the backup")
     if out.is_relative_to(data_dir):
         raise BackupError(f"{out}: inside the data folder; write the backup elsewhere")
     if gzip is None:
