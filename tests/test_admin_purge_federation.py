@@ -66,6 +66,11 @@ async def test_purge_a_replica_leaves_through_the_home(tmp_path: Path) -> None:
 
         await cluster.restart(1)
         await cluster.wait_links_up()
+        # the peer's link is a session of the home's, listed with the peer's node id
+        r = await cli("session", "list", "--json", "--data", str(home))
+        links = [x for x in json.loads(r.stdout) if x["role"] == "node"]
+        assert [x["node"] for x in links] == [cluster.node(2).node_id]
+        assert links[0]["user"] is None
         r = await cli("chat", "purge", chat, "--yes", "--json", "--data", str(replica))
         assert r.returncode == 0, r.stderr
         out = json.loads(r.stdout)

@@ -107,3 +107,49 @@ def test_database_newer_than_the_code_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(data / "fedgram.db")  # untouched: still what it was
     assert conn.execute("PRAGMA user_version").fetchone()[0] == 999
     conn.close()
+
+
+def test_tls_files_when_configured(tmp_path: Path) -> None:
+    """[node] tls_cert/tls_key come with TLS in the node (another change): when the config
+    has them, check loads them with the stdlib ssl module. Called directly, since this
+    branch's config refuses keys it does not know yet."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    from cli.check_cmd import _Report, _tls
+    from node.config import Config, validate
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a self-signed certificate")
+
+    def pair(name: str) -> tuple[Path, Path]:
+        cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
+             "-days", "1", "-subj", "/CN=localhost"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        return cert, key
+
+    cert, key = pair("a")
+    _, other_key = pair("b")
+
+    def run(**node: str) -> list[tuple[str, str]]:
+        cfg = Config(tmp_path, validate({}, "test"))
+        cfg.values["node"].update(node)
+        r = _Report()
+        _tls(r, cfg)
+        return [(c.status, c.message) for c in r.checks]
+
+    assert run() == []  # not configured: nothing to say
+    [(status, _)] = run(tls_cert=str(cert), tls_key=str(key))
+    assert status == "ok"
+    [(status, msg)] = run(tls_cert=str(cert), tls_key=str(other_key))
+    assert status == "fail" and "cannot load" in msg
+    [(status, msg)] = run(tls_cert=str(tmp_path / "none.crt"), tls_key=str(key))
+    assert status == "fail"
+    [(status, msg)] = run(tls_cert=str(cert))
+    assert status == "fail" and "both" in msg
