@@ -32,7 +32,8 @@ def names() -> list[str]:
 
 def read(name: str) -> str | None:
     """The TOML text of the bundled configuration NAME (``.toml`` optional), or None."""
-    name = name.removesuffix(".toml")
+    # the name as the older docs spelled it, a path in a checkout: configs/community.toml
+    name = name.removesuffix(".toml").removeprefix("./").removeprefix("configs/")
     if name not in names():
         return None
     return _root().joinpath(*f"{name}.toml".split("/")).read_text(encoding="utf-8")

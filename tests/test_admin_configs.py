@@ -58,6 +58,11 @@ def test_bundled_config_found_from_a_built_tree(tmp_path: Path) -> None:
     )  # fmt: skip
     assert probe.stdout.strip().startswith(str(built))
 
+    # the path older docs gave, from outside a checkout: the bundled file
+    r = run("init", "--data", str(tmp_path / "old"), "--config", "configs/personal.toml")
+    assert r.returncode == 0, r.stderr
+    assert 'name = "home"' in (tmp_path / "old" / "config.toml").read_text()  # personal.toml's
+
     listed = run("init", "--list-configs")
     assert listed.returncode == 0
     assert listed.stdout.split() == [
