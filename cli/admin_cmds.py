@@ -4,6 +4,7 @@ on the database directly through the very same handlers (Node.offline)."""
 from __future__ import annotations
 
 import re
+import sys
 import time
 from typing import Annotated, Any
 
@@ -14,10 +15,12 @@ from node.client.admin import AdminClient
 from node.interfaces import CallContext
 from node.lock import node_running
 
-from .common import DataOpt, JsonOpt, fail, print_json, run_async
+from .common import LOCAL, DataOpt, JsonOpt, fail, print_json, run_async
 
 user_app = typer.Typer(help="Manage users (admin).", no_args_is_help=True)
 invite_app = typer.Typer(help="Invite tokens for sign-up (admin).", no_args_is_help=True)
+session_app = typer.Typer(help="Live sessions on the running node (admin).", no_args_is_help=True)
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 NameArg = Annotated[str, typer.Argument(help="User name (3-32 of a-z, 0-9, _).")]
 
@@ -50,7 +53,8 @@ def _print_users(users: list[dict[str, Any]]) -> None:
         flags = [f for f, on in (("admin", u["is_admin"]), ("banned", u["banned"])) if on]
         extra = f" [{', '.join(flags)}]" if flags else ""
         who = u.get("address") or u["name"]  # name@node, the node by its local name
-        typer.echo(f"{who:<40} {u['display_name'] or '-':<24} devices={u['devices']}{extra}")
+        seen = "online" if u.get("online") else f"last seen {_when(u.get('last_seen'))}"
+        typer.echo(f"{who:<40} {u['display_name'] or '-':<24} devices={u['devices']} {seen}{extra}")
 
 
 def print_devices(devices: list[dict[str, Any]], as_json: bool) -> None:
@@ -144,6 +148,72 @@ def user_remove(name: NameArg, data: DataOpt = None, json: JsonOpt = False) -> N
     """Delete a user and its devices."""
     r = admin_call(data, "admin.userRemove", {"name": name})
     print_json(r) if json else typer.echo(f"removed {name.lower()}")
+
+
+def confirm(yes: bool, what: str, question: str) -> None:
+    """Ask before an irreversible admin action; a script must say --yes."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        fail(f"{what}: not asking on a non-interactive input; pass --yes", LOCAL)
+    typer.confirm(question, abort=True)
+
+
+@user_app.command("password-reset")
+def user_password_reset(
+    name: NameArg,
+    data: DataOpt = None,
+    logout: Annotated[
+        bool,
+        typer.Option("--logout", help="Also revoke every device (a taken-over account)."),
+    ] = False,
+    json: JsonOpt = False,
+) -> None:
+    """Remove NAME's password (2FA) so they can sign in with a login code alone; pending
+    codes are voided. Their devices stay signed in unless --logout."""
+    r = admin_call(data, "admin.userPasswordReset", {"name": name, "logout": logout})
+    if json:
+        print_json(r)
+        return
+    what = "removed the password of" if r["had_password"] else "no password was set for"
+    tail = f"; revoked {r['revoked']} device(s)" if logout else "; their devices stay signed in"
+    typer.echo(f"{what} {r['name']}{tail}. Give them a code: `fedgram user code {r['name']}`")
+
+
+@session_app.command("list")
+def session_list(
+    data: DataOpt = None,
+    user: Annotated[str | None, typer.Option("--user", help="Only this user's sessions.")] = None,
+    json: JsonOpt = False,
+) -> None:
+    """Live sessions: id, role, user, device, address, since."""
+    data_dir = config.resolve_data_dir(data)
+    if not node_running(data_dir):
+        # a stopped node has no sessions; the offline handlers would say so less clearly
+        if json:
+            print_json([])
+            return
+        typer.echo(f"no node is running on {data_dir}: there are no live sessions")
+        return
+    sessions = admin_call(data, "admin.sessionList", {"user": user} if user else {})["sessions"]
+    if json:
+        print_json(sessions)
+        return
+    if not sessions:
+        typer.echo("no live sessions" + (f" of {user}" if user else ""))
+    for x in sessions:
+        if x["role"] == "node":
+            who = f"node {x['node'] or '?'}"
+        elif x["user"] is None:
+            who = "(not signed in)"
+        else:
+            who = f"{x['user']} device #{x['device_id']} {x['device_name'] or ''}".rstrip()
+        since = (
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(x["since"])) if x["since"] else "?"
+        )
+        typer.echo(
+            f"#{x['session_id']:<6} {x['role']:<6} {who:<36} {x['remote']:<22} since {since}"
+        )
 
 
 _DURATION = re.compile(r"(\d+)([smhdw])")

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from .admin_cmds import admin_call
+from .admin_cmds import YesOpt, admin_call, confirm
 from .chat_client_cmds import describe
 from .common import LOCAL, DataOpt, JsonOpt, fail, print_json
 
@@ -198,3 +198,26 @@ def verify(
         typer.echo(f"ok: {r['events']} events, chain, signatures and content verify")
     if not r["ok"]:
         fail(f"chain broken: {r['error']}", error="CHAIN_BROKEN")
+
+
+@chat_app.command()
+def purge(
+    chat: ChatIdArg, yes: YesOpt = False, data: DataOpt = None, json: JsonOpt = False
+) -> None:
+    """Remove a chat and all of it (messages, content, members, its files) from this node.
+    A chat homed elsewhere is first left through its home; other nodes keep their copies."""
+    confirm(yes, f"chat purge {chat}", f"remove chat {chat} and all its messages from this node?")
+    r = admin_call(data, "admin.chatPurge", {"chat": chat})
+    gc = admin_call(data, "admin.mediaGc")  # the files only it carried go now, not in an hour
+    if json:
+        print_json({**r, "freed_bytes": gc["freed_bytes"]})
+        return
+    typer.echo(
+        f"purged chat {r['chat']}: {r['events']} event(s), {r['members']} member(s), "
+        f"{r['media']} media record(s) ({gc['freed_bytes'] / 1048576:.1f} MiB freed)"
+        + (
+            f"; {r['left_home']} local member(s) left through its home first"
+            if r["left_home"]
+            else ""
+        )
+    )

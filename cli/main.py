@@ -18,8 +18,10 @@ from node.config import ConfigError
 from node.lock import node_running
 
 from . import chat_client_cmds, client_listen, client_media_cmds, helpfmt, secret_cmds  # noqa: F401
-from .admin_cmds import invite_app, user_app
+from .admin_cmds import invite_app, session_app, user_app
+from .backup_cmds import backup_app
 from .chat_admin_cmds import chat_app
+from .check_cmd import check as check_cmd
 from .client_cmds import client_app
 from .common import (
     NO_NODE,
@@ -52,6 +54,9 @@ app.add_typer(client_app, name="client")
 app.add_typer(chat_app, name="chat")
 app.add_typer(media_app, name="media")
 app.add_typer(peer_app, name="peer")
+app.add_typer(backup_app, name="backup")
+app.command("check")(check_cmd)
+app.add_typer(session_app, name="session")
 user_app.command("lookup")(user_lookup)
 
 ListenOpt = Annotated[
@@ -83,6 +88,29 @@ def _root(
         typer.echo(ctx.get_help())
 
 
+def _base_config(value: str) -> tuple[dict[str, Any], str]:
+    """``--config``: a file if VALUE names one, else a config bundled with Fedgram (package
+    data, found the same from a checkout or an installed wheel)."""
+    path = Path(value).expanduser()
+    if path.is_file():
+        return config.read_raw(path), str(path)
+    import tomllib
+
+    import configs
+
+    text = configs.read(value)
+    if text is None:
+        raise ConfigError(
+            f"--config {value}: no such file, and no bundled config of that name "
+            f"(bundled: {', '.join(configs.names())})"
+        )
+    source = f"bundled config {value.removesuffix('.toml')}"
+    try:
+        return tomllib.loads(text), source
+    except tomllib.TOMLDecodeError as e:  # a broken file in the package itself
+        raise ConfigError(f"{source}: invalid TOML: {e}") from None
+
+
 @app.command()
 def init(
     data: DataOpt = None,
@@ -90,17 +118,31 @@ def init(
     listen: ListenOpt = None,
     log_level: LogOpt = None,
     config_file: Annotated[
-        Path | None, typer.Option("--config", help="Start from this TOML file (see configs/).")
+        str | None,
+        typer.Option(
+            "--config",
+            help="Start from a bundled config (community, personal, local-federation/n1; "
+            "see --list-configs) or from this TOML file.",
+        ),
     ] = None,
+    list_configs: Annotated[
+        bool, typer.Option("--list-configs", help="List the bundled configs and exit.")
+    ] = False,
     json: JsonOpt = False,
 ) -> None:
     """Create a data folder with a documented config.toml and the node's identity key."""
+    if list_configs:
+        import configs
+
+        names = list(configs.names())
+        print_json(names) if json else typer.echo("\n".join(names))
+        return
     data_dir = config.resolve_data_dir(data)
     if (data_dir / config.CONFIG_FILE).exists():
         fail(f"{data_dir / config.CONFIG_FILE}: already exists; edit it instead", 2)
     try:
-        base = config.read_raw(config_file) if config_file else {}
-        config.validate(base, str(config_file))
+        base, source = _base_config(config_file) if config_file else ({}, "options")
+        config.validate(base, source)
         over = config.merge(base, _overrides(name, listen, log_level))
         cfg = config.init_data_dir(data_dir, over)
         from node.keyfile import load_or_create_key
@@ -122,7 +164,8 @@ def init(
     typer.echo(f"listen:    {listen_at}")
     typer.echo("")
     typer.echo("next:")
-    steps = _first_steps(data_dir, f"ws://{listen_at}", cfg.get("accounts", "registration"))
+    url = f"{'wss' if cfg.tls else 'ws'}://{listen_at}"
+    steps = _first_steps(data_dir, url, cfg.get("accounts", "registration"))
     start = (f"fedgram run --data {data_dir}", "start the node (Ctrl-C stops it)")
     for line in _aligned([start, *steps]):
         typer.echo(f"  {line}")

@@ -21,6 +21,7 @@ from trio_websocket import WebSocketServer
 
 from . import __version__, log, system, tls
 from .admin import AdminServer, bind_admin_socket
+from .admin_sessions import SessionList
 from .auth.service import Accounts
 from .chats.compaction import Compaction
 from .chats.service import Chats
@@ -108,6 +109,8 @@ class Node:
         system.register(self.router, self.describe)
         self.accounts = Accounts(config, identity, db, self.hub, directory, self.events)
         self.accounts.register(self.router)
+        self.background.append(self.accounts.run)  # last seen, once a minute
+        SessionList(lambda: self.gateway.sessions.values(), db).register(self.router)
         # what needs another node goes through this slot; federation fills it (remote.py)
         self.remote = RemoteSlot()
         compaction = Compaction(db)

@@ -93,6 +93,9 @@ class _Gates:
 
 # real deliveries remembered to make a decoy's answer time (and outcome) look like theirs
 DELIVERY_SAMPLES = 32
+# how often the users online are written as last seen: "last seen" is to the minute, and
+# one write job a minute for all of them costs nothing next to a write per request
+LAST_SEEN_INTERVAL = 60.0
 
 
 class Accounts:
@@ -126,6 +129,9 @@ class Accounts:
         self.hide_names = self.policy != "open"
         self._deliveries: deque[tuple[float, bool]] = deque(maxlen=DELIVERY_SAMPLES)
         self._gates = _Gates()
+        # users signed in since the last last-seen write (sign-in itself writes it); the
+        # loop asks the hub which of them are still online
+        self._online: set[int] = set()
         # Codes are stored keyed-hashed: a leaked database does not hand out live codes.
         self._code_key = hashlib.blake2b(
             bytes(identity), digest_size=32, person=b"fedgram-codes"
@@ -187,7 +193,9 @@ class Accounts:
             for d in devices
         ]
 
-    def _user_row(self, u: store.User, devices: int) -> dict[str, Any]:
+    def _user_row(
+        self, u: store.User, devices: int, last_seen: float | None = None
+    ) -> dict[str, Any]:
         return {
             "user_id": u.id,
             "name": u.name,
@@ -197,6 +205,8 @@ class Accounts:
             "banned": u.banned,
             "devices": devices,
             "created": u.created,
+            "last_seen": last_seen,
+            "online": bool(self.hub.online_devices(u.id)),
         }
 
     @staticmethod
@@ -236,6 +246,7 @@ class Accounts:
             s.device_name = device.name
             s.user_id, s.device_id = user.id, device.id
             await self.hub.attach(s)  # lists the session before its first checkpoint
+            self._online.add(user.id)
         device_id = device.id
         if new:
             self.hub.push_to_user(
@@ -549,8 +560,66 @@ class Accounts:
         return self._user_row(u, 0)
 
     async def admin_user_list(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
-        rows = await self.db.read(store.list_users)
-        return {"users": [self._user_row(u, n) for u, n in rows]}
+        def job(c: sqlite3.Connection) -> tuple[list[tuple[store.User, int]], dict[int, Any]]:
+            return store.list_users(c), store.last_seen(c)
+
+        rows, seen = await self.db.read(job)
+        now = time.time()
+        return {
+            "users": [
+                # online now: seen now, whatever the last once-a-minute write said
+                self._user_row(u, n, now if self.hub.online_devices(u.id) else seen.get(u.id))
+                for u, n in rows
+            ]
+        }
+
+    # --- last seen ------------------------------------------------------------------------
+    async def run(self) -> None:
+        """The node's last-seen loop: once a minute, users with a signed-in session are
+        written as seen now (sign-in and authorize write it at once)."""
+        while True:
+            await trio.sleep(LAST_SEEN_INTERVAL)
+            try:
+                await self.flush_last_seen()
+            except Exception:  # a failed write must not end the loop; the next one retries
+                _log.exception("last seen write failed")
+
+    async def flush_last_seen(self) -> int:
+        """Write last seen for every user online now; returns how many."""
+        online: dict[int, set[int]] = {}
+        for uid in list(self._online):
+            devices = self.hub.online_devices(uid)
+            if devices:
+                online[uid] = devices
+            else:
+                self._online.discard(uid)  # gone: their last write is their last seen
+        if online:
+            now = time.time()
+            await self.db.write(lambda c: store.mark_seen(c, online, now))
+        return len(online)
+
+    # --- admin: password reset ------------------------------------------------------------
+    async def admin_password_reset(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        """Remove a user's password (the second factor) for a user who forgot it. Pending
+        login codes are voided too: a code someone obtained and that only the password
+        stopped must not now let them in. The user's devices stay signed in (usually the
+        person's own phone, and how they get back in) unless ``logout`` (a taken-over
+        account): then every device is revoked and only a fresh code gets in."""
+        name = canonical_name(p["name"])
+        logout = bool(p.get("logout", False))
+
+        def job(conn: sqlite3.Connection) -> tuple[store.User, list[int]]:
+            u = store.need_user(conn, name)
+            conn.execute("UPDATE users SET password_hash = NULL WHERE id = ?", (u.id,))
+            store.delete_codes_of(conn, u.id)
+            return u, store.revoke_devices(conn, u.id) if logout else []
+
+        u, ids = await self.db.write(job)
+        revoked = await self._revoked(u.id, ids, "admin") if ids else 0
+        log.security(
+            "password_reset", user=name, had_password=u.password_hash is not None, revoked=revoked
+        )
+        return {"name": name, "had_password": u.password_hash is not None, "revoked": revoked}
 
     async def admin_user_code(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         code, _ = await self.issue_code(canonical_name(p["name"]))
@@ -650,6 +719,7 @@ class Accounts:
             "admin.userUnban": self.admin_user_unban,
             "admin.userRemove": self.admin_user_remove,
             "admin.inviteCreate": self.admin_invite_create,
+            "admin.userPasswordReset": self.admin_password_reset,
         }.items():
             router.add(name, fn)
 

@@ -155,6 +155,7 @@ def add_device(conn: sqlite3.Connection, user_id: int, public_key: bytes, name: 
         )
     except sqlite3.IntegrityError:
         raise RpcError(ErrorCode.DEVICE_KEY_IN_USE) from None
+    conn.execute("UPDATE users SET last_seen = ? WHERE id = ?", (now, user_id))
     return int(cur.lastrowid or 0)
 
 
@@ -184,7 +185,27 @@ def devices_of(conn: sqlite3.Connection, user_id: int) -> list[DeviceRow]:
 
 
 def touch_device(conn: sqlite3.Connection, device_id: int) -> None:
-    conn.execute("UPDATE devices SET last_seen = ? WHERE id = ?", (time.time(), device_id))
+    now = time.time()
+    conn.execute("UPDATE devices SET last_seen = ? WHERE id = ?", (now, device_id))
+    conn.execute(
+        "UPDATE users SET last_seen = ? WHERE id = (SELECT user_id FROM devices WHERE id = ?)",
+        (now, device_id),
+    )
+
+
+def mark_seen(conn: sqlite3.Connection, online: dict[int, set[int]], now: float) -> None:
+    """Users (and their devices) online right now: last seen ``now`` (migration 8)."""
+    conn.executemany("UPDATE users SET last_seen = ? WHERE id = ?", [(now, u) for u in online])
+    conn.executemany(
+        "UPDATE devices SET last_seen = ? WHERE id = ?",
+        [(now, d) for devices in online.values() for d in devices],
+    )
+
+
+def last_seen(conn: sqlite3.Connection) -> dict[int, float | None]:
+    """Every local user's last seen (None: never signed in)."""
+    rows = conn.execute(f"SELECT id, last_seen FROM users WHERE node = {SELF_ROW}")
+    return {int(u): (float(t) if t is not None else None) for u, t in rows}
 
 
 def revoke_devices(

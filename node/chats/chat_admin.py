@@ -1,4 +1,5 @@
-"""admin.chat*: the node operator's view of chats (list, show, export, verify the log)."""
+"""admin.chat*: the node operator's view of chats (list, show, export, verify the log), and
+purging one from this node."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from nacl.signing import VerifyKey
 
+from .. import log as log_
 from .. import nodes
 from ..address import canonical
+from ..interfaces import Effects
 from ..protocol.errors import ErrorCode, RpcError
 from . import store
 from .events import ChainError, verify_chain
@@ -18,6 +21,8 @@ from .store import Chat
 if TYPE_CHECKING:
     from ..interfaces import CallContext
 
+_log = log_.get("chats")
+
 
 class ChatAdmin(Handlers):
     def methods(self) -> dict[str, Handler]:
@@ -26,6 +31,7 @@ class ChatAdmin(Handlers):
             "admin.chatShow": self.admin_show,
             "admin.chatExport": self.admin_export,
             "admin.chatVerify": self.admin_verify,
+            "admin.chatPurge": self.admin_purge,
         }
 
     async def admin_list(self, ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -135,3 +141,92 @@ class ChatAdmin(Handlers):
             return {"ok": True, "events": n, "error": None}
 
         return await self.db.read(job)
+
+    async def admin_purge(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Remove a chat and everything of it from this node: its log (events, content,
+        search index), members, invites, per-user "deleted for me" marks, media references,
+        and the media rows only its messages carried (their bytes go with the next media
+        sweep, which ``fedgram chat purge`` runs at once). Each local member gets a
+        ``chat.left`` update (reason ``purged``) so their devices drop the dialog.
+
+        Federation: a chat homed on another node (a replica here) is first left through its
+        home by each local member, or the home would send it again; if the home cannot be
+        reached, nothing is purged (try again later). A chat homed here is gone for good on
+        this node; other nodes' replicas keep the copy they hold (no node can make another
+        forget), but can no longer post to it or pull from it."""
+        chat_id = p["chat"]
+
+        def look(c: sqlite3.Connection) -> tuple[Chat, list[str]]:
+            chat = self._need_chat(c, chat_id)
+            local = [
+                str(store.address(c, self.home, int(r[0])))
+                for r in c.execute(
+                    "SELECT m.user_id FROM chat_members m JOIN users u ON u.id = m.user_id "
+                    f"WHERE m.chat_id = ? AND m.state = 'member' AND u.node = {nodes.SELF_ROW}",
+                    (chat_id,),
+                )
+            ]
+            return chat, local
+
+        chat, local = await self.db.read(look)
+        left = 0
+        if chat.home != self.home.node_id:
+            for member in local:
+                try:
+                    await self.shared.remote.act(
+                        chat.home, member, "chats.leave", {"chat": chat_id}
+                    )
+                except RpcError as e:
+                    raise RpcError(
+                        e.code,
+                        f"the chat's home ({chat.home}) must hear that {member} left before "
+                        f"this node forgets the chat, or it would send it again: {e.message}; "
+                        "nothing was purged, try again when it is reachable",
+                        e.retry_after,
+                    ) from None
+                left += 1
+
+        def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
+            self._need_chat(c, chat_id)
+            members = [
+                int(r[0])
+                for r in c.execute(
+                    "SELECT user_id FROM chat_members WHERE chat_id = ? AND state = 'member'",
+                    (chat_id,),
+                )
+            ]
+            for uid in members:
+                store.add_update(c, fx, uid, "chat.left", {"chat": chat_id, "reason": "purged"})
+                fx.membership.append((chat_id, uid, False))
+            # media rows that no message outside this chat carries go with it
+            only_here = [
+                str(r[0])
+                for r in c.execute(
+                    "SELECT DISTINCT r.media_id FROM media_refs r WHERE r.chat_id = ? "
+                    "AND NOT EXISTS (SELECT 1 FROM media_refs o WHERE o.media_id = r.media_id "
+                    "AND o.chat_id != ?)",
+                    (chat_id, chat_id),
+                )
+            ]
+            c.execute("DELETE FROM media_refs WHERE chat_id = ?", (chat_id,))
+            c.executemany("DELETE FROM media WHERE id = ?", [(m,) for m in only_here])
+            events = c.execute("SELECT count(*) FROM events WHERE chat_id = ?", (chat_id,))
+            n_events = int(events.fetchone()[0])
+            c.execute(
+                "DELETE FROM events_fts WHERE rowid IN (SELECT id FROM events WHERE chat_id = ?)",
+                (chat_id,),
+            )
+            c.execute("DELETE FROM events WHERE chat_id = ?", (chat_id,))
+            c.execute("DELETE FROM hidden_messages WHERE chat_id = ?", (chat_id,))
+            c.execute("DELETE FROM private_chats WHERE chat_id = ?", (chat_id,))
+            # posts of this node's users still queued for the chat's home (federation's
+            # outbox, when the node runs federation): the chat is gone, so are they
+            if c.execute("SELECT 1 FROM sqlite_master WHERE name = 'fed_outbox'").fetchone():
+                c.execute("DELETE FROM fed_outbox WHERE chat_id = ?", (chat_id,))
+            c.execute("DELETE FROM chats WHERE id = ?", (chat_id,))  # members, invites cascade
+            fx.erased = True  # compact the search index and the WAL (secure_delete zeroes)
+            return {"events": n_events, "members": len(members), "media": len(only_here)}
+
+        out = await self.write(ctx, job)
+        log_.event(_log, "chat.purged", chat=chat_id, home=chat.home, **out)
+        return {"chat": chat_id, "home": chat.home, "left_home": left, **out}

@@ -124,6 +124,7 @@ class Media:
             "media.downloadSecret": self.download_secret,
             "admin.mediaStats": self.admin_stats,
             "admin.mediaGc": self.admin_gc,
+            "admin.mediaDelete": self.admin_delete,
         }.items():
             router.add(name, fn)
 
@@ -552,3 +553,41 @@ class Media:
 
     async def admin_gc(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         return await self.gc()
+
+    async def admin_delete(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        """Erase one file from this node: every media row naming its bytes (so every message
+        carrying it shows the attachment without a media id: gone) and the bytes on disk,
+        now. Named by a media id or by its SHA-256 (hex). Under the gc lock, so no sweep or
+        fetch places or counts it meanwhile. Other nodes keep their copies; a fresh upload
+        of the same bytes stores them again."""
+        by_id, by_sha = p.get("media_id"), p.get("sha256")
+        if (by_id is None) == (by_sha is None):
+            raise RpcError(ErrorCode.PARAMS_INVALID, "give media_id or sha256, not both")
+
+        def job(c: sqlite3.Connection) -> tuple[bytes, int, int, int]:
+            if by_id is not None:
+                row = store.get(c, by_id)
+                if row is None:
+                    raise RpcError(ErrorCode.MEDIA_NOT_FOUND, f"no media {by_id}")
+                sha = bytes(row[1])
+            else:
+                sha = bytes.fromhex(str(by_sha))
+            rows = c.execute("SELECT count(*), max(size) FROM media WHERE sha256 = ?", (sha,))
+            n, size = rows.fetchone()
+            if not n:
+                raise RpcError(ErrorCode.MEDIA_NOT_FOUND, f"no media with SHA-256 {sha.hex()}")
+            refs = c.execute(
+                "SELECT count(*) FROM media_refs r JOIN media m ON m.id = r.media_id "
+                "WHERE m.sha256 = ?",
+                (sha,),
+            ).fetchone()[0]
+            c.execute("DELETE FROM media WHERE sha256 = ?", (sha,))  # refs cascade
+            return sha, int(n), int(refs), int(size or 0)
+
+        async with self._gc_lock:
+            sha, rows, refs, size = await self.db.write(job)
+            sha_hex = sha.hex()
+            freed = await self._thread(files.remove_blob, self.root, sha_hex)
+            self._present.discard(sha_hex)
+        log.event(_log, "media.deleted", sha256=sha_hex[:16], rows=rows, messages=refs)
+        return {"sha256": sha_hex, "size": size, "records": rows, "messages": refs, "freed": freed}

@@ -6,6 +6,7 @@ reference in docs/api.md (``fedgram dev api-docs``) are all derived from this mo
 
 from __future__ import annotations
 
+from .api_admin import ADMIN_METHODS
 from .api_chats import CHAT_METHODS, CHAT_UPDATES
 from .api_fed import DIRECTORY_METHODS, FED_METHODS
 from .api_media import MEDIA_METHODS
@@ -115,6 +116,11 @@ UserRow = Struct(
         "banned": Field(Bool()),
         "devices": Field(Int(), "active (not revoked) devices"),
         "created": Field(Float()),
+        "last_seen": Field(
+            Nullable(Float()),
+            "when a device of theirs was last signed in (to the minute); null: never",
+        ),
+        "online": Field(Bool(), "has a signed-in session now"),
     },
     name="User",
 )
@@ -366,6 +372,7 @@ METHODS: dict[str, Method] = {
         *SECRET_METHODS,
         *DIRECTORY_METHODS,
         *FED_METHODS,
+        *ADMIN_METHODS,
     ]
 }
 

@@ -221,5 +221,17 @@ MIGRATIONS: list[Migration] = [
         CREATE INDEX media_opaque ON media(sha256) WHERE opaque = 1;
         """,
     ),
+    # Last seen per user (issue 15, admin): when a device of the user was last signed in
+    # (written at sign-in and, while online, at most once a minute; node/auth/service.py).
+    # Backfilled from the devices' own last_seen (set at each sign-in and authorize).
+    Migration(
+        8,
+        "users last seen",
+        """
+        ALTER TABLE users ADD COLUMN last_seen REAL;
+        UPDATE users SET last_seen = (SELECT MAX(d.last_seen) FROM devices d
+                                      WHERE d.user_id = users.id);
+        """,
+    ),
 ]
 check_sequence(MIGRATIONS)
