@@ -36,6 +36,8 @@ class Membership(Handlers):
             "chats.createInvite": self.create_invite,
             "chats.join": self.join,
             "chats.updateDialog": self.update_dialog,
+            "chats.listInvites": self.list_invites,
+            "chats.revokeInvite": self.revoke_invite,
         }
 
     async def list_chats(self, ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -386,5 +388,43 @@ class Membership(Handlers):
                 "archived": bool(row[2]),
             }
             return {"pts": store.add_update(c, fx, uid, "dialog.updated", body)}
+
+        return await self.write(ctx, job)
+
+    # --- invite links (issue 15) --------------------------------------------------------
+    def _invite_admin(self, c: sqlite3.Connection, chat_id: str, uid: int) -> store.Chat:
+        """An admin of a chat homed here: invites live on the home (chats.createInvite), so a
+        replica's call goes there through fed.act (HomeElsewhere)."""
+        chat, _ = store.need_admin(c, chat_id, uid)
+        if chat.home != self.home.node_id:
+            raise log.HomeElsewhere(chat.id, chat.home)
+        return chat
+
+    async def list_invites(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = caller(ctx)
+
+        # a write job only so that a chat homed elsewhere is forwarded (Chats.write); it
+        # writes nothing
+        def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
+            chat = self._invite_admin(c, p["chat"], uid)
+            rows = store.list_invites(c, chat.id)
+            for r in rows:
+                r["creator"] = store.address(c, self.home, r.pop("creator_id"))
+            return {"invites": rows}
+
+        result = await self.write(ctx, job)
+        if ctx.extra.get("forwarded"):
+            return result  # a peer's call for its user: it shows the addresses its own way
+        for r in result["invites"]:
+            if r["creator"] is not None:
+                r["creator"] = self.shared.directory.display(r["creator"])
+        return result
+
+    async def revoke_invite(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = caller(ctx)
+
+        def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
+            chat = self._invite_admin(c, p["chat"], uid)
+            return {"id": store.revoke_invite(c, chat.id, p["invite"], self.home.node_id)}
 
         return await self.write(ctx, job)

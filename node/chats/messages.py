@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..interfaces import Effects
 from ..media import store as media_store
 from ..protocol.errors import ErrorCode, RpcError
-from . import log, store
+from . import log, receipts, store
 from .events import EDIT, MESSAGE
 from .handlers import Handler, Handlers, Params, Shared, caller
 from .store import ADMIN_ROLES, Chat
@@ -58,6 +58,7 @@ class Messages(Handlers):
             "messages.cancel": self.cancel,
             "messages.setTyping": self.set_typing,
             "messages.search": self.search,
+            "messages.readers": self.readers,
         }
 
     async def send(self, ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -81,11 +82,23 @@ class Messages(Handlers):
                     c, chat.id, chat.home, uid, rid, {**body, **content}
                 )
                 return {"seq": None, "ts": time.time(), "duplicate": False, "pending": True}
+            # sending reads the chat up to one's own message (log.py): that is a read
+            # receipt for the messages before it, told to their senders like messages.read
+            told = receipts.notified_by_read(c, chat, uid, m.read_seq, chat.last_seq)
             draft = log.Draft(MESSAGE, uid, body, content, rid)
             done = log.sequence(c, self.home, chat, draft, fx)
-            return {"seq": done.seq, "ts": done.ts, "duplicate": False, "pending": False}
+            notice = self._read_notice(c, chat.id, uid, done.seq, told)
+            return {
+                "seq": done.seq,
+                "ts": done.ts,
+                "duplicate": False,
+                "pending": False,
+                "_notice": notice,
+            }
 
-        return await self.write(ctx, job)
+        result = await self.write(ctx, job)
+        self._push_notice(result.pop("_notice", None))
+        return result
 
     async def cancel(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = caller(ctx)
@@ -256,21 +269,75 @@ class Messages(Handlers):
             chat, m = store.need_member(c, p["chat"], uid)
             seq = min(p.get("seq", chat.last_seq), chat.last_seq)
             pts = None
+            notice = None
             if seq > m.read_seq:
+                told = receipts.notified_by_read(c, chat, uid, m.read_seq, seq)
                 c.execute(
                     "UPDATE chat_members SET read_seq = ? WHERE chat_id = ? AND user_id = ?",
                     (seq, chat.id, uid),
                 )
                 body = {"chat": chat.id, "read_seq": seq}
                 pts = store.add_update(c, fx, uid, "chat.read", body)
+                notice = self._read_notice(c, chat.id, uid, seq, told)
             read_seq = max(seq, m.read_seq)
             return {
                 "read_seq": read_seq,
                 "unread": store.unread(c, chat.id, uid, read_seq),
                 "pts": pts,
+                "_notice": notice,
             }
 
-        return await self.write(ctx, job)
+        result = await self.write(ctx, job)
+        self._push_notice(result.pop("_notice", None))
+        return result
+
+    def _read_notice(
+        self, c: sqlite3.Connection, chat_id: str, reader: int, seq: int, told: list[int]
+    ) -> tuple[list[int], dict[str, Any]] | None:
+        """The chat.readOutbox push a read causes, built inside the job (the reader's
+        address is looked up there); None when it tells nobody."""
+        if not told:
+            return None
+        who = store.address(c, self.home, reader)
+        push = {"type": "chat.readOutbox", "chat": chat_id, "user": who, "read_seq": seq}
+        return told, push
+
+    def _push_notice(self, notice: tuple[list[int], dict[str, Any]] | None) -> None:
+        """Push a read receipt once its read committed (ephemeral, like typing: a device
+        that misses it finds the position in its dialog and history)."""
+        if notice is None:
+            return
+        users, push = notice
+        for user_id in users:
+            self.hub.push_to_user(user_id, [push])
+
+    async def readers(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = caller(ctx)
+        limit = p.get("limit", 100)
+
+        def job(c: sqlite3.Connection) -> dict[str, Any]:
+            chat, m = store.need_member(c, p["chat"], uid)
+            msg = store.need_message(c, chat.id, p["seq"], m.joined_seq)
+            rows = receipts.readers(c, chat, msg.seq, msg.sender_id, limit)
+            out = []
+            for user_id, read_seq in rows:
+                name = c.execute(
+                    "SELECT display_name FROM users WHERE id = ?", (user_id,)
+                ).fetchone()
+                out.append(
+                    {
+                        "user": store.address(c, self.home, user_id),
+                        "display_name": name[0] if name else "",
+                        "read_seq": read_seq,
+                    }
+                )
+            return {
+                "count": receipts.read_count(c, chat.id, msg.seq, msg.sender_id),
+                "readers": out,
+                "listed": chat.members <= receipts.READERS_LIST_MAX_MEMBERS,
+            }
+
+        return await self.db.read(job)
 
     async def set_typing(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = caller(ctx)

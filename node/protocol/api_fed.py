@@ -45,6 +45,8 @@ FORWARDABLE = (
     "chats.leave",
     "chats.createInvite",
     "chats.join",
+    "chats.listInvites",
+    "chats.revokeInvite",
 )
 """Calls a replica forwards to a chat's home for its users (fed.act)."""
 POKE_MAX = 1_000
