@@ -14,7 +14,7 @@ from node.client.admin import AdminClient
 from node.config import ConfigError
 from node.lock import node_running
 
-from . import chat_client_cmds, client_listen, client_media_cmds, secret_cmds  # noqa: F401
+from . import account_cmds, chat_client_cmds, client_listen, client_media_cmds, secret_cmds  # noqa: F401
 from .admin_cmds import invite_app, user_app
 from .chat_admin_cmds import chat_app
 from .client_cmds import client_app

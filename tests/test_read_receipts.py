@@ -209,3 +209,38 @@ async def test_profile_about(node: Node) -> None:
         assert (p["about"], p["display_name"]) == ("likes trio", "Alice A.")
         assert (await a.call("account.getProfile"))["about"] == "likes trio"
         await _code(a.call("account.updateProfile", {"about": "x" * 257}), "PARAMS_INVALID")
+
+
+async def test_timed_mute(node: Node) -> None:
+    async with (
+        signed_in(node, "alice", device="phone") as a1,
+        signed_in(node, "alice", device="laptop", create=False) as a2,
+        signed_in(node, "bob"),
+    ):
+        chat = (await a1.call("chats.startPrivate", {"user": "bob"}))["chat"]["id"]
+        await next_of(a2, "user.update")  # chat.joined
+        r = await a1.call("chats.updateDialog", {"chat": chat, "muted": True, "mute_for": 60})
+        u = await next_of(a2, "user.update")
+        assert (u["pts"], u["muted"]) == (r["pts"], True)
+        assert abs(u["muted_until"] - (time.time() + 60)) < 10
+        d = (await a2.call("chats.get", {"chat": chat}))["chat"]
+        assert d["muted"] and d["muted_until"] == u["muted_until"]
+
+        # once the time has passed the dialog is no longer muted
+        def expire(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE chat_members SET muted_until = ? WHERE chat_id = ?", (1, chat))
+
+        await node.db.write(expire)
+        assert (await a1.call("chats.get", {"chat": chat}))["chat"]["muted"] is False
+        # muting for good replaces a timed mute; unmuting clears it
+        await a1.call("chats.updateDialog", {"chat": chat, "muted": True})
+        d = (await a1.call("chats.get", {"chat": chat}))["chat"]
+        assert d["muted"] and d["muted_until"] is None
+        await _code(
+            a1.call("chats.updateDialog", {"chat": chat, "muted": False, "mute_for": 60}),
+            "PARAMS_INVALID",
+        )
+        await _code(
+            a1.call("chats.updateDialog", {"chat": chat, "muted": True, "mute_for": 5}),
+            "PARAMS_INVALID",
+        )

@@ -5,6 +5,7 @@ Each change: check the caller may, build a draft, sequence it (log.py applies it
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..address import Address, canonical
@@ -367,6 +368,8 @@ class Membership(Handlers):
 
     async def update_dialog(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = caller(ctx)
+        if "mute_for" in p and not p.get("muted"):
+            raise RpcError(ErrorCode.PARAMS_INVALID, "mute_for goes with muted: true")
 
         def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
             store.need_member(c, p["chat"], uid)
@@ -376,15 +379,22 @@ class Membership(Handlers):
                         f"UPDATE chat_members SET {key} = ? WHERE chat_id = ? AND user_id = ?",
                         (int(p[key]), p["chat"], uid),
                     )
+            if "muted" in p:  # a new mute (or unmute) replaces a timed one
+                until = time.time() + p["mute_for"] if "mute_for" in p else None
+                c.execute(
+                    "UPDATE chat_members SET muted_until = ? WHERE chat_id = ? AND user_id = ?",
+                    (until, p["chat"], uid),
+                )
             row = c.execute(
-                "SELECT pinned, muted, archived FROM chat_members WHERE chat_id = ? "
-                "AND user_id = ?",
+                "SELECT pinned, muted, archived, muted_until FROM chat_members "
+                "WHERE chat_id = ? AND user_id = ?",
                 (p["chat"], uid),
             ).fetchone()
             body = {
                 "chat": p["chat"],
                 "pinned": bool(row[0]),
-                "muted": bool(row[1]),
+                "muted": store.muted_now(bool(row[1]), row[3]),
+                "muted_until": row[3],
                 "archived": bool(row[2]),
             }
             return {"pts": store.add_update(c, fx, uid, "dialog.updated", body)}

@@ -87,18 +87,10 @@ class Messages(Handlers):
             told = receipts.notified_by_read(c, chat, uid, m.read_seq, chat.last_seq)
             draft = log.Draft(MESSAGE, uid, body, content, rid)
             done = log.sequence(c, self.home, chat, draft, fx)
-            notice = self._read_notice(c, chat.id, uid, done.seq, told)
-            return {
-                "seq": done.seq,
-                "ts": done.ts,
-                "duplicate": False,
-                "pending": False,
-                "_notice": notice,
-            }
+            self._read_notice(c, fx, chat.id, uid, done.seq, told)
+            return {"seq": done.seq, "ts": done.ts, "duplicate": False, "pending": False}
 
-        result = await self.write(ctx, job)
-        self._push_notice(result.pop("_notice", None))
-        return result
+        return await self.write(ctx, job)
 
     async def cancel(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = caller(ctx)
@@ -269,7 +261,6 @@ class Messages(Handlers):
             chat, m = store.need_member(c, p["chat"], uid)
             seq = min(p.get("seq", chat.last_seq), chat.last_seq)
             pts = None
-            notice = None
             if seq > m.read_seq:
                 told = receipts.notified_by_read(c, chat, uid, m.read_seq, seq)
                 c.execute(
@@ -278,38 +269,33 @@ class Messages(Handlers):
                 )
                 body = {"chat": chat.id, "read_seq": seq}
                 pts = store.add_update(c, fx, uid, "chat.read", body)
-                notice = self._read_notice(c, chat.id, uid, seq, told)
+                self._read_notice(c, fx, chat.id, uid, seq, told)
             read_seq = max(seq, m.read_seq)
             return {
                 "read_seq": read_seq,
                 "unread": store.unread(c, chat.id, uid, read_seq),
                 "pts": pts,
-                "_notice": notice,
             }
 
-        result = await self.write(ctx, job)
-        self._push_notice(result.pop("_notice", None))
-        return result
+        return await self.write(ctx, job)
 
     def _read_notice(
-        self, c: sqlite3.Connection, chat_id: str, reader: int, seq: int, told: list[int]
-    ) -> tuple[list[int], dict[str, Any]] | None:
-        """The chat.readOutbox push a read causes, built inside the job (the reader's
-        address is looked up there); None when it tells nobody."""
+        self,
+        c: sqlite3.Connection,
+        fx: Effects,
+        chat_id: str,
+        reader: int,
+        seq: int,
+        told: list[int],
+    ) -> None:
+        """The chat.readOutbox push a read causes, to the senders it tells. Not stored
+        (like typing): it leaves with the change once committed, after its chat events; a
+        device that misses it finds the position in its dialog and history."""
         if not told:
-            return None
+            return
         who = store.address(c, self.home, reader)
         push = {"type": "chat.readOutbox", "chat": chat_id, "user": who, "read_seq": seq}
-        return told, push
-
-    def _push_notice(self, notice: tuple[list[int], dict[str, Any]] | None) -> None:
-        """Push a read receipt once its read committed (ephemeral, like typing: a device
-        that misses it finds the position in its dialog and history)."""
-        if notice is None:
-            return
-        users, push = notice
-        for user_id in users:
-            self.hub.push_to_user(user_id, [push])
+        fx.pushes.extend((user_id, push) for user_id in told)
 
     async def readers(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = caller(ctx)

@@ -419,6 +419,11 @@ def unread(conn: sqlite3.Connection, chat_id: str, user_id: int, read_seq: int) 
     return int(row[0])
 
 
+def muted_now(muted: bool, until: float | None) -> bool:
+    """A dialog is muted when set so and its timed mute (if any) has not run out."""
+    return muted and (until is None or until > time.time())
+
+
 def read_outbox(conn: sqlite3.Connection, chat: Chat, user_id: int) -> int:
     """How far the caller's messages are read (receipts.py): in a private chat the other
     user's read position, in a group or channel the highest position read by anyone but
@@ -450,7 +455,8 @@ def dialog(conn: sqlite3.Connection, home: Home, chat_id: str, user_id: int) -> 
     m = get_member(conn, chat_id, user_id)
     assert chat is not None and m is not None
     flags = conn.execute(
-        "SELECT pinned, muted, archived FROM chat_members WHERE chat_id = ? AND user_id = ?",
+        "SELECT pinned, muted, archived, muted_until FROM chat_members "
+        "WHERE chat_id = ? AND user_id = ?",
         (chat_id, user_id),
     ).fetchone()
     title, peer = chat.title, None
@@ -477,7 +483,8 @@ def dialog(conn: sqlite3.Connection, home: Home, chat_id: str, user_id: int) -> 
         "read_outbox": read_outbox(conn, chat, user_id),
         "pinned_seq": chat.pinned_seq,
         "pinned": bool(flags[0]),
-        "muted": bool(flags[1]),
+        "muted": muted_now(bool(flags[1]), flags[3]),
+        "muted_until": flags[3],
         "archived": bool(flags[2]),
         "last": event_out(conn, last) if last else None,
     }

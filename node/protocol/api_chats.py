@@ -85,7 +85,8 @@ Dialog = Struct(
         ),
         "pinned_seq": Field(Nullable(Int()), "the chat's pinned message"),
         "pinned": Field(Bool(), "dialog pinned in the caller's list"),
-        "muted": Field(Bool()),
+        "muted": Field(Bool(), "muted now (a mute for a while ends by itself)"),
+        "muted_until": Field(Nullable(Float()), "when a timed mute ends (null: not timed)"),
         "archived": Field(Bool()),
         "last": Field(Nullable(Event), "last visible event"),
     },
@@ -108,7 +109,8 @@ UserUpdate = Struct(
         "kind": Field(
             Str(),
             "chat.joined {chat}, chat.left {chat, reason}, chat.read {chat, read_seq}, "
-            "dialog.updated {chat, pinned, muted, archived}, message.hidden {chat, seq}",
+            "dialog.updated {chat, pinned, muted, muted_until, archived}, "
+            "message.hidden {chat, seq}",
         ),
         "ts": Field(Float()),
     },
@@ -292,6 +294,11 @@ CHAT_METHODS: list[Method] = [
             "chat": Field(CHAT_ID),
             "pinned": Field(Bool(), required=False),
             "muted": Field(Bool(), required=False),
+            "mute_for": Field(
+                Int(60, 10 * 366 * 86400),
+                "with muted true: seconds until the mute ends by itself (default: for good)",
+                False,
+            ),
             "archived": Field(Bool(), required=False),
         },
         Struct({"pts": Field(Int())}, name="DialogUpdated"),
