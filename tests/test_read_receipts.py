@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 import trio
@@ -244,3 +245,66 @@ async def test_timed_mute(node: Node) -> None:
             a1.call("chats.updateDialog", {"chat": chat, "muted": True, "mute_for": 5}),
             "PARAMS_INVALID",
         )
+
+
+async def test_read_receipts_across_three_nodes(tmp_path: Path) -> None:
+    """A group homed on n1 with members on n2 and n3: a read on any node reaches the
+    senders on the others (reader's node -> home -> other replicas), as a push and in the
+    dialog and history there; a node that is neither the home nor the reader's is not
+    believed."""
+    from tests.test_federation import WAIT, cluster, has_chat, rid, until
+
+    async with cluster(tmp_path, 3) as nodes:
+        a, b, c = nodes
+        async with (
+            signed_in(a, "alice") as al,
+            signed_in(b, "bob") as bo,
+            signed_in(c, "carol") as ca,
+        ):
+            g = await al.call(
+                "chats.createGroup", {"title": "Trio", "members": ["bob@n2", "carol@n3"]}
+            )
+            chat = g["chat"]["id"]
+            await has_chat(b, chat)
+            await has_chat(c, chat)
+            m1 = await send(al, chat, "from alice")
+            sent = await ca.call("messages.send", {"chat": chat, "random_id": rid(), "text": "c"})
+            assert sent["pending"] is True
+            ev = (await next_of(ca, "chat.event", timeout=WAIT))["event"]
+            while ev["kind"] != "message" or ev["sender"] != "carol@n3":  # until sequenced
+                ev = (await next_of(ca, "chat.event", timeout=WAIT))["event"]
+            m2 = ev["seq"]
+            assert m2 > m1
+
+            async def bob_has() -> bool:
+                h = await bo.call("chats.history", {"chat": chat})
+                return bool(h["last_seq"] >= m2)
+
+            await until(bob_has)
+            # bob reads on n2: alice (home) and carol (the other replica) are told
+            await bo.call("messages.read", {"chat": chat})
+            for x in (al, ca):
+                u = await next_of(x, "chat.readOutbox", timeout=WAIT)
+                assert (u["chat"], u["user"], u["read_seq"]) == (chat, "bob@n2", m2)
+            h = await ca.call("chats.history", {"chat": chat})
+            assert h["read_by"] == {str(m2): 1} and h["read_outbox"] == m2
+            assert (await al.call("chats.get", {"chat": chat}))["chat"]["read_outbox"] == m2
+
+            # alice reads on the home: carol's message is read by two now, on n3
+            await al.call("messages.read", {"chat": chat})
+            u = await next_of(ca, "chat.readOutbox", timeout=WAIT)
+            assert (u["user"], u["read_seq"]) == ("alice@n1", m2)
+            rd = await ca.call("messages.readers", {"chat": chat, "seq": m2})
+            assert rd["count"] == 2
+            assert {x["user"] for x in rd["readers"]} == {"alice@n1", "bob@n2"}
+
+            # n3 speaking for a user of n1 in a chat homed on n1, to n2: ignored
+            fed_c = c.remote.impl
+            assert fed_c is not None
+            forged = {"chat": chat, "user": f"alice@{a.node_id}", "read_seq": m2 + 5}
+            r = await fed_c.links[b.node_id].call("fed.read", {"reads": [forged]})
+            assert r == {"applied": 0}
+            # and a bad batch is refused by the schema
+            with pytest.raises(RpcError) as e:
+                await fed_c.links[b.node_id].call("fed.read", {"reads": [{"chat": chat}]})
+            assert e.value.code == "PARAMS_INVALID"

@@ -279,6 +279,30 @@ class Messages(Handlers):
 
         return await self.write(ctx, job)
 
+    def read_from_peer(
+        self, c: sqlite3.Connection, fx: Effects, chat_id: str, uid: int, seq: int
+    ) -> int | None:
+        """A member's read position as another node reports it (fed.read), inside a write
+        job: moved forward only, the local senders it covers told as for a local read. On
+        the chat's home the position is capped at the log's head (a replica never has
+        more); a replica takes the home's word (it may be behind the home). Returns the new
+        position, or None when nothing moved (not a member, not further)."""
+        chat = store.get_chat(c, chat_id)
+        m = store.get_member(c, chat_id, uid) if chat is not None else None
+        if chat is None or m is None or m.state != "member":
+            return None
+        if chat.home == self.home.node_id:
+            seq = min(seq, chat.last_seq)
+        if seq <= m.read_seq:
+            return None
+        told = receipts.notified_by_read(c, chat, uid, m.read_seq, seq)
+        c.execute(
+            "UPDATE chat_members SET read_seq = ? WHERE chat_id = ? AND user_id = ?",
+            (seq, chat_id, uid),
+        )
+        self._read_notice(c, fx, chat_id, uid, seq, told)
+        return seq
+
     def _read_notice(
         self,
         c: sqlite3.Connection,

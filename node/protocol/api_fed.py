@@ -114,6 +114,16 @@ ForwardedPost = Struct(
     name="ForwardedPost",
 )
 
+READS_MAX = 1000
+ReadMark = Struct(
+    {
+        "chat": Field(CHAT_ID),
+        "user": Field(ADDRESS, "canonical address of the reader"),
+        "read_seq": Field(Int(1)),
+    },
+    name="ReadMark",
+)
+
 SealedEvent = List(AnyValue(), 3)
 """``[raw, sig, content | null]``: the signed event as the home stored it, and its erasable
 content record (null: none, or erased)."""
@@ -215,6 +225,20 @@ FED_METHODS: list[Method] = [
         },
         AnyValue(),
         (E.NOT_A_REPLICA, E.PEER_PENDING),
+        access="node",
+        part="federation",
+        rate_group="federation",
+    ),
+    Method(
+        "fed.read",
+        "Read positions of chat members (sender-side read receipts across nodes): from a "
+        "reader's node to the chat's home, and from the home to the chat's other replicas. "
+        "Accepted from the reader's own node for chats homed here, or from the chat's home; "
+        "others are ignored. Positions only move forward; coalesced and best-effort (a "
+        "position lost on the way is corrected by the reader's next read or message).",
+        {"reads": Field(List(ReadMark, READS_MAX))},
+        Struct({"applied": Field(Int(), "positions that moved here")}, name="ReadsApplied"),
+        (E.PEER_PENDING,),
         access="node",
         part="federation",
         rate_group="federation",
