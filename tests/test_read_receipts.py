@@ -116,7 +116,7 @@ async def test_group_read_by_counts_and_who_is_told(node: Node) -> None:
 async def test_big_group_receipts_are_bounded(node: Node) -> None:
     """In a chat over SMALL_CHAT members a read tells the senders only when it passes
     everyone else's; counts stop at the cap; readers are not listed."""
-    n = receipts.READERS_LIST_MAX_MEMBERS + 5
+    n = receipts.READ_COUNT_CAP + 5  # above the cap, and too big to list readers
     names = [f"user{i:03d}" for i in range(n)]
     for name in names[:3]:
         await add_user(node, name)
@@ -146,6 +146,18 @@ async def test_big_group_receipts_are_bounded(node: Node) -> None:
         await _no_push(a, "chat.readOutbox")
         rd = await a.call("messages.readers", {"chat": chat, "seq": m})
         assert rd == {"count": 2, "readers": [], "listed": False}
+        h = await a.call("chats.history", {"chat": chat})
+        assert h["read_by"] == {str(m): 2}
+
+        # everyone reads it: counts stop at the cap, in history and in messages.readers
+        def all_read(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE chat_members SET read_seq = ? WHERE chat_id = ?", (m, chat))
+
+        await node.db.write(all_read)
+        h = await a.call("chats.history", {"chat": chat})
+        assert h["read_by"] == {str(m): receipts.READ_COUNT_CAP}
+        rd = await a.call("messages.readers", {"chat": chat, "seq": m})
+        assert rd["count"] == receipts.READ_COUNT_CAP
 
     # the work is bounded: the counts and the outbox walk the read index, not the table
     def plan(conn: sqlite3.Connection) -> str:
@@ -281,6 +293,9 @@ async def test_read_receipts_across_three_nodes(tmp_path: Path) -> None:
                 return bool(h["last_seq"] >= m2)
 
             await until(bob_has)
+            # carol's message, sequenced on the home, read alice's before it
+            u = await next_of(al, "chat.readOutbox", timeout=WAIT)
+            assert (u["chat"], u["user"], u["read_seq"]) == (chat, "carol@n3", m2)
             # bob reads on n2: alice (home) and carol (the other replica) are told
             await bo.call("messages.read", {"chat": chat})
             for x in (al, ca):

@@ -177,7 +177,9 @@ class Messages(Handlers):
         content = {k: p[k] for k in ("text", "media", "fwd") if p.get(k)}
         if not content.get("text") and not content.get("media"):
             raise RpcError(ErrorCode.MESSAGE_EMPTY)
+        told = receipts.notified_by_read(c, chat, uid, m.read_seq, chat.last_seq)
         done = log.sequence(c, self.home, chat, log.Draft(MESSAGE, uid, body, content, rid), fx)
+        self._read_notice(c, fx, chat.id, uid, done.seq, told)  # as for a local send
         return {"seq": done.seq, "duplicate": False}
 
     async def edit(self, ctx: CallContext, p: Params) -> dict[str, Any]:
