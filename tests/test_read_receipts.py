@@ -323,3 +323,20 @@ async def test_read_receipts_across_three_nodes(tmp_path: Path) -> None:
             with pytest.raises(RpcError) as e:
                 await fed_c.links[b.node_id].call("fed.read", {"reads": [{"chat": chat}]})
             assert e.value.code == "PARAMS_INVALID"
+
+            # invite links of a chat homed elsewhere: listed and revoked through its home
+            link = (await al.call("chats.createInvite", {"chat": chat}))["invite"]
+            await _code(bo.call("chats.listInvites", {"chat": chat}), "CHAT_ADMIN_REQUIRED")
+            await al.call("chats.setRole", {"chat": chat, "user": "bob@n2", "role": "admin"})
+
+            async def bob_admin() -> bool:
+                d = (await bo.call("chats.get", {"chat": chat}))["chat"]
+                return bool(d["role"] == "admin")
+
+            await until(bob_admin)
+            (inv,) = (await bo.call("chats.listInvites", {"chat": chat}))["invites"]
+            assert inv["creator"] == "alice@n1" and inv["usable"]
+            r = await bo.call("chats.revokeInvite", {"chat": chat, "invite": link})
+            assert r["id"] == inv["id"]
+            (inv,) = (await al.call("chats.listInvites", {"chat": chat}))["invites"]
+            assert inv["revoked"] is True
