@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from .admin_cmds import parse_duration
+from .admin_cmds import _DURATION, _UNITS, parse_duration
 from .client_cmds import ProfileOpt, _profile, client_app
 from .common import JsonOpt, print_json, run_async
 
 if TYPE_CHECKING:
     from node.client import Client
 
+T = TypeVar("T")
 ChatArg = Annotated[str, typer.Argument(help="Chat id, or @name for a private chat.")]
 SeqArg = Annotated[int, typer.Argument(help="Message seq (see `client history`).", min=1)]
 
@@ -66,23 +68,27 @@ def describe(ev: dict[str, Any]) -> str:
     if kind == "message":
         if ev.get("deleted"):
             return f"{head}: (deleted)"
-        parts = []
-        if "fwd" in b:
-            parts.append(f"(forwarded from {b['fwd'].get('sender')})")
-        if "reply_to" in b:
-            parts.append(f"(reply to {b['reply_to']})")
-        for m in b.get("media", []):
-            parts.append(
-                f"[{m.get('kind')}: {m.get('name')} {m.get('size')} B id={m.get('media_id')}]"
-            )
-        parts.append(b.get("text", ""))
-        edited = " (edited)" if ev.get("edited") else ""
-        return f"{head}: {' '.join(p for p in parts if p)}{edited}"
-    detail = _service_text(kind, b)
+        return f"{head}: {message_text(ev)}"
+    detail = service_text(kind, b)
     return f"{head} * {detail}"
 
 
-def _service_text(kind: str, b: dict[str, Any]) -> str:
+def message_text(ev: dict[str, Any]) -> str:
+    """A message's text with its forward origin, reply and attachments."""
+    b = ev.get("body") or {}
+    parts = []
+    if "fwd" in b:
+        parts.append(f"(forwarded from {b['fwd'].get('sender')})")
+    if "reply_to" in b:
+        parts.append(f"(reply to {b['reply_to']})")
+    for m in b.get("media", []):
+        parts.append(f"[{m.get('kind')}: {m.get('name')} {m.get('size')} B id={m.get('media_id')}]")
+    parts.append(b.get("text", ""))
+    edited = " (edited)" if ev.get("edited") else ""
+    return f"{' '.join(p for p in parts if p)}{edited}"
+
+
+def service_text(kind: str, b: dict[str, Any]) -> str:
     """What a service event (not a message) says."""
     texts = {
         "create": f"created the {b.get('kind')} {b.get('title') or ''}".rstrip(),
@@ -358,12 +364,29 @@ def history(
     params: dict[str, Any] = {"limit": limit}
     if before is not None:
         params["before"] = before
-    r = _call(profile, "chats.history", params, chat)
+
+    async def go(c: Client) -> tuple[dict[str, Any], str]:
+        params["chat"] = await resolve_chat(c, chat)
+        r: dict[str, Any] = await c.call("chats.history", params)
+        kind = "" if json else (await c.call("chats.get", {"chat": params["chat"]}))["chat"]["kind"]
+        return r, kind
+
+    r, kind = _session(profile, go)
     if json:
         print_json(r["events"])
         return
     for ev in r["events"]:
-        typer.echo(describe(ev))
+        typer.echo(describe(ev) + read_mark(kind, r["read_by"].get(str(ev["seq"]))))
+
+
+def read_mark(kind: str, readers: int | None) -> str:
+    """How far one of your own messages is read: "✓ read" in a private chat, "read by N" in
+    a group or channel (counts stop at 1000); nothing while nobody has read it."""
+    if not readers:
+        return ""
+    if kind == "private":
+        return "  ✓ read"
+    return f"  ✓ read by {readers}{'+' if readers >= 1000 else ''}"
 
 
 @client_app.command()
@@ -383,3 +406,203 @@ def search(
         typer.echo("nothing found")
     for ev in r["results"]:
         typer.echo(f"{ev['chat']} {describe(ev)}")
+
+
+# --- issue 15: what Telegram users expect --------------------------------------------------
+def _session(profile: Any, fn: Callable[[Client], Awaitable[T]]) -> T:
+    """Several calls on one signed-in session (one connection, one handshake)."""
+    prof = _profile(profile)
+    from node.client.signed_in import connect_signed_in
+
+    async def go() -> T:
+        async with connect_signed_in(prof) as c:
+            return await fn(c)
+
+    return run_async(go)
+
+
+def _done(json: bool, result: Any, sentence: str) -> None:
+    """A command's answer: the node's result as JSON, or a sentence saying what happened."""
+    if json:
+        print_json(result)
+    else:
+        typer.echo(sentence)
+
+
+def _duration(text: str) -> int:
+    """``8h``, ``30m``, ``2d``... in seconds (a usage error otherwise)."""
+    m = _DURATION.fullmatch(text.strip())
+    if not m:
+        raise typer.BadParameter(f"{text!r}: use a number and a unit, e.g. 30m, 8h, 7d", None)
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+@client_app.command()
+def unpin(chat: ChatArg, profile: ProfileOpt = None, json: JsonOpt = False) -> None:
+    """Unpin the chat's pinned message (group and channel admins; private chats: either side)."""
+    params: dict[str, Any] = {}
+    r = _call(profile, "messages.unpin", params, chat)
+    _done(json, r, f"unpinned the pinned message of {params['chat']} (event {r['seq']})")
+
+
+def _dialog(profile: Any, chat: str, json: bool, say: str, **settings: Any) -> None:
+    params: dict[str, Any] = dict(settings)
+    r = _call(profile, "chats.updateDialog", params, chat)
+    _done(json, {"chat": params["chat"], **settings, **r}, say.format(chat=params["chat"]))
+
+
+@client_app.command()
+def mute(
+    chat: ChatArg,
+    for_: Annotated[
+        str | None, typer.Option("--for", help="How long, e.g. 8h, 2d (default: for good).")
+    ] = None,
+    forever: Annotated[
+        bool, typer.Option("--forever", help="Until unmuted (the default).")
+    ] = False,
+    profile: ProfileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Mute a chat's notifications on all your devices, for a while or for good."""
+    if for_ is not None and forever:
+        raise typer.BadParameter("give --for or --forever, not both")
+    if for_ is None:
+        _dialog(profile, chat, json, "muted {chat} until you unmute it", muted=True)
+        return
+    seconds = _duration(for_)
+    until = _when(time.time() + seconds)
+    _dialog(profile, chat, json, f"muted {{chat}} until {until}", muted=True, mute_for=seconds)
+
+
+@client_app.command()
+def unmute(chat: ChatArg, profile: ProfileOpt = None, json: JsonOpt = False) -> None:
+    """Unmute a chat."""
+    _dialog(profile, chat, json, "unmuted {chat}", muted=False)
+
+
+@client_app.command()
+def archive(chat: ChatArg, profile: ProfileOpt = None, json: JsonOpt = False) -> None:
+    """Move a chat to the archive (`client chats --archived` lists it)."""
+    _dialog(profile, chat, json, "archived {chat}", archived=True)
+
+
+@client_app.command()
+def unarchive(chat: ChatArg, profile: ProfileOpt = None, json: JsonOpt = False) -> None:
+    """Bring a chat back from the archive."""
+    _dialog(profile, chat, json, "moved {chat} out of the archive", archived=False)
+
+
+@client_app.command("pin-dialog")
+def pin_dialog(chat: ChatArg, profile: ProfileOpt = None, json: JsonOpt = False) -> None:
+    """Pin a chat to the top of your chat list."""
+    _dialog(profile, chat, json, "pinned {chat} to the top of your chats", pinned=True)
+
+
+@client_app.command("unpin-dialog")
+def unpin_dialog(chat: ChatArg, profile: ProfileOpt = None, json: JsonOpt = False) -> None:
+    """Unpin a chat from the top of your chat list."""
+    _dialog(profile, chat, json, "unpinned {chat} from the top of your chats", pinned=False)
+
+
+MEMBERS_PAGE = 1000
+
+
+@client_app.command()
+def members(
+    chat: ChatArg,
+    banned: Annotated[bool, typer.Option("--banned", help="List banned users instead.")] = False,
+    profile: ProfileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """List a chat's members with their roles (owner first, then admins)."""
+    state = "banned" if banned else "member"
+
+    async def go(c: Client) -> tuple[str, list[dict[str, Any]], int]:
+        chat_id = await resolve_chat(c, chat)
+        rows: list[dict[str, Any]] = []
+        while True:
+            p = {"chat": chat_id, "state": state, "offset": len(rows), "limit": MEMBERS_PAGE}
+            r = await c.call("chats.members", p)
+            rows += r["members"]
+            if len(r["members"]) < MEMBERS_PAGE or len(rows) >= r["count"]:
+                return chat_id, rows, int(r["count"])
+
+    chat_id, rows, count = _session(profile, go)
+    if json:
+        print_json({"chat": chat_id, "members": rows, "count": count})
+        return
+    what = "banned user" if banned else "member"
+    typer.echo(f"{count} {what}{'' if count == 1 else 's'} in {chat_id}:")
+    for m in rows:
+        typer.echo(f"  {m['user']:<32} {m['role']:<7} {m['display_name']}".rstrip())
+
+
+UserArg = Annotated[str, typer.Argument(help="User name (name, @name or name@node).")]
+
+
+@client_app.command("set-role")
+def set_role(
+    chat: ChatArg,
+    user: UserArg,
+    role: Annotated[str, typer.Argument(help="admin, member, or owner (hands ownership over).")],
+    profile: ProfileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Make a member admin or member (owner only); `owner` hands the chat over to them.
+
+    Handing over ownership makes you an admin."""
+    params: dict[str, Any] = {"user": user.lstrip("@"), "role": role}
+    r = _call(profile, "chats.setRole", params, chat)
+    _done(json, r, f"made {user.lstrip('@')} {role} of {params['chat']} (event {r['seq']})")
+
+
+@client_app.command()
+def unban(chat: ChatArg, user: UserArg, profile: ProfileOpt = None, json: JsonOpt = False) -> None:
+    """Lift a ban (admins): the user may be added or join again."""
+    params: dict[str, Any] = {"user": user.lstrip("@")}
+    r = _call(profile, "chats.unban", params, chat)
+    _done(json, r, f"unbanned {user.lstrip('@')} in {params['chat']} (event {r['seq']})")
+
+
+@client_app.command()
+def invites(chat: ChatArg, profile: ProfileOpt = None, json: JsonOpt = False) -> None:
+    """List a group's or channel's invite links (admins), each with its id.
+
+    Links are stored hashed: each is shown by its id, which `revoke-invite` takes (as it
+    takes the link itself)."""
+    params: dict[str, Any] = {}
+    r = _call(profile, "chats.listInvites", params, chat)
+    if json:
+        print_json(r["invites"])
+        return
+    rows = r["invites"]
+    typer.echo(f"{len(rows)} invite link{'' if len(rows) == 1 else 's'} for {params['chat']}")
+    for x in rows:
+        uses = "unlimited uses" if x["uses_left"] is None else f"{x['uses_left']} uses left"
+        expires = "never expires" if x["expires"] is None else f"expires {_when(x['expires'])}"
+        state = "revoked" if x["revoked"] else ("usable" if x["usable"] else "used up/expired")
+        typer.echo(
+            f"  {x['id']}  {state:<15} {uses}, {expires}; made {_when(x['created'])} "
+            f"by {x['creator'] or '?'}"
+        )
+
+
+@client_app.command("revoke-invite")
+def revoke_invite(
+    chat: ChatArg,
+    token: Annotated[str, typer.Argument(help="The invite link, or its id from `invites`.")],
+    profile: ProfileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Revoke an invite link (admins): nobody joins with it any more."""
+    params: dict[str, Any] = {"invite": token}
+    r = _call(profile, "chats.revokeInvite", params, chat)
+    _done(json, r, f"revoked invite {r['id']} of {params['chat']}: it no longer lets anyone join")
+
+
+@client_app.command()
+def typing(chat: ChatArg, profile: ProfileOpt = None, json: JsonOpt = False) -> None:
+    """Tell the chat's online members you are typing (shown for a few seconds)."""
+    params: dict[str, Any] = {}
+    r = _call(profile, "messages.setTyping", params, chat)
+    _done(json, r, f"told the members of {params['chat']} you are typing")

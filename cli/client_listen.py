@@ -7,6 +7,9 @@ When the connection is lost (the node restarts, the network drops), it reconnect
 capped exponential backoff and resumes with getDifference: nothing missed, nothing twice.
 When the device is logged out (revoked from another device, by the admin, banned) it exits
 non-zero saying so.
+
+Lines are for people (:class:`Render`: chat titles, short names, typing, read receipts);
+``--json`` prints every update as one JSON line, exactly as the node pushed it, for scripts.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import json as jsonlib
 import random
 import sys
+import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import trio
@@ -22,7 +26,7 @@ import typer
 
 from node.protocol.errors import ErrorCode, RpcError
 
-from .chat_client_cmds import describe, dialog_line
+from .chat_client_cmds import dialog_line, message_text, service_text
 from .client_cmds import ProfileOpt, _profile, client_app
 from .common import JsonOpt, run_async
 
@@ -65,16 +69,103 @@ def _copy(state: dict[str, Any]) -> dict[str, Any]:
     return {"pts": state["pts"], "chats": dict(state["chats"])}
 
 
-def _describe_update(u: dict[str, Any]) -> str:
-    kind = u.get("type")
-    if kind == "chat.event":
-        return f"{u['event']['chat']} {describe(u['event'])}"
-    if kind == "chat.typing":
-        return f"{u['chat']} {u['user']} is typing..."
-    if kind == "user.update":
+class Render:
+    """Updates as lines a person reads (``listen`` without --json), e.g.
+    ``[12:03] Family #42 bob: dinner at 8?``, ``bob is typing in Family…``, ``carol read
+    up to #42 in Family``. Chats are named by their titles (learnt from the dialogs and
+    kept current by title events), users of this node by their bare name."""
+
+    def __init__(self, me: str | None) -> None:
+        self.titles: dict[str, str] = {}
+        # "@n1" of "alice@n1": addresses on this node are shown without it
+        self.here = "@" + me.split("@", 1)[1] if me and "@" in me else None
+
+    def who(self, address: str | None) -> str:
+        if not address:
+            return "someone"
+        if self.here and address.endswith(self.here):
+            return address[: -len(self.here)]
+        return address
+
+    def chat(self, chat_id: str) -> str:
+        return self.titles.get(chat_id) or chat_id
+
+    def line(self, u: dict[str, Any]) -> str:
+        kind = u.get("type")
+        if kind == "chat.event":
+            return self.event(u["event"])
+        if kind == "chat.typing":
+            return f"{self.who(u['user'])} is typing in {self.chat(u['chat'])}…"
+        if kind == "chat.readOutbox":
+            return f"{self.who(u['user'])} read up to #{u['read_seq']} in {self.chat(u['chat'])}"
+        if kind == "chat.too_long":
+            return (
+                f"{self.chat(u['chat'])}: too much was missed to print (up to #{u['last_seq']}); "
+                f"see fedgram client history {u['chat']}"
+            )
+        if kind == "user.update":
+            return self.user_update(u)
+        return jsonlib.dumps(u, sort_keys=True, default=str)  # e.g. secret chats' items
+
+    def event(self, ev: dict[str, Any]) -> str:
+        b = ev.get("body") or {}
+        title = self.chat(ev["chat"])
+        stamp = f"[{time.strftime('%H:%M', time.localtime(ev['ts']))}]"
+        who = self.who(ev.get("sender"))
+        kind = ev["kind"]
+        if kind == "title" and b.get("title"):
+            self.titles[ev["chat"]] = b["title"]
+        if kind == "create" and b.get("title"):
+            self.titles.setdefault(ev["chat"], b["title"])
+            title = self.chat(ev["chat"])
+        if kind == "message":
+            if ev.get("deleted"):
+                return f"{stamp} {title} #{ev['seq']} {who}: (deleted)"
+            return f"{stamp} {title} #{ev['seq']} {who}: {message_text(ev)}"
+        if kind == "edit":
+            return f"{stamp} {title}: {who} edited #{b.get('target')}: {b.get('text', '')}"
+        if kind == "delete":
+            return f"{stamp} {title}: {who} deleted #{b.get('target')}"
+        if kind in ("pin", "unpin"):
+            return f"{stamp} {title}: {who} {kind}ned #{b.get('target')}"
+        if kind in ("join", "leave"):
+            return f"{stamp} {title}: {who} {'joined' if kind == 'join' else 'left'}"
+        if kind in ("add", "remove", "ban", "unban", "role"):
+            users = b.get("users") or [b.get("user")]
+            names = ", ".join(self.who(x) for x in users)
+            verb = {"add": "added", "remove": "removed", "ban": "banned", "unban": "unbanned"}
+            if kind == "role":
+                return f"{stamp} {title}: {who} made {names} {b.get('role')}"
+            return f"{stamp} {title}: {who} {verb[kind]} {names}"
+        return f"{stamp} {title}: {who} {service_text(kind, b)}"
+
+    def user_update(self, u: dict[str, Any]) -> str:
+        kind = u["kind"]
+        title = self.chat(u["chat"]) if "chat" in u else ""
+        if kind == "chat.joined":
+            return f"you are now in {title}"
+        if kind == "chat.left":
+            why = f" ({u['reason']})" if u.get("reason") else ""
+            return f"you are no longer in {title}{why}"
+        if kind == "chat.read":
+            return f"you read {title} up to #{u['read_seq']}"
+        if kind == "dialog.updated":
+            flags = [f for f in ("pinned", "muted", "archived") if u.get(f)]
+            return (
+                f"{title} is now {', '.join(flags) if flags else 'unpinned, unmuted, unarchived'}"
+            )
+        if kind == "message.hidden":
+            return f"you deleted #{u['seq']} in {title} for yourself"
         rest = {k: v for k, v in u.items() if k not in ("type", "kind", "pts", "ts")}
-        return f"pts {u['pts']}: {u['kind']} {jsonlib.dumps(rest, sort_keys=True)}"
-    return jsonlib.dumps(u, sort_keys=True, default=str)
+        return f"{kind} {jsonlib.dumps(rest, sort_keys=True, default=str)}"
+
+
+def _chat_of(u: dict[str, Any]) -> str | None:
+    """The chat an update is about, if any."""
+    if u.get("type") == "chat.event":
+        return str(u["event"]["chat"])
+    chat = u.get("chat")
+    return chat if isinstance(chat, str) else None
 
 
 def backoff(failures: int, retry_after: float | None = None) -> float:
@@ -93,13 +184,42 @@ class Listener:
         self.as_json = as_json
         self.printed = 0
         self.state: dict[str, Any] | None = None
+        me = (prof.session() or {}).get("address")
+        self.render = Render(me if isinstance(me, str) else None)
 
     # --- output ---------------------------------------------------------------------
-    def emit(self, u: dict[str, Any]) -> None:
-        line = jsonlib.dumps(u, sort_keys=True, default=str) if self.as_json else None
-        sys.stdout.write((line or _describe_update(u)) + "\n")
+    async def emit(self, c: Client, u: dict[str, Any]) -> None:
+        if self.as_json:
+            line = jsonlib.dumps(u, sort_keys=True, default=str)
+        else:
+            await self.learn_title(c, _chat_of(u))
+            line = self.render.line(u)
+        sys.stdout.write(line + "\n")
         sys.stdout.flush()
         self.printed += 1
+
+    async def learn_titles(self, c: Client, dialogs: list[dict[str, Any]] | None = None) -> None:
+        """Chat titles for the human-readable lines (not needed for --json): all dialogs
+        once a connection is up, so lines name chats without a call each."""
+        if self.as_json:
+            return
+        if dialogs is None:
+            dialogs = (await c.call("chats.list"))["chats"]
+        for d in dialogs:
+            self.render.titles[d["id"]] = d["title"] or d["id"]
+
+    async def learn_title(self, c: Client, chat_id: str | None) -> None:
+        """A chat not seen yet (joined since): ask for its dialog; one it is no longer in
+        keeps being named by its id."""
+        if chat_id is None or chat_id in self.render.titles:
+            return
+        try:
+            d = (await c.call("chats.get", {"chat": chat_id}))["chat"]
+            self.render.titles[chat_id] = d["title"] or chat_id
+        except RpcError as e:
+            if e.code not in (ErrorCode.NOT_A_MEMBER, ErrorCode.CHAT_NOT_FOUND):
+                raise
+            self.render.titles[chat_id] = chat_id
 
     def show_dialogs(self, dialogs: list[dict[str, Any]]) -> None:
         """A new device's first view: the recent dialogs (not counted as updates)."""
@@ -128,11 +248,11 @@ class Listener:
         while True:
             diff = await c.call("updates.getDifference", state)
             for upd in diff["updates"]:
-                self.emit({"type": "user.update", **upd})
+                await self.emit(c, {"type": "user.update", **upd})
             for ev in diff["events"]:
-                self.emit({"type": "chat.event", "event": ev})
+                await self.emit(c, {"type": "chat.event", "event": ev})
             for chat_id, last in diff["too_long"].items():
-                self.emit({"type": "chat.too_long", "chat": chat_id, "last_seq": last})
+                await self.emit(c, {"type": "chat.too_long", "chat": chat_id, "last_seq": last})
             state = {"pts": diff["pts"], "chats": {**diff["chats"], **diff["too_long"]}}
             if diff["complete"]:
                 return state
@@ -176,15 +296,15 @@ class Listener:
                 ev = u["event"]
                 if ev["seq"] <= self.state["chats"].get(ev["chat"], 0):
                     continue  # already printed by a catch-up
-                self.emit(u)
+                await self.emit(c, u)
                 self.state["chats"][ev["chat"]] = ev["seq"]
             elif kind == "user.update":
                 if u["pts"] <= self.state["pts"]:
                     continue
-                self.emit(u)
+                await self.emit(c, u)
                 self.state["pts"] = u["pts"]
             else:
-                self.emit(u)
+                await self.emit(c, u)
             await self.save()
             if self.done():
                 return True
@@ -193,6 +313,7 @@ class Listener:
     # --- one connection ---------------------------------------------------------------
     async def session(self, c: Client, first: bool) -> bool:
         """Sync, then stream; True when done. Raises RpcError when the connection ends."""
+        await self.learn_titles(c)
         if first or self.state is None:
             await self.first_sync(c)
         else:
@@ -283,7 +404,10 @@ def listen(
     profile: ProfileOpt = None,
     json: JsonOpt = False,
 ) -> None:
-    """Stream updates as they arrive (JSON lines with --json).
+    """Stream updates as they arrive, as lines to read (JSON lines with --json).
+
+    Messages show as `[12:03] Family #42 bob: dinner at 8?`, with edits, deletes, joins
+    and leaves, who is typing, and read receipts (`carol read up to #42 in Family`).
 
     The profile remembers the sync state (pts and per-chat seq), so after a pause the
     missed events are printed first, then the live ones, with nothing lost between. A new

@@ -17,7 +17,14 @@ from node.client.admin import AdminClient
 from node.config import ConfigError
 from node.lock import node_running
 
-from . import chat_client_cmds, client_listen, client_media_cmds, helpfmt, secret_cmds  # noqa: F401
+from . import (  # noqa: F401
+    account_cmds,
+    chat_client_cmds,
+    client_listen,
+    client_media_cmds,
+    helpfmt,
+    secret_cmds,
+)
 from .admin_cmds import invite_app, session_app, user_app
 from .backup_cmds import backup_app
 from .chat_admin_cmds import chat_app

@@ -38,6 +38,7 @@ from . import peers, replication
 from .discovery import Discovery, Seen
 from .links import Link
 from .media import FedMedia
+from .reads import FedReads
 from .schema import SCHEMA
 from .secret_relay import FedSecret
 
@@ -90,8 +91,10 @@ class Federation:
         self.secret = FedSecret(self)
         node.remote.secret = self.secret
         self.media = FedMedia(self)
+        self.reads = FedReads(self)
         node.media.remote = node.remote  # files this node lacks are fetched through us
         node.events.subscribe(self._committed)
+        node.events.subscribe(self.reads.committed)
         for name, fn in {
             "fed.hello": self.fed_hello,
             "fed.resolveUser": self.fed_resolve_user,
@@ -100,6 +103,7 @@ class Federation:
             "fed.post": self.fed_post,
             "fed.startPrivate": self.fed_start_private,
             "fed.act": self.fed_act,
+            "fed.read": self.fed_read,
             "fed.media": self.fed_media,
             "fed.secretKeys": self.fed_secret_keys,
             "fed.secretPut": self.fed_secret_put,
@@ -142,6 +146,7 @@ class Federation:
                     self._start_link(p.node_id, p.url)
             nursery.start_soon(self._dispatch)
             nursery.start_soon(self.secret.run)
+            nursery.start_soon(self.reads.run)
             if self._discover:  # the port is known only once the node listens: now
                 node = self.node
                 self.discovery = Discovery(
@@ -692,6 +697,11 @@ class Federation:
             raise RpcError(ErrorCode.NOT_A_REPLICA, f"{a.name} is unknown here")
         sub = CallContext("ws", RemoteUser(int(uid[0]), ctx.session), {"forwarded": True})
         return await self.node.router.dispatch(sub, p["method"], params, present=False)
+
+    async def fed_read(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
+        peer = await self._caller(ctx)
+        assert peer is not None
+        return await self.reads.serve(peer, p)
 
     async def fed_media(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         peer = await self._caller(ctx)

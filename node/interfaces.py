@@ -93,6 +93,9 @@ class Effects:
     chat_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     user_updates: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     membership: list[tuple[str, int, bool]] = field(default_factory=list)
+    # pushes that are not stored (read receipts: chat.readOutbox), sent after the change's
+    # chat events so a receipt never arrives before the message that caused it
+    pushes: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     erased: bool = False
     ticket: int | None = None
 
@@ -100,6 +103,7 @@ class Effects:
         self.chat_events.clear()
         self.user_updates.clear()
         self.membership.clear()
+        self.pushes.clear()
         self.erased = False
         self.ticket = None
 

@@ -123,6 +123,8 @@ class Hub:
                 self.member_changed(chat_id, uid, False)
         for uid, upd in fx.user_updates:
             self.push_to_user(uid, [{"type": "user.update", **upd}], exclude=origin)
+        for uid, push in fx.pushes:
+            self.push_to_user(uid, [push])
 
     def push_to_user(
         self, user_id: int, updates: list[dict[str, Any]], exclude: Caller | None = None

@@ -34,6 +34,9 @@ CALLS: dict[str, dict[str, Any]] = {
     "messages.cancel": {"random_id": 5},
     "messages.setTyping": {},
     "messages.search": {"query": "secret"},
+    "messages.readers": {"seq": "{seq}"},
+    "chats.listInvites": {},
+    "chats.revokeInvite": {"invite": "0123456789abcdef"},
 }
 
 
@@ -82,6 +85,7 @@ async def test_members_cannot_do_admin_things(node: Node) -> None:
             "chats.setRole",
             "chats.edit",
             "chats.createInvite",
+            "chats.listInvites",
             "messages.pin",
         ]
         for method in admin_only:

@@ -166,12 +166,13 @@ class Accounts:
             "node_id": self.directory.self_id,
         }
 
-    def _profile(self, u: store.User) -> dict[str, Any]:
+    def _profile(self, u: store.User, about: str) -> dict[str, Any]:
         return {
             "user_id": u.id,
             "name": u.name,
             "address": self._address(u.name),
             "display_name": u.display_name,
+            "about": about,
             "has_password": u.password_hash is not None,
             "is_admin": u.is_admin,
             "created": u.created,
@@ -492,20 +493,27 @@ class Accounts:
             raise RpcError(ErrorCode.USER_NOT_FOUND)
         return u
 
+    async def _profile_of(self, u: store.User) -> dict[str, Any]:
+        """The Profile answer: the user row plus its about line (migration 9)."""
+        about = await self.db.read(lambda c: _about(c, u.id))
+        return self._profile(u, about)
+
     async def get_profile(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
-        return self._profile(await self._me(ctx))
+        return await self._profile_of(await self._me(ctx))
 
     async def update_profile(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         uid = self._session(ctx).user_id
 
-        def job(conn: sqlite3.Connection) -> store.User | None:
-            conn.execute("UPDATE users SET display_name = ? WHERE id = ?", (p["display_name"], uid))
-            return store.user_by_id(conn, uid or 0)
+        def job(conn: sqlite3.Connection) -> tuple[store.User | None, str]:
+            for key in ("display_name", "about"):  # fixed column names, values bound
+                if key in p:
+                    conn.execute(f"UPDATE users SET {key} = ? WHERE id = ?", (p[key], uid))
+            return store.user_by_id(conn, uid or 0), _about(conn, uid or 0)
 
-        u = await self.db.write(job)
+        u, about = await self.db.write(job)
         if u is None:
             raise RpcError(ErrorCode.USER_NOT_FOUND)
-        return self._profile(u)
+        return self._profile(u, about)
 
     async def set_password(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         me = await self._me(ctx)
@@ -522,7 +530,7 @@ class Accounts:
 
         u = await self.db.write(job)
         assert u is not None
-        return self._profile(u)
+        return await self._profile_of(u)
 
     async def devices(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         s = self._session(ctx)
@@ -736,3 +744,9 @@ def _failed(name: str, ip: str, err: RpcError) -> None:
         reason=err.code,
         attempts_left=m.group(1) if m else 0,
     )
+
+
+def _about(conn: sqlite3.Connection, user_id: int) -> str:
+    """A user's about line (a column of its own since migration 9, outside store.User)."""
+    row = conn.execute("SELECT about FROM users WHERE id = ?", (user_id,)).fetchone()
+    return str(row[0]) if row else ""

@@ -5,6 +5,7 @@ Each change: check the caller may, build a draft, sequence it (log.py applies it
 from __future__ import annotations
 
 import sqlite3
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..address import Address, canonical
@@ -36,6 +37,8 @@ class Membership(Handlers):
             "chats.createInvite": self.create_invite,
             "chats.join": self.join,
             "chats.updateDialog": self.update_dialog,
+            "chats.listInvites": self.list_invites,
+            "chats.revokeInvite": self.revoke_invite,
         }
 
     async def list_chats(self, ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -365,6 +368,8 @@ class Membership(Handlers):
 
     async def update_dialog(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = caller(ctx)
+        if "mute_for" in p and not p.get("muted"):
+            raise RpcError(ErrorCode.PARAMS_INVALID, "mute_for goes with muted: true")
 
         def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
             store.need_member(c, p["chat"], uid)
@@ -374,17 +379,62 @@ class Membership(Handlers):
                         f"UPDATE chat_members SET {key} = ? WHERE chat_id = ? AND user_id = ?",
                         (int(p[key]), p["chat"], uid),
                     )
+            if "muted" in p:  # a new mute (or unmute) replaces a timed one
+                until = time.time() + p["mute_for"] if "mute_for" in p else None
+                c.execute(
+                    "UPDATE chat_members SET muted_until = ? WHERE chat_id = ? AND user_id = ?",
+                    (until, p["chat"], uid),
+                )
             row = c.execute(
-                "SELECT pinned, muted, archived FROM chat_members WHERE chat_id = ? "
-                "AND user_id = ?",
+                "SELECT pinned, muted, archived, muted_until FROM chat_members "
+                "WHERE chat_id = ? AND user_id = ?",
                 (p["chat"], uid),
             ).fetchone()
             body = {
                 "chat": p["chat"],
                 "pinned": bool(row[0]),
-                "muted": bool(row[1]),
+                "muted": store.muted_now(bool(row[1]), row[3]),
+                "muted_until": row[3],
                 "archived": bool(row[2]),
             }
             return {"pts": store.add_update(c, fx, uid, "dialog.updated", body)}
+
+        return await self.write(ctx, job)
+
+    # --- invite links (issue 15) --------------------------------------------------------
+    def _invite_admin(self, c: sqlite3.Connection, chat_id: str, uid: int) -> store.Chat:
+        """An admin of a chat homed here: invites live on the home (chats.createInvite), so a
+        replica's call goes there through fed.act (HomeElsewhere)."""
+        chat, _ = store.need_admin(c, chat_id, uid)
+        if chat.home != self.home.node_id:
+            raise log.HomeElsewhere(chat.id, chat.home)
+        return chat
+
+    async def list_invites(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = caller(ctx)
+
+        # a write job only so that a chat homed elsewhere is forwarded (Chats.write); it
+        # writes nothing
+        def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
+            chat = self._invite_admin(c, p["chat"], uid)
+            rows = store.list_invites(c, chat.id)
+            for r in rows:
+                r["creator"] = store.address(c, self.home, r.pop("creator_id"))
+            return {"invites": rows}
+
+        result = await self.write(ctx, job)
+        if ctx.extra.get("forwarded"):
+            return result  # a peer's call for its user: it shows the addresses its own way
+        for r in result["invites"]:
+            if r["creator"] is not None:
+                r["creator"] = self.shared.directory.display(r["creator"])
+        return result
+
+    async def revoke_invite(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = caller(ctx)
+
+        def job(c: sqlite3.Connection, fx: Effects) -> dict[str, Any]:
+            chat = self._invite_admin(c, p["chat"], uid)
+            return {"id": store.revoke_invite(c, chat.id, p["invite"], self.home.node_id)}
 
         return await self.write(ctx, job)

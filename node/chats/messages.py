@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ..interfaces import Effects
 from ..media import store as media_store
 from ..protocol.errors import ErrorCode, RpcError
-from . import log, store
+from . import log, receipts, store
 from .events import EDIT, MESSAGE
 from .handlers import Handler, Handlers, Params, Shared, caller
 from .store import ADMIN_ROLES, Chat
@@ -58,6 +58,7 @@ class Messages(Handlers):
             "messages.cancel": self.cancel,
             "messages.setTyping": self.set_typing,
             "messages.search": self.search,
+            "messages.readers": self.readers,
         }
 
     async def send(self, ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -81,8 +82,12 @@ class Messages(Handlers):
                     c, chat.id, chat.home, uid, rid, {**body, **content}
                 )
                 return {"seq": None, "ts": time.time(), "duplicate": False, "pending": True}
+            # sending reads the chat up to one's own message (log.py): that is a read
+            # receipt for the messages before it, told to their senders like messages.read
+            told = receipts.notified_by_read(c, chat, uid, m.read_seq, chat.last_seq)
             draft = log.Draft(MESSAGE, uid, body, content, rid)
             done = log.sequence(c, self.home, chat, draft, fx)
+            self._read_notice(c, fx, chat.id, uid, done.seq, told)
             return {"seq": done.seq, "ts": done.ts, "duplicate": False, "pending": False}
 
         return await self.write(ctx, job)
@@ -172,7 +177,9 @@ class Messages(Handlers):
         content = {k: p[k] for k in ("text", "media", "fwd") if p.get(k)}
         if not content.get("text") and not content.get("media"):
             raise RpcError(ErrorCode.MESSAGE_EMPTY)
+        told = receipts.notified_by_read(c, chat, uid, m.read_seq, chat.last_seq)
         done = log.sequence(c, self.home, chat, log.Draft(MESSAGE, uid, body, content, rid), fx)
+        self._read_notice(c, fx, chat.id, uid, done.seq, told)  # as for a local send
         return {"seq": done.seq, "duplicate": False}
 
     async def edit(self, ctx: CallContext, p: Params) -> dict[str, Any]:
@@ -257,12 +264,14 @@ class Messages(Handlers):
             seq = min(p.get("seq", chat.last_seq), chat.last_seq)
             pts = None
             if seq > m.read_seq:
+                told = receipts.notified_by_read(c, chat, uid, m.read_seq, seq)
                 c.execute(
                     "UPDATE chat_members SET read_seq = ? WHERE chat_id = ? AND user_id = ?",
                     (seq, chat.id, uid),
                 )
                 body = {"chat": chat.id, "read_seq": seq}
                 pts = store.add_update(c, fx, uid, "chat.read", body)
+                self._read_notice(c, fx, chat.id, uid, seq, told)
             read_seq = max(seq, m.read_seq)
             return {
                 "read_seq": read_seq,
@@ -271,6 +280,76 @@ class Messages(Handlers):
             }
 
         return await self.write(ctx, job)
+
+    def read_from_peer(
+        self, c: sqlite3.Connection, fx: Effects, chat_id: str, uid: int, seq: int
+    ) -> int | None:
+        """A member's read position as another node reports it (fed.read), inside a write
+        job: moved forward only, the local senders it covers told as for a local read. On
+        the chat's home the position is capped at the log's head (a replica never has
+        more); a replica takes the home's word (it may be behind the home). Returns the new
+        position, or None when nothing moved (not a member, not further)."""
+        chat = store.get_chat(c, chat_id)
+        m = store.get_member(c, chat_id, uid) if chat is not None else None
+        if chat is None or m is None or m.state != "member":
+            return None
+        if chat.home == self.home.node_id:
+            seq = min(seq, chat.last_seq)
+        if seq <= m.read_seq:
+            return None
+        told = receipts.notified_by_read(c, chat, uid, m.read_seq, seq)
+        c.execute(
+            "UPDATE chat_members SET read_seq = ? WHERE chat_id = ? AND user_id = ?",
+            (seq, chat_id, uid),
+        )
+        self._read_notice(c, fx, chat_id, uid, seq, told)
+        return seq
+
+    def _read_notice(
+        self,
+        c: sqlite3.Connection,
+        fx: Effects,
+        chat_id: str,
+        reader: int,
+        seq: int,
+        told: list[int],
+    ) -> None:
+        """The chat.readOutbox push a read causes, to the senders it tells. Not stored
+        (like typing): it leaves with the change once committed, after its chat events; a
+        device that misses it finds the position in its dialog and history."""
+        if not told:
+            return
+        who = store.address(c, self.home, reader)
+        push = {"type": "chat.readOutbox", "chat": chat_id, "user": who, "read_seq": seq}
+        fx.pushes.extend((user_id, push) for user_id in told)
+
+    async def readers(self, ctx: CallContext, p: Params) -> dict[str, Any]:
+        uid = caller(ctx)
+        limit = p.get("limit", 100)
+
+        def job(c: sqlite3.Connection) -> dict[str, Any]:
+            chat, m = store.need_member(c, p["chat"], uid)
+            msg = store.need_message(c, chat.id, p["seq"], m.joined_seq)
+            rows = receipts.readers(c, chat, msg.seq, msg.sender_id, limit)
+            out = []
+            for user_id, read_seq in rows:
+                name = c.execute(
+                    "SELECT display_name FROM users WHERE id = ?", (user_id,)
+                ).fetchone()
+                out.append(
+                    {
+                        "user": store.address(c, self.home, user_id),
+                        "display_name": name[0] if name else "",
+                        "read_seq": read_seq,
+                    }
+                )
+            return {
+                "count": receipts.read_count(c, chat.id, msg.seq, msg.sender_id),
+                "readers": out,
+                "listed": chat.members <= receipts.READERS_LIST_MAX_MEMBERS,
+            }
+
+        return await self.db.read(job)
 
     async def set_typing(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         uid = caller(ctx)

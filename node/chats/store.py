@@ -419,6 +419,24 @@ def unread(conn: sqlite3.Connection, chat_id: str, user_id: int, read_seq: int) 
     return int(row[0])
 
 
+def muted_now(muted: bool, until: float | None) -> bool:
+    """A dialog is muted when set so and its timed mute (if any) has not run out."""
+    return muted and (until is None or until > time.time())
+
+
+def read_outbox(conn: sqlite3.Connection, chat: Chat, user_id: int) -> int:
+    """How far the caller's messages are read (receipts.py): in a private chat the other
+    user's read position, in a group or channel the highest position read by anyone but
+    the caller. Walks the chat_members_read index from the top: at most two rows are read
+    whatever the chat's size."""
+    row = conn.execute(
+        "SELECT read_seq FROM chat_members WHERE chat_id = ? AND user_id != ? "
+        "ORDER BY read_seq DESC LIMIT 1",
+        (chat.id, user_id),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def private_peer(conn: sqlite3.Connection, home: Home, chat_id: str, user_id: int) -> Any:
     """The other user of a private chat: their address as the caller reads it (name@petname,
     for the dialog's ``peer`` and untitled title) and their display name."""
@@ -437,7 +455,8 @@ def dialog(conn: sqlite3.Connection, home: Home, chat_id: str, user_id: int) -> 
     m = get_member(conn, chat_id, user_id)
     assert chat is not None and m is not None
     flags = conn.execute(
-        "SELECT pinned, muted, archived FROM chat_members WHERE chat_id = ? AND user_id = ?",
+        "SELECT pinned, muted, archived, muted_until FROM chat_members "
+        "WHERE chat_id = ? AND user_id = ?",
         (chat_id, user_id),
     ).fetchone()
     title, peer = chat.title, None
@@ -461,9 +480,11 @@ def dialog(conn: sqlite3.Connection, home: Home, chat_id: str, user_id: int) -> 
         "last_seq": chat.last_seq,
         "read_seq": m.read_seq,
         "unread": unread(conn, chat_id, user_id, m.read_seq),
+        "read_outbox": read_outbox(conn, chat, user_id),
         "pinned_seq": chat.pinned_seq,
         "pinned": bool(flags[0]),
-        "muted": bool(flags[1]),
+        "muted": muted_now(bool(flags[1]), flags[3]),
+        "muted_until": flags[3],
         "archived": bool(flags[2]),
         "last": event_out(conn, last) if last else None,
     }
@@ -526,6 +547,66 @@ def use_invite(conn: sqlite3.Connection, token: str) -> str:
     if row[1] is not None:
         conn.execute("UPDATE chat_invites SET uses_left = uses_left - 1 WHERE token_hash = ?", (h,))
     return str(row[0])
+
+
+INVITE_ID_LEN = 16  # hex digits of the token's hash that name an invite in listings
+
+
+def list_invites(conn: sqlite3.Connection, chat_id: str) -> list[dict[str, Any]]:
+    """A chat's invites, newest first. The token itself is not stored (only its hash), so
+    an invite is named by the first hex digits of that hash: enough to revoke it, useless
+    to join with."""
+    now = time.time()
+    rows = conn.execute(
+        "SELECT token_hash, creator_id, created, uses_left, expires, revoked FROM chat_invites "
+        "WHERE chat_id = ? ORDER BY created DESC LIMIT 10000",
+        (chat_id,),
+    ).fetchall()
+    return [
+        {
+            "id": bytes(h).hex()[:INVITE_ID_LEN],
+            "creator_id": creator,
+            "created": created,
+            "uses_left": uses,
+            "expires": expires,
+            "revoked": bool(revoked),
+            "usable": not revoked
+            and (uses is None or uses > 0)
+            and (expires is None or expires >= now),
+        }
+        for h, creator, created, uses, expires, revoked in rows
+    ]
+
+
+def revoke_invite(conn: sqlite3.Connection, chat_id: str, ref: str, home_id: str) -> str:
+    """Revoke one of a chat's invites, named by its id (list_invites) or given as the link
+    (``token.home``, or a bare token); returns its id. An invite of another chat, or none,
+    is CHAT_INVITE_INVALID."""
+    ref = ref.strip()
+    rows: list[Any]
+    if len(ref) == INVITE_ID_LEN and all(ch in "0123456789abcdef" for ch in ref):
+        lo = bytes.fromhex(ref)  # the hashes starting so: a range of the primary key
+        hi = (int.from_bytes(lo, "big") + 1).to_bytes(len(lo) + 1, "big")[-len(lo) :]
+        rows = conn.execute(
+            "SELECT token_hash FROM chat_invites WHERE token_hash >= ? "
+            + ("AND token_hash < ? " if hi > lo else "AND ? IS NOT NULL ")
+            + "AND chat_id = ?",
+            (lo, hi, chat_id),
+        ).fetchall()
+    else:
+        token, _, home = ref.rpartition(".")
+        if not token:
+            token, home = home, home_id
+        if home != home_id:
+            raise RpcError(ErrorCode.CHAT_INVITE_INVALID, "that link is for another node's chat")
+        rows = conn.execute(
+            "SELECT token_hash FROM chat_invites WHERE chat_id = ? AND token_hash = ?",
+            (chat_id, _token_hash(token)),
+        ).fetchall()
+    if len(rows) != 1:
+        raise RpcError(ErrorCode.CHAT_INVITE_INVALID, "no such invite in this chat")
+    conn.execute("UPDATE chat_invites SET revoked = 1 WHERE token_hash = ?", (rows[0][0],))
+    return bytes(rows[0][0]).hex()[:INVITE_ID_LEN]
 
 
 # --- search ---------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import cbor2
 
-from . import store
+from . import receipts, store
 from .handlers import Handler, Handlers, Params, caller
 
 if TYPE_CHECKING:
@@ -33,7 +33,13 @@ class Sync(Handlers):
             evs = store.history(
                 c, uid, chat.id, m, p.get("before"), p.get("after"), p.get("limit", 50)
             )
-            return {"events": evs, "last_seq": chat.last_seq, "read_seq": m.read_seq}
+            return {
+                "events": evs,
+                "last_seq": chat.last_seq,
+                "read_seq": m.read_seq,
+                "read_outbox": store.read_outbox(c, chat, uid),
+                "read_by": receipts.read_by(c, chat.id, uid, evs),
+            }
 
         return await self.db.read(job)
 

@@ -64,6 +64,7 @@ NodeStatus = Struct(
 
 NAME = Str(3, 32, r"[A-Za-z0-9_]+")
 DISPLAY_NAME = Str(0, 64)
+ABOUT = Str(0, 256)
 DEVICE_KEY = Bytes(32, 32)
 SIGNATURE = Bytes(64, 64)
 PASSWORD = Str(1, 256)
@@ -87,6 +88,7 @@ Profile = Struct(
         "name": Field(Str()),
         "address": Field(Str()),
         "display_name": Field(Str()),
+        "about": Field(Str(), "a line about oneself"),
         "has_password": Field(Bool()),
         "is_admin": Field(Bool()),
         "created": Field(Float()),
@@ -225,8 +227,11 @@ _METHODS = [
     Method("account.getProfile", "The caller's account.", {}, Profile),
     Method(
         "account.updateProfile",
-        "Change the display name.",
-        {"display_name": Field(DISPLAY_NAME)},
+        "Change the display name and/or the about line (what is omitted stays).",
+        {
+            "display_name": Field(DISPLAY_NAME, required=False),
+            "about": Field(ABOUT, required=False),
+        },
         Profile,
     ),
     Method(

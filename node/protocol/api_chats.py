@@ -78,9 +78,15 @@ Dialog = Struct(
         "last_seq": Field(Int()),
         "read_seq": Field(Int(), "the caller's read position"),
         "unread": Field(Int(), "messages from others after read_seq (capped at 9999)"),
+        "read_outbox": Field(
+            Int(),
+            "how far the caller's messages are read: private chats the other user's "
+            "read_seq, groups and channels the highest read_seq of anyone but the caller",
+        ),
         "pinned_seq": Field(Nullable(Int()), "the chat's pinned message"),
         "pinned": Field(Bool(), "dialog pinned in the caller's list"),
-        "muted": Field(Bool()),
+        "muted": Field(Bool(), "muted now (a mute for a while ends by itself)"),
+        "muted_until": Field(Nullable(Float()), "when a timed mute ends (null: not timed)"),
         "archived": Field(Bool()),
         "last": Field(Nullable(Event), "last visible event"),
     },
@@ -103,11 +109,34 @@ UserUpdate = Struct(
         "kind": Field(
             Str(),
             "chat.joined {chat}, chat.left {chat, reason}, chat.read {chat, read_seq}, "
-            "dialog.updated {chat, pinned, muted, archived}, message.hidden {chat, seq}",
+            "dialog.updated {chat, pinned, muted, muted_until, archived}, "
+            "message.hidden {chat, seq}",
         ),
         "ts": Field(Float()),
     },
     name="UserUpdate",
+)
+
+Reader = Struct(
+    {
+        "user": Field(Str(), "name@node"),
+        "display_name": Field(Str()),
+        "read_seq": Field(Int(), "how far they have read"),
+    },
+    name="Reader",
+)
+
+InviteRow = Struct(
+    {
+        "id": Field(Str(), "names the invite (not usable to join)"),
+        "creator": Field(Nullable(Str()), "name@node of the admin who made it"),
+        "created": Field(Float()),
+        "uses_left": Field(Nullable(Int()), "null: unlimited"),
+        "expires": Field(Nullable(Float()), "null: never"),
+        "revoked": Field(Bool()),
+        "usable": Field(Bool(), "not revoked, used up or expired"),
+    },
+    name="InviteRow",
 )
 
 _SEQ_RESULT = Struct({"seq": Field(Int(), "seq of the event appended")}, name="Appended")
@@ -265,6 +294,11 @@ CHAT_METHODS: list[Method] = [
             "chat": Field(CHAT_ID),
             "pinned": Field(Bool(), required=False),
             "muted": Field(Bool(), required=False),
+            "mute_for": Field(
+                Int(60, 10 * 366 * 86400),
+                "with muted true: seconds until the mute ends by itself (default: for good)",
+                False,
+            ),
             "archived": Field(Bool(), required=False),
         },
         Struct({"pts": Field(Int())}, name="DialogUpdated"),
@@ -286,6 +320,12 @@ CHAT_METHODS: list[Method] = [
                 "events": Field(List(Event), "in seq order"),
                 "last_seq": Field(Int()),
                 "read_seq": Field(Int()),
+                "read_outbox": Field(Int(), "as in Dialog"),
+                "read_by": Field(
+                    DictOf(Str(), Int(), 100),
+                    "the caller's own messages on this page: seq -> how many others read "
+                    "it (capped at 1000)",
+                ),
             },
             name="History",
         ),
@@ -429,6 +469,46 @@ CHAT_METHODS: list[Method] = [
         Struct({"results": Field(List(Event))}, name="SearchResults"),
         (*_MEMBER_ERRORS, E.SEARCH_QUERY_EMPTY),
     ),
+    # --- issue 15: read receipts, invite management -----------------------------------
+    Method(
+        "messages.readers",
+        "Who read a message: members other than its sender whose read position reached it "
+        "(Telegram's getMessageReadParticipants). count is capped at 1000; the readers are "
+        "listed only in chats of at most 200 members (empty above).",
+        {
+            "chat": Field(CHAT_ID),
+            "seq": Field(SEQ),
+            "limit": Field(LIMIT, "default 100", False),
+        },
+        Struct(
+            {
+                "count": Field(Int(), "readers, capped at 1000"),
+                "readers": Field(List(Reader)),
+                "listed": Field(Bool(), "false: the chat is too big to list readers"),
+            },
+            name="Readers",
+        ),
+        (*_MEMBER_ERRORS, E.MESSAGE_NOT_FOUND),
+    ),
+    Method(
+        "chats.listInvites",
+        "The chat's invite links (admins), newest first: what chats.createInvite made, with "
+        "uses left and expiry. Tokens are stored hashed, so an invite is named by its id; "
+        "chats.revokeInvite takes the id or the link itself.",
+        {"chat": Field(CHAT_ID)},
+        Struct({"invites": Field(List(InviteRow, 10_000))}, name="Invites"),
+        _ADMIN_ERRORS,
+    ),
+    Method(
+        "chats.revokeInvite",
+        "Revoke an invite link (admins): joining with it fails from now on.",
+        {
+            "chat": Field(CHAT_ID),
+            "invite": Field(Str(1, 200), "the link chats.createInvite gave, or its id"),
+        },
+        Struct({"id": Field(Str(), "the invite revoked")}, name="InviteRevoked"),
+        (*_ADMIN_ERRORS, E.CHAT_INVITE_INVALID),
+    ),
     # --- sync ---------------------------------------------------------------------------
     Method(
         "updates.getState",
@@ -528,5 +608,14 @@ CHAT_UPDATES: list[Update] = [
         "chat.typing",
         "Someone in the chat is typing (ephemeral; show for ~5 s).",
         {"chat": Field(Str()), "user": Field(Str())},
+    ),
+    Update(
+        "chat.readOutbox",
+        "Someone read the caller's messages (sender-side read receipt, like Telegram's "
+        "updateReadHistoryOutbox): user has read the chat up to read_seq. Sent to the "
+        "senders of the messages the read newly covers; in chats of more than 100 members "
+        "only when it passes everyone else's read. Not stored: a device that was offline "
+        "finds Dialog.read_outbox and chats.history read_by.",
+        {"chat": Field(Str()), "user": Field(Str()), "read_seq": Field(Int())},
     ),
 ]

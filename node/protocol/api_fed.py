@@ -45,6 +45,8 @@ FORWARDABLE = (
     "chats.leave",
     "chats.createInvite",
     "chats.join",
+    "chats.listInvites",
+    "chats.revokeInvite",
 )
 """Calls a replica forwards to a chat's home for its users (fed.act)."""
 POKE_MAX = 1_000
@@ -110,6 +112,16 @@ ForwardedPost = Struct(
         "fwd": Field(AnyValue(), "forward origin", False),
     },
     name="ForwardedPost",
+)
+
+READS_MAX = 1000
+ReadMark = Struct(
+    {
+        "chat": Field(CHAT_ID),
+        "user": Field(ADDRESS, "canonical address of the reader"),
+        "read_seq": Field(Int(1)),
+    },
+    name="ReadMark",
 )
 
 SealedEvent = List(AnyValue(), 3)
@@ -213,6 +225,20 @@ FED_METHODS: list[Method] = [
         },
         AnyValue(),
         (E.NOT_A_REPLICA, E.PEER_PENDING),
+        access="node",
+        part="federation",
+        rate_group="federation",
+    ),
+    Method(
+        "fed.read",
+        "Read positions of chat members (sender-side read receipts across nodes): from a "
+        "reader's node to the chat's home, and from the home to the chat's other replicas. "
+        "Accepted from the reader's own node for chats homed here, or from the chat's home; "
+        "others are ignored. Positions only move forward; coalesced and best-effort (a "
+        "position lost on the way is corrected by the reader's next read or message).",
+        {"reads": Field(List(ReadMark, READS_MAX))},
+        Struct({"applied": Field(Int(), "positions that moved here")}, name="ReadsApplied"),
+        (E.PEER_PENDING,),
         access="node",
         part="federation",
         rate_group="federation",

@@ -233,5 +233,19 @@ MIGRATIONS: list[Migration] = [
                                       WHERE d.user_id = users.id);
         """,
     ),
+    # Issue 15: a profile's "about" line (account.updateProfile), a dialog muted for a
+    # while (chats.updateDialog mute_for: muted until then; NULL: for good), read marks indexed
+    # by position, so "who read up to here" (read receipts: chats.history read_by,
+    # messages.readers, the dialog's read_outbox) is a range of this index, bounded, and
+    # never a scan of a 200,000-member chat's rows.
+    Migration(
+        9,
+        "profile about, read marks, mute until",
+        """
+        ALTER TABLE users ADD COLUMN about TEXT NOT NULL DEFAULT '';
+        CREATE INDEX chat_members_read ON chat_members(chat_id, read_seq);
+        ALTER TABLE chat_members ADD COLUMN muted_until REAL;
+        """,
+    ),
 ]
 check_sequence(MIGRATIONS)
