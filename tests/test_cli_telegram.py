@@ -91,8 +91,8 @@ async def test_receipts_listen_and_chat_settings_from_the_cli(
         await b.sign_in("bob", codes["bob"], SigningKey.generate(), "phone")
         await c.sign_in("carol", codes["carol"], SigningKey.generate(), "phone")
         g = (await _cli(alice, "create-group", "Family", "--members", "bob,carol")).stdout.strip()
-        s1 = int((await _cli(alice, "send", g, "dinner at 8?")).stdout)
-        s2 = int((await _cli(alice, "send", "@bob", "hi bob")).stdout)
+        s1 = (await _json(alice, "send", g, "dinner at 8?"))["seq"]
+        s2 = (await _json(alice, "send", "@bob", "hi bob"))["seq"]
         pm = (await b.call("chats.startPrivate", {"user": "alice"}))["chat"]["id"]
 
         # read receipts in history: "read by N" in a group, "read" in a private chat
@@ -141,7 +141,7 @@ async def test_receipts_listen_and_chat_settings_from_the_cli(
         assert not (d["muted"] or d["pinned"] or d["archived"]) and d["muted_until"] is None
 
         # listen, readable: typing, a message, an edit, read receipts
-        s3 = int((await _cli(alice, "send", g, "see you")).stdout)
+        s3 = (await _json(alice, "send", g, "see you"))["seq"]
         listen = _Listen(alice, 5)
         try:
             # a new device first lists its two dialogs: it is live from then on
