@@ -4,8 +4,6 @@ while the node runs or not (node/backup.py says how), with a progress bar on std
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,50 +12,12 @@ import typer
 from node import backup, config
 
 from .common import DataOpt, JsonOpt, print_json
+from .progress import work_bar
 
 backup_app = typer.Typer(
     help="Back up a data folder into one archive, and restore it.", no_args_is_help=True
 )
 PathArg = Annotated[Path, typer.Argument(help="The archive (.tar, or .tar.gz to compress).")]
-
-
-@contextmanager
-def _bar(label: str, quiet: bool) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar on stderr (bytes, MiB, speed, ETA); nothing when ``quiet``."""
-    if quiet:
-        yield lambda done, total: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-    task: list[Any] = []
-
-    def update(done: int, total: int) -> None:
-        if not task:  # shown from the first progress on: a refusal up front prints no bar
-            bar.start()
-            task.append(bar.add_task(label, total=total))
-        bar.update(task[0], completed=done, total=total)
-
-    try:
-        yield update
-    finally:
-        if task:
-            bar.stop()
 
 
 def _size(n: int) -> str:
@@ -74,7 +34,7 @@ def create(
     consistent even while the node runs; PATH is mode 0600 (it holds the node's key)."""
     data_dir = config.resolve_data_dir(data)
     start = time.monotonic()
-    with _bar("backup", json) as progress:
+    with work_bar("backup", enabled=not json) as progress:
         m = backup.create(data_dir, path, progress)
     took = time.monotonic() - start
     if json:
@@ -103,7 +63,7 @@ def restore(
     """Restore the backup PATH into the data folder, which must be new or empty (a folder
     holding a database, or one a node runs on, is refused). Checks every file's SHA-256."""
     data_dir = config.resolve_data_dir(data)
-    with _bar("restore", json) as progress:
+    with work_bar("restore", enabled=not json) as progress:
         m: dict[str, Any] = backup.restore(path, data_dir, progress)
     if json:
         print_json({**m, "data": str(data_dir)})

@@ -3,7 +3,7 @@ earlier attempt's bytes are picked up (rich, which typer already brings)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -11,6 +11,7 @@ from rich.progress import (
     BarColumn,
     DownloadColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
@@ -33,20 +34,43 @@ class TransferBar:
         self._progress.update(self._task, advance=n, description=f"{self._label} (resuming)")
 
 
-@contextmanager
-def transfer_bar(label: str, total: int, enabled: bool = True) -> Iterator[TransferBar]:
-    """A bar on stderr for the duration of a transfer; ``enabled=False`` draws nothing (for
-    --json output, or when stderr is not a terminal and nobody would see it move)."""
-    console = Console(stderr=True)
-    progress = Progress(
+def _progress(enabled: bool) -> Progress:
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         DownloadColumn(binary_units=True),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=Console(stderr=True),
         disable=not enabled,
         transient=False,
     )
-    with progress:
+
+
+@contextmanager
+def transfer_bar(label: str, total: int, enabled: bool = True) -> Iterator[TransferBar]:
+    """A bar on stderr for the duration of a transfer; ``enabled=False`` draws nothing (for
+    --json output, or when stderr is not a terminal and nobody would see it move)."""
+    with _progress(enabled) as progress:
         yield TransferBar(progress, label, total)
+
+
+@contextmanager
+def work_bar(label: str, enabled: bool = True) -> Iterator[Callable[[int, int], None]]:
+    """A bar for work whose size is learnt as it goes (a backup: the database, then the
+    files it names): yields ``update(done, total)``. The bar appears at the first update,
+    so a refusal up front prints none."""
+    progress = _progress(enabled)
+    task: list[TaskID] = []
+
+    def update(done: int, total: int) -> None:
+        if not task:
+            progress.start()
+            task.append(progress.add_task(label, total=total))
+        progress.update(task[0], completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if task:
+            progress.stop()

@@ -48,6 +48,7 @@ from typing import IO, Any
 from . import __version__
 from .config import CONFIG_FILE, ConfigError
 from .lock import LOCK_FILE, DataDirLock, node_running
+from .media.files import fsync_dir
 from .storage.migrations import MIGRATIONS
 
 FORMAT = 1
@@ -76,14 +77,6 @@ class _Snapshot:
     node_id: str | None
     blobs: list[tuple[str, int]]  # (sha256 hex, size) named by media rows
     db_bytes: int
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256_file(path: Path) -> str:
@@ -272,7 +265,7 @@ def _create(
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(part, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             part.unlink()
@@ -341,14 +334,14 @@ def restore(archive: Path, target: Path, progress: Progress | None = None) -> di
         _verify(manifest, got, staging)
         # written and fsynced file by file; now the folders, then the move into place
         for folder in sorted({p.parent for p in staging.rglob("*")}, key=lambda p: -len(p.parts)):
-            _fsync_dir(folder)
+            fsync_dir(folder)
         _check_target(target)  # again: nothing may have moved in meanwhile
         with contextlib.suppress(FileNotFoundError):
             (target / LOCK_FILE).unlink()
         if target.exists():
             target.rmdir()
         os.rename(staging, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -43,7 +43,8 @@ def upload_path(root: Path, user_id: int, upload_id: str) -> Path:
     return root / "tmp" / f"u{user_id}-{upload_id}"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (the directory entry itself)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -121,7 +122,7 @@ def place(path: Path, root: Path, sha256_hex: str) -> Path:
         else:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
     except OSError as e:
         if _full(e):
             raise DiskFull(str(e)) from None
@@ -163,7 +164,7 @@ def fetch_write(folder: Path, index: int, part_size: int, size: int, data: bytes
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, folder / "done")
-        _fsync_dir(folder)
+        fsync_dir(folder)
     except OSError as e:
         if _full(e):
             raise DiskFull(str(e)) from None
