@@ -160,6 +160,18 @@ def cli_login(url: str, data: str, name: str, profile: Path, device: str = "dev"
     )  # fmt: skip
 
 
+def cli_people(n: Any, tmp_path: Path, *names: str) -> list[Path]:
+    """Users NAMES on the node process ``n``, each signed in in its own CLI profile
+    (tmp_path/NAME), through the real CLI: the usual start of a CLI test."""
+    profiles = []
+    for name in names:
+        fedgram("user", "add", name, "--data", str(n.data), check=True)
+    for name in names:
+        profiles.append(tmp_path / name)
+        cli_login(n.url, str(n.data), name, tmp_path / name)
+    return profiles
+
+
 @pytest.fixture
 def node_logs() -> Iterator[NodeLogs]:
     """The nodes' log lines at debug level, for the test's duration."""

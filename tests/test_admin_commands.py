@@ -16,7 +16,7 @@ from nacl.signing import SigningKey
 
 from node.app import Node
 from node.client import Client
-from tests.conftest import REPO, cli_login, fedgram
+from tests.conftest import REPO, cli_login, cli_people, fedgram
 from tests.helpers import admin, fresh_code
 
 # one SDK call as a profile's device, in its own process (the CLI has no command for it)
@@ -181,11 +181,7 @@ async def test_last_seen_written_for_online_users(node: Node) -> None:
 def _chat_fixture(node_process: Any, tmp_path: Path) -> tuple[Any, str, Path, Path]:
     n = node_process("n1")
     d = str(n.data)
-    for name in ("alice", "bob"):
-        fedgram("user", "add", name, "--data", d, check=True)
-    alice, bob = tmp_path / "alice", tmp_path / "bob"
-    cli_login(n.url, d, "alice", alice)
-    cli_login(n.url, d, "bob", bob)
+    alice, bob = cli_people(n, tmp_path, "alice", "bob")
     return n, d, alice, bob
 
 

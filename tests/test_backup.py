@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REPO, cli_login, fedgram
+from tests.conftest import REPO, cli_login, cli_people, fedgram
 
 # A writer that keeps sending as alice (the CLI profile's device) and prints "seq text" for
 # every message the node acknowledged, until its stdin closes.
@@ -65,11 +65,7 @@ def test_backup_while_writing_then_restore_into_a_fresh_node(
 ) -> None:
     n = node_process("n1")
     d = str(n.data)
-    for name in ("alice", "bob"):
-        fedgram("user", "add", name, "--data", d, check=True)
-    alice, bob = tmp_path / "alice", tmp_path / "bob"
-    cli_login(n.url, d, "alice", alice)
-    cli_login(n.url, d, "bob", bob)
+    alice, bob = cli_people(n, tmp_path, "alice", "bob")
     blob = os.urandom(1_300_000)
     src = tmp_path / "photo.bin"
     src.write_bytes(blob)

@@ -12,17 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import REPO, cli_login, fedgram
+from tests.conftest import REPO, cli_login, cli_people, fedgram
 
 
 def test_upload_resume_send_download_from_the_cli(node_process: Any, tmp_path: Path) -> None:
     n = node_process("n1")
     d = str(n.data)
-    for name in ("alice", "bob"):
-        fedgram("user", "add", name, "--data", d, check=True)
-    alice, bob = tmp_path / "alice", tmp_path / "bob"
-    cli_login(n.url, d, "alice", alice)
-    cli_login(n.url, d, "bob", bob)
+    alice, bob = cli_people(n, tmp_path, "alice", "bob")
     f = tmp_path / "holiday.mp4"
     f.write_bytes(os.urandom(40 << 20))  # 80 parts of 512 KiB
 

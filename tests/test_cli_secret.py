@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.conftest import REPO, cli_login, fedgram
+from tests.conftest import REPO, cli_login, cli_people, fedgram
 
 
 def _client(profile: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -123,12 +123,7 @@ def test_secret_chat_from_the_cli(node_process: Any, tmp_path: Path) -> None:
 def test_secret_listen_survives_a_node_restart(node_process: Any, tmp_path: Path) -> None:
     n = node_process("n1")
     port = urlsplit(n.url).port
-    d = str(n.data)
-    for name in ("alice", "bob"):
-        fedgram("user", "add", name, "--data", d, check=True)
-    alice, bob = tmp_path / "alice", tmp_path / "bob"
-    cli_login(n.url, d, "alice", alice)
-    cli_login(n.url, d, "bob", bob)
+    alice, bob = cli_people(n, tmp_path, "alice", "bob")
     _json(bob, "list")
     chat = _json(alice, "start", "@bob")["id"]
     _json(bob, "accept", chat)
