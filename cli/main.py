@@ -226,6 +226,12 @@ def status(data: DataOpt = None, json: JsonOpt = False) -> None:
     typer.echo(f"sessions: {st['sessions']}")
     typer.echo(f"database: {st['db_bytes'] / 1048576:.2f} MiB")
     typer.echo(f"data:     {st['data_dir']}  (pid {st['pid']})")
+    if "push" in st:
+        pu = st["push"]
+        typer.echo(
+            f"push:     {pu['endpoints']} endpoints, {pu['queued']} queued, {pu['sent']} sent, "
+            f"{pu['failed']} failed, {pu['dropped']} dropped, {pu['unregistered']} unregistered"
+        )
 
 
 @dev_app.command("api-docs")

@@ -109,6 +109,11 @@ class ErrorCode(StrEnum):
     SECRET_QUEUE_FULL = "SECRET_QUEUE_FULL"
     SECRET_NO_ROUTE = "SECRET_NO_ROUTE"
     SECRET_RELAY_REFUSED = "SECRET_RELAY_REFUSED"
+    # push notifications
+    PUSH_URL_INVALID = "PUSH_URL_INVALID"
+    PUSH_KEY_INVALID = "PUSH_KEY_INVALID"
+    PUSH_TOO_MANY = "PUSH_TOO_MANY"
+    PUSH_NOT_FOUND = "PUSH_NOT_FOUND"
 
 
 DESCRIPTIONS: dict[ErrorCode, str] = {
@@ -240,6 +245,13 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     "it, or the hop limit was reached).",
     ErrorCode.SECRET_RELAY_REFUSED: "The relaying node does not carry secret envelopes for "
     "the caller ([secret] relay off, or its relay_max_bytes for today used up).",
+    ErrorCode.PUSH_URL_INVALID: "A push endpoint must be an http:// or https:// URL with a "
+    "host, at most 2048 characters, without spaces or control characters.",
+    ErrorCode.PUSH_KEY_INVALID: "A push key must be the device's X25519 public key: 32 bytes "
+    "(not a low-order point).",
+    ErrorCode.PUSH_TOO_MANY: "The account has as many push endpoints as the node allows "
+    "([push] max_per_user); remove one first.",
+    ErrorCode.PUSH_NOT_FOUND: "The caller has no push endpoint with that id.",
 }
 
 
