@@ -33,6 +33,7 @@ from .common import (
 from .dev_cluster import cluster as dev_cluster
 from .media_cmds import media_app
 from .peer_cmds import peer_app, user_lookup
+from .push_cmds import push_app  # noqa: F401  (importing it adds `fedgram client push`)
 
 app = typer.Typer(
     name="fedgram",

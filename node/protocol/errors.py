@@ -114,6 +114,7 @@ class ErrorCode(StrEnum):
     PUSH_KEY_INVALID = "PUSH_KEY_INVALID"
     PUSH_TOO_MANY = "PUSH_TOO_MANY"
     PUSH_NOT_FOUND = "PUSH_NOT_FOUND"
+    PUSH_PAYLOAD_INVALID = "PUSH_PAYLOAD_INVALID"  # local: `fedgram client push open`
 
 
 DESCRIPTIONS: dict[ErrorCode, str] = {
@@ -252,6 +253,9 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.PUSH_TOO_MANY: "The account has as many push endpoints as the node allows "
     "([push] max_per_user); remove one first.",
     ErrorCode.PUSH_NOT_FOUND: "The caller has no push endpoint with that id.",
+    ErrorCode.PUSH_PAYLOAD_INVALID: "(local) `fedgram client push open`: the body does not "
+    "open with this profile's push key (meant for another device, or damaged), or is not a "
+    "Fedgram notification.",
 }
 
 
