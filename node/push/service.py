@@ -184,7 +184,7 @@ class PushService:
         out: list[Any] = []
         for kind, key, _ in batch:
             if kind == "chat":
-                out.append(store.chat_targets(c, key, self.default_previews))
+                out.append(store.chat_targets(c, key, self.default_previews, self.endpoints or 0))
             else:
                 out.append(store.device_targets(c, key))
         return out

@@ -177,27 +177,34 @@ def set_previews(conn: sqlite3.Connection, user_id: int, on: bool) -> None:
 
 
 def chat_targets(
-    conn: sqlite3.Connection, chat_id: str, default_previews: bool
+    conn: sqlite3.Connection, chat_id: str, default_previews: bool, endpoints: int
 ) -> tuple[str, str, list[Target]]:
     """(chat kind, chat title, the endpoints to notify of a message in ``chat_id``).
 
-    ONE query driven by the push table: each endpoint probes the chat's membership by its
-    primary key (chat, user), so a message in a group of 200,000 costs as many probes as
-    there are endpoints of the node, never a walk over the members. Members who left, were
-    removed, muted the dialog or whose device is revoked are not targets; the caller skips
-    the sender and devices that are online."""
-    head = conn.execute("SELECT kind, title FROM chats WHERE id = ?", (chat_id,)).fetchone()
+    ONE query joining the push table with the chat's membership, walked from the smaller
+    side: a chat with more members than the node has endpoints (``endpoints``; a group of
+    200,000) is walked from the endpoints, each probing the membership by its primary key
+    (chat, user); a small chat is walked from its members, each probing the endpoints by
+    user. Never a lookup per member. Members who left, were removed or muted the dialog,
+    and revoked devices, are not targets; the caller skips the sender and online devices."""
+    head = conn.execute(
+        "SELECT kind, title, members FROM chats WHERE id = ?", (chat_id,)
+    ).fetchone()
     if head is None:
         return "", "", []
+    # CROSS JOIN: SQLite keeps the order written, the driving table outside
+    if int(head[2] or 0) > endpoints:
+        tables = (
+            "push_endpoints p CROSS JOIN chat_members m ON m.chat_id = ?2 AND m.user_id = p.user_id"
+        )
+    else:
+        tables = "chat_members m CROSS JOIN push_endpoints p ON p.user_id = m.user_id"
     rows = conn.execute(
-        f"SELECT {_COLS}, u.name, COALESCE(s.previews, ?) "
-        "FROM push_endpoints p "
-        # CROSS JOIN: SQLite keeps this order, endpoints outside (see the docstring)
-        "CROSS JOIN chat_members m ON m.chat_id = ? AND m.user_id = p.user_id "
+        f"SELECT {_COLS}, u.name, COALESCE(s.previews, ?1) FROM {tables} "
         "JOIN devices d ON d.id = p.device_id "
         "JOIN users u ON u.id = p.user_id "
         "LEFT JOIN push_settings s ON s.user_id = p.user_id "
-        "WHERE m.state = 'member' AND m.muted = 0 AND d.revoked IS NULL",
+        "WHERE m.chat_id = ?2 AND m.state = 'member' AND m.muted = 0 AND d.revoked IS NULL",
         (int(default_previews), chat_id),
     ).fetchall()
     targets = [Target(_endpoint(r), str(r[6]), bool(r[7])) for r in rows]
