@@ -27,16 +27,14 @@ import logging
 import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from .. import log
 from . import payload
+from .http import HttpError, HttpPool
 from .store import Endpoint
-
-if TYPE_CHECKING:
-    import httpx
 
 _log = log.get("push")
 
@@ -126,7 +124,7 @@ class Notifier:
         self._wake = trio.Event()
         self._send, self._recv = trio.open_memory_channel[Job](settings.queue_max)
         self._gone: set[int] = set()  # endpoints unregistered while work for them waited
-        self._client: httpx.AsyncClient | None = None
+        self._client: HttpPool | None = None
 
     # --- in (on the event loop, never blocking) -------------------------------------------
     def add(
@@ -177,23 +175,18 @@ class Notifier:
 
     # --- the tasks ------------------------------------------------------------------------
     async def run(self) -> None:
-        """The scheduler and the worker pool, with one HTTP client (keep-alive per host)."""
-        import httpx  # lazy: ~0.1 s to import, and a node without push users never needs it
-
-        limits = httpx.Limits(
-            max_connections=self.s.workers + 2, max_keepalive_connections=self.s.workers
-        )
-        client = httpx.AsyncClient(timeout=self.s.timeout, limits=limits, follow_redirects=False)
-        self._client = client
+        """The scheduler and the worker pool, with one keep-alive pool of connections."""
+        pool = HttpPool(per_origin=self.s.workers)
+        self._client = pool
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._scheduler)
                 for _ in range(self.s.workers):
-                    nursery.start_soon(self._worker, client)
+                    nursery.start_soon(self._worker, pool)
         finally:
             self._client = None
-            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                await client.aclose()
+            with trio.CancelScope(shield=True):
+                await pool.aclose()
 
     async def _scheduler(self) -> None:
         """Moves what is due from the timers to the queue: coalesced notifications whose
@@ -236,7 +229,7 @@ class Notifier:
             self.stats.dropped += 1
             log.event(_log, "push.dropped", logging.DEBUG, endpoint=job.endpoint_id)
 
-    async def _worker(self, client: httpx.AsyncClient) -> None:
+    async def _worker(self, client: HttpPool) -> None:
         async for job in self._recv:
             if job.endpoint_id in self._gone:
                 continue
@@ -277,23 +270,21 @@ class Notifier:
         except Exception:  # the next 404/410 tries again; nothing else depends on it
             _log.exception("unregistering a push endpoint failed")
 
-    async def post(self, client: httpx.AsyncClient | None, url: str, body: bytes) -> Outcome:
+    async def post(self, client: HttpPool | None, url: str, body: bytes) -> Outcome:
         """One POST, bounded by the timeout; never raises for what the endpoint does."""
-        import httpx
-
         if client is None:  # the notifier is not running (an offline node): a one-off
-            async with httpx.AsyncClient(timeout=self.s.timeout) as one:
+            one = HttpPool(per_origin=0)
+            try:
                 return await self.post(one, url, body)
+            finally:
+                await one.aclose()
         try:
-            with trio.fail_after(self.s.timeout + 1.0):  # httpx's own timeouts are per phase
-                r = await client.post(url, content=body, headers=HEADERS)
+            with trio.fail_after(self.s.timeout):
+                status = await client.post(url, body, HEADERS)
         except trio.TooSlowError:
             return Outcome("retry", None, "timeout")
-        except httpx.TransportError as e:
+        except (HttpError, OSError) as e:  # refused, reset, DNS, TLS (ssl.SSLError)
             return Outcome("retry", None, f"{type(e).__name__}: {e}")
-        except httpx.HTTPError as e:
-            return Outcome("fail", None, f"{type(e).__name__}: {e}")
-        status = r.status_code
         if 200 <= status < 300:
             return Outcome("ok", status)
         if status in (404, 410):
