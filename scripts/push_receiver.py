@@ -89,3 +89,24 @@ class PushReceiver:
                 )
         except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
             return
+
+
+def main() -> None:
+    """``python3 scripts/push_receiver.py``: serve on a free port (printed as the first
+    line), answering 200 to everything, until killed: the bench's receiver in a process of
+    its own, so that it does not share a CPU's time with the load clients."""
+
+    async def serve() -> None:
+        rx = PushReceiver()
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(rx.serve)
+            print(port, flush=True)
+            while True:  # keep memory flat: the bench counts on the node's side
+                await trio.sleep(1.0)
+                rx.received.clear()
+
+    trio.run(serve)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ Coalescing windows and retry waits are shortened through the node's config, so a
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import socket
@@ -230,14 +231,29 @@ async def test_down_receiver_is_retried_then_dropped_and_410_unregisters(
     with socket.socket() as s:  # a port nobody listens on: connection refused
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/dead"
-    async with push_node(tmp_path, workers=2) as node, receiving(status) as rx:
+    held: list[trio.SocketStream] = []
+
+    async def hang(stream: trio.SocketStream) -> None:  # accepts, reads, never answers
+        held.append(stream)
+        await trio.sleep_forever()
+
+    async with (
+        push_node(tmp_path, workers=2, timeout=1.0) as node,
+        receiving(status) as rx,
+        trio.open_nursery() as nursery,
+    ):
+        (listener,) = await nursery.start(
+            functools.partial(trio.serve_tcp, host="127.0.0.1"), hang, 0
+        )
+        silent = f"http://127.0.0.1:{listener.socket.getsockname()[1]}/silent"
         await new_device(node, "bob", rx.url("/flaky"))
         carol = await new_device(node, "carol", rx.url("/gone"))
         await new_device(node, "dave", dead)
+        await new_device(node, "frank", silent)
         await new_device(node, "erin", rx.url("/ok"))
         alice = await new_device(node, "alice")
         async with online(node, alice) as a:
-            chat = await group(a, "G", ["bob", "carol", "dave", "erin"])
+            chat = await group(a, "G", ["bob", "carol", "dave", "erin", "frank"])
             with trio.fail_after(2):  # sends do not wait for any push
                 t0 = trio.current_time()
                 await send(a, chat, "one")
@@ -247,7 +263,7 @@ async def test_down_receiver_is_retried_then_dropped_and_410_unregisters(
 
             async def settled() -> bool:
                 st = (await admin(node, "admin.status"))["push"]
-                return bool(st["failed"] == 2 and st["unregistered"] == 1 and st["queued"] == 0)
+                return bool(st["failed"] == 3 and st["unregistered"] == 1 and st["queued"] == 0)
 
             with trio.fail_after(15):
                 while not await settled():
@@ -255,8 +271,9 @@ async def test_down_receiver_is_retried_then_dropped_and_410_unregisters(
             assert rx.hits["/flaky"] == 1 + PUSH["retries"]  # first try + retries
             assert rx.hits["/gone"] == 1
             st = (await admin(node, "admin.status"))["push"]
-            assert st["retried"] == 2 * PUSH["retries"]  # flaky's and dead's
-            assert st["endpoints"] == 3 and st["sent"] == 1
+            assert st["retried"] == 3 * PUSH["retries"]  # flaky's, dead's and silent's
+            assert st["endpoints"] == 4 and st["sent"] == 1
+            assert len(held) == 1 + PUSH["retries"]  # each attempt timed out, a new connection
             async with online(node, carol) as c:
                 assert (await c.call("account.listPush"))["endpoints"] == []
             await gone_offline(node, carol)
@@ -264,6 +281,7 @@ async def test_down_receiver_is_retried_then_dropped_and_410_unregisters(
             await rx.wait_for(lambda: len(rx.of("/ok")) == 2, timeout=QUIET + 3)
             await trio.sleep(0.3)
             assert rx.hits["/gone"] == 1  # unregistered: never asked again
+            nursery.cancel_scope.cancel()
 
 
 async def test_register_push_refuses_bad_input_with_stable_codes(tmp_path: Path) -> None:
@@ -284,6 +302,8 @@ async def test_register_push_refuses_bad_input_with_stable_codes(tmp_path: Path)
                 "https://exa mple.org/",
                 "http://example.org:99999/",
                 "https://example.org/" + "a" * 2100,
+                "https://exämple.org/push",
+                "https://example.org/\u00e4",
             ):
                 assert await code_of(reg(url)) == "PUSH_URL_INVALID", url
             assert await code_of(reg(rx.url("/b"), key[:31])) == "PUSH_KEY_INVALID"

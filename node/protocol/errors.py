@@ -247,7 +247,8 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.SECRET_RELAY_REFUSED: "The relaying node does not carry secret envelopes for "
     "the caller ([secret] relay off, or its relay_max_bytes for today used up).",
     ErrorCode.PUSH_URL_INVALID: "A push endpoint must be an http:// or https:// URL with a "
-    "host, at most 2048 characters, without spaces or control characters.",
+    "host, at most 2048 ASCII characters (percent-encoded, punycode hosts), without spaces "
+    "or control characters.",
     ErrorCode.PUSH_KEY_INVALID: "A push key must be the device's X25519 public key: 32 bytes "
     "(not a low-order point).",
     ErrorCode.PUSH_TOO_MANY: "The account has as many push endpoints as the node allows "

@@ -5,7 +5,10 @@ Why this shape:
 * **Coalescing** per (endpoint, chat): a burst of messages is one push. Each event pushes
   the pending notification's deadline to ``quiet`` seconds after it (a trailing debounce),
   but never past ``cap`` seconds after the first one, so a chat that never falls quiet is
-  still notified. The count says how many arrived.
+  still notified. The count says how many arrived. A notification that still waits in
+  the queue when the next one of its chat is due takes that one in (the count adds up)
+  instead of queueing a second: when the node pushes slower than chats are busy, pushes
+  get fewer and bigger, and the queue holds at most one per (endpoint, chat).
 * **A bounded queue and a bounded pool**: at most ``workers`` POSTs are in flight, each
   with a ``timeout``; what waits is bounded by ``queue_max`` (beyond it a notification is
   dropped and counted: a push is a hint, the messages themselves wait on the node). So a
@@ -68,8 +71,10 @@ class Job:
 
     endpoint_id: int
     url: str
-    body: bytes
+    body: bytes  # b"": sealed by the worker that takes it, from ``pending``
     attempt: int = 0
+    key: tuple[int, str] | None = None
+    pending: Pending | None = None  # while queued, later events of its chat merge into it
 
 
 @dataclass
@@ -124,6 +129,7 @@ class Notifier:
         self._wake = trio.Event()
         self._send, self._recv = trio.open_memory_channel[Job](settings.queue_max)
         self._gone: set[int] = set()  # endpoints unregistered while work for them waited
+        self._waiting: dict[tuple[int, str], Job] = {}  # queued, not yet taken by a worker
         self._client: HttpPool | None = None
 
     # --- in (on the event loop, never blocking) -------------------------------------------
@@ -166,6 +172,8 @@ class Notifier:
         self._gone.add(endpoint_id)
         for key in [k for k in self._pending if k[0] == endpoint_id]:
             del self._pending[key]
+        for key in [k for k in self._waiting if k[0] == endpoint_id]:
+            del self._waiting[key]
 
     def pending(self) -> int:
         return len(self._pending)
@@ -211,28 +219,74 @@ class Notifier:
                 await self._wake.wait()
 
     def _flush(self, p: Pending) -> None:
+        try:
+            self._flush_one(p)
+        except Exception:  # a bug must cost this notification, never the scheduler
+            self.stats.failed += 1
+            _log.exception("building a push notification failed")
+
+    def _flush_one(self, p: Pending) -> None:
         e = p.endpoint
         if e.id in self._gone:
             return
         if p.kind != "test" and self._online(e.user_id, e.device_id):
             self.stats.skipped_online += 1  # it came back and has the messages already
             return
-        fields = payload.build(p.kind, p.count, p.ts, p.chat, p.title, p.sender, p.preview)
-        self._enqueue(Job(e.id, e.url, payload.seal(fields, e.key)))
-
-    def _enqueue(self, job: Job) -> None:
-        if job.endpoint_id in self._gone:
+        key = (e.id, p.chat if p.chat is not None else p.kind)
+        waiting = self._waiting.get(key)
+        if waiting is not None and waiting.pending is not None:
+            # its previous notification still waits for a worker (the node is pushing
+            # slower than chats are busy): one push says it all, the queue does not grow
+            q = waiting.pending
+            q.count += p.count
+            q.ts = max(q.ts, p.ts)
+            q.endpoint = p.endpoint
+            q.title = p.title if p.title is not None else q.title
+            q.sender = p.sender if p.sender is not None else q.sender
+            q.preview = p.preview if p.preview is not None else q.preview
             return
+        job = Job(e.id, e.url, b"", key=key, pending=p)
+        if self._enqueue(job):
+            self._waiting[key] = job
+
+    def _enqueue(self, job: Job) -> bool:
+        if job.endpoint_id in self._gone:
+            return False
         try:
             self._send.send_nowait(job)
         except trio.WouldBlock:
             self.stats.dropped += 1
             log.event(_log, "push.dropped", logging.DEBUG, endpoint=job.endpoint_id)
+            return False
+        return True
+
+    def _seal(self, job: Job) -> bool:
+        """Seal a queued notification as it is now (merged events included); False when
+        it is no longer to be sent (the device came online meanwhile)."""
+        p = job.pending
+        assert p is not None
+        e = p.endpoint
+        if p.kind != "test" and self._online(e.user_id, e.device_id):
+            self.stats.skipped_online += 1
+            return False
+        fields = payload.build(p.kind, p.count, p.ts, p.chat, p.title, p.sender, p.preview)
+        job.url, job.body, job.pending = e.url, payload.seal(fields, e.key), None
+        return True
 
     async def _worker(self, client: HttpPool) -> None:
         async for job in self._recv:
+            if job.key is not None and self._waiting.get(job.key) is job:
+                del self._waiting[job.key]
             if job.endpoint_id in self._gone:
                 continue
+            if not job.body:
+                try:
+                    if not self._seal(job):
+                        continue
+                except Exception:  # a bug costs this notification, never the worker
+                    self.stats.failed += 1
+                    _log.exception("sealing a push notification failed")
+                    continue
             out = await self.post(client, job.url, job.body)
             await self._settle(job, out)
 
@@ -285,6 +339,8 @@ class Notifier:
             return Outcome("retry", None, "timeout")
         except (HttpError, OSError) as e:  # refused, reset, DNS, TLS (ssl.SSLError)
             return Outcome("retry", None, f"{type(e).__name__}: {e}")
+        except Exception as e:  # anything else is not worth a retry, and costs no worker
+            return Outcome("fail", None, f"{type(e).__name__}: {e}")
         if 200 <= status < 300:
             return Outcome("ok", status)
         if status in (404, 410):

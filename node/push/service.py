@@ -44,6 +44,7 @@ from .notifier import Notifier, Settings
 _log = log.get("push")
 
 URL_MAX = 2048
+RECOUNT_EVERY = 60.0  # seconds
 MESSAGE = "message"
 
 # what the lookup task is handed: ("chat", chat id, [(sender, ts, preview)]) for chat
@@ -62,8 +63,8 @@ def check_url(url: str) -> str | None:
     control characters, at most URL_MAX characters."""
     if len(url) > URL_MAX:
         return f"longer than {URL_MAX} characters"
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
-        return "has spaces or control characters"
+    if any(c.isspace() or ord(c) < 32 or ord(c) >= 127 for c in url):
+        return "has spaces, control or non-ASCII characters (percent-encode them)"
     try:
         parts = urlsplit(url)
         port = parts.port  # raises on a port that is not a number or out of range
@@ -127,6 +128,14 @@ class PushService:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.notifier.run)
             nursery.start_soon(self._lookup_loop)
+            nursery.start_soon(self._recount)
+
+    async def _recount(self) -> None:
+        """The endpoint count, from the table now and then: removing a user deletes its
+        endpoints by cascade, which the handlers here never see."""
+        while True:
+            await trio.sleep(RECOUNT_EVERY)
+            self.endpoints = await self.db.read(store.count)
 
     def stats(self) -> dict[str, Any]:
         """For ``admin.status`` (`fedgram status`)."""
