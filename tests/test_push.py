@@ -143,6 +143,27 @@ async def test_offline_device_gets_one_push_for_a_burst_and_only_its_key_opens_i
         assert st["sent"] == 1 and st["endpoints"] == 1 and st["failed"] == 0
 
 
+async def test_a_chat_that_never_falls_quiet_is_still_notified_every_coalesce_max(
+    tmp_path: Path,
+) -> None:
+    async with push_node(tmp_path, coalesce_max=1.0) as node, receiving() as rx:
+        bob = await new_device(node, "bob", rx.url("/bob"))
+        alice = await new_device(node, "alice")
+        async with online(node, alice) as a:
+            chat = (await a.call("chats.startPrivate", {"user": "bob"}))["chat"]["id"]
+            t0 = trio.current_time()
+            sent = 0
+            while trio.current_time() - t0 < 3.0:  # a message every 0.2 s < QUIET
+                await send(a, chat, "busy")
+                sent += 1
+                await trio.sleep(0.2)
+            await rx.wait_for(lambda: sum(bob.open(r.body)["count"] for r in rx.of("/bob")) == sent)
+        got = rx.of("/bob")
+        # one push per ~coalesce_max while it stays busy, not one per message nor one at the end
+        assert 2 <= len(got) <= 5, len(got)
+        assert got[0].at - t0 < 1.0 + 0.5
+
+
 async def test_previews_follow_the_users_setting(tmp_path: Path) -> None:
     async with push_node(tmp_path) as node, receiving() as rx:
         bob = await new_device(node, "bob", rx.url("/bob"))
