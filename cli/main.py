@@ -43,6 +43,7 @@ from .common import (
 from .dev_cluster import cluster as dev_cluster
 from .media_cmds import media_app
 from .peer_cmds import peer_app, user_lookup
+from .push_cmds import push_app  # noqa: F401  (importing it adds `fedgram client push`)
 
 app = typer.Typer(
     name="fedgram",
@@ -313,6 +314,12 @@ def status(data: DataOpt = None, json: JsonOpt = False) -> None:
     typer.echo(f"sessions: {st['sessions']}")
     typer.echo(f"database: {st['db_bytes'] / 1048576:.2f} MiB")
     typer.echo(f"data:     {st['data_dir']}  (pid {st['pid']})")
+    if "push" in st:
+        pu = st["push"]
+        typer.echo(
+            f"push:     {pu['endpoints']} endpoints, {pu['queued']} queued, {pu['sent']} sent, "
+            f"{pu['failed']} failed, {pu['dropped']} dropped, {pu['unregistered']} unregistered"
+        )
 
 
 @dev_app.command("api-docs")

@@ -37,6 +37,8 @@ from .metrics import Metrics
 from .nodes import Directory, ensure_self
 from .protocol.identity import fingerprint
 from .publications import Publications
+from .push.service import PushService
+from .push.store import SCHEMA as PUSH_SCHEMA
 from .ratelimit import RateLimiter, Rule
 from .remote import RemoteSlot
 from .rpc import Router
@@ -142,6 +144,13 @@ class Node:
         self.accounts.revocation.append(self.secret.on_revoked)
         self.accounts.removal.append(self.secret.on_user_removed)
         self.background.append(self.secret.run)
+        # push notifications for devices with no live session (node/push)
+        self.push = PushService(config, db, self.hub, directory)
+        self.push.register(self.router)
+        self.events.subscribe(self.push.on_committed)
+        self.secret.offline = self.push.secret_waiting
+        self.accounts.revocation.append(self.push.on_revoked)
+        self.background.append(self.push.run)
         self.parts = parts
         for part in parts:
             part.attach(self)
@@ -261,6 +270,7 @@ class Node:
             "sessions": len(self.gateway.sessions),
             "db_bytes": self.db.size_bytes(),
             "data_dir": str(self.config.data_dir),
+            "push": self.push.stats(),
         }
 
     @staticmethod
@@ -377,5 +387,6 @@ class Node:
 
 
 def _schemas(parts: Sequence[Part]) -> list[Schema]:
-    """The node's own registered schemas (the secret queues'), then the parts'."""
-    return [SECRET_SCHEMA, *(p.schema for p in parts if p.schema is not None)]
+    """The node's own registered schemas (the secret queues', push endpoints'), then the
+    parts'."""
+    return [SECRET_SCHEMA, PUSH_SCHEMA, *(p.schema for p in parts if p.schema is not None)]

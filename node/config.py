@@ -313,6 +313,49 @@ SPEC: dict[str, dict[str, Key]] = {
             "nodes seen there (they become peers only when approved, or with peering = open).",
         ),
     },
+    "push": {
+        "previews": Key(
+            bool,
+            False,
+            "Default for users who did not choose: notifications carry the message's first "
+            "characters. Keep it off on a community node (the push distributor sees only "
+            "sealed bytes, but a lost phone shows previews on its lock screen).",
+        ),
+        "max_per_user": Key(int, 10, "Push endpoints an account may register.", _positive),
+        "coalesce_quiet": Key(
+            float,
+            1.5,
+            "Seconds without a new message before a chat's pending notification is sent "
+            "(a burst is one push).",
+            _positive,
+        ),
+        "coalesce_max": Key(
+            float,
+            10.0,
+            "Seconds after the first message at most before its notification is sent, "
+            "however busy the chat.",
+            _positive,
+        ),
+        "timeout": Key(float, 5.0, "Seconds a push endpoint has to answer a POST.", _positive),
+        "workers": Key(int, 8, "POSTs in flight at most (the worker pool).", _positive),
+        "queue_max": Key(
+            int,
+            10_000,
+            "Notifications waiting for a worker; beyond it they are dropped (counted).",
+            _positive,
+        ),
+        "retries": Key(
+            int,
+            3,
+            "Retries of a notification whose endpoint failed (refused, timeout, 5xx, 429) "
+            "before it is dropped.",
+            _non_negative,
+        ),
+        "retry_base": Key(
+            float, 2.0, "Seconds before the first retry; doubled for each next one.", _positive
+        ),
+        "retry_max": Key(float, 60.0, "Longest wait between two retries.", _positive),
+    },
 }
 
 

@@ -10,6 +10,7 @@ from .api_admin import ADMIN_METHODS
 from .api_chats import CHAT_METHODS, CHAT_UPDATES
 from .api_fed import DIRECTORY_METHODS, FED_METHODS
 from .api_media import MEDIA_METHODS
+from .api_push import PUSH_METHODS, PushStats
 from .api_secret import SECRET_METHODS, SECRET_UPDATES
 from .errors import ErrorCode as E
 from .schema import (
@@ -58,6 +59,7 @@ NodeStatus = Struct(
         "db_bytes": Field(Int(), "database + WAL size on disk"),
         "data_dir": Field(Str(), "data folder"),
         "pid": Field(Int(), "node process id"),
+        "push": Field(PushStats, "push notifications since start", required=False),
     },
     name="NodeStatus",
 )
@@ -375,6 +377,7 @@ METHODS: dict[str, Method] = {
         *CHAT_METHODS,
         *MEDIA_METHODS,
         *SECRET_METHODS,
+        *PUSH_METHODS,
         *DIRECTORY_METHODS,
         *FED_METHODS,
         *ADMIN_METHODS,

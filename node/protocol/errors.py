@@ -109,6 +109,12 @@ class ErrorCode(StrEnum):
     SECRET_QUEUE_FULL = "SECRET_QUEUE_FULL"
     SECRET_NO_ROUTE = "SECRET_NO_ROUTE"
     SECRET_RELAY_REFUSED = "SECRET_RELAY_REFUSED"
+    # push notifications
+    PUSH_URL_INVALID = "PUSH_URL_INVALID"
+    PUSH_KEY_INVALID = "PUSH_KEY_INVALID"
+    PUSH_TOO_MANY = "PUSH_TOO_MANY"
+    PUSH_NOT_FOUND = "PUSH_NOT_FOUND"
+    PUSH_PAYLOAD_INVALID = "PUSH_PAYLOAD_INVALID"  # local: `fedgram client push open`
 
 
 DESCRIPTIONS: dict[ErrorCode, str] = {
@@ -240,6 +246,17 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     "it, or the hop limit was reached).",
     ErrorCode.SECRET_RELAY_REFUSED: "The relaying node does not carry secret envelopes for "
     "the caller ([secret] relay off, or its relay_max_bytes for today used up).",
+    ErrorCode.PUSH_URL_INVALID: "A push endpoint must be an http:// or https:// URL with a "
+    "host, at most 2048 ASCII characters (percent-encoded, punycode hosts), without spaces "
+    "or control characters.",
+    ErrorCode.PUSH_KEY_INVALID: "A push key must be the device's X25519 public key: 32 bytes "
+    "(not a low-order point).",
+    ErrorCode.PUSH_TOO_MANY: "The account has as many push endpoints as the node allows "
+    "([push] max_per_user); remove one first.",
+    ErrorCode.PUSH_NOT_FOUND: "The caller has no push endpoint with that id.",
+    ErrorCode.PUSH_PAYLOAD_INVALID: "(local) `fedgram client push open`: the body does not "
+    "open with this profile's push key (meant for another device, or damaged), or is not a "
+    "Fedgram notification.",
 }
 
 

@@ -109,6 +109,9 @@ class SecretService:
         self._erased = erased or (lambda: None)
         self.sweeper = Sweeper(self._next_expiry, self.sweep)
         self._backstop_at = 0.0
+        # told (user id, device id) when a message waits for a device with no live session:
+        # the node's push service notifies it ("new secret message", nothing more)
+        self.offline: Callable[[int, int], None] | None = None
 
     def register(self, router: Router) -> None:
         for name, fn in {
@@ -143,6 +146,8 @@ class SecretService:
                 s for s in self.sessions.sessions_of(user_id) if s.device_id == item.device_id
             ]
             if not targets:
+                if item.kind == "message" and self.offline is not None:
+                    self.offline(user_id, item.device_id)
                 continue
             upd = {"type": "secret.item", **item.wire(self.directory.display(item.sender))}
             encoded = frames.encode_updates(self.sessions.present([upd]))
