@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -179,6 +179,24 @@ class Node:
         self.metrics.gauge(
             "ratelimit_buckets", "Partly spent rate-limit buckets held.", self._buckets
         )
+        self._push_metrics()
+
+    def _push_metrics(self) -> None:
+        """Push notifications (issue 16): the notifier's counts since start and its queue."""
+        what = {
+            "endpoints": "Push endpoints registered (devices that want notifications).",
+            "queued": "Push notifications waiting for a worker now.",
+            "pending": "Push notifications being coalesced (waiting for a quiet moment) now.",
+            "sent": "Push notifications delivered since start.",
+            "failed": "Push notifications given up on (retries spent) since start.",
+            "dropped": "Push notifications dropped because the queue was full, since start.",
+            "unregistered": "Push endpoints forgotten after a 404/410, since start.",
+        }
+        for key, doc in what.items():
+            self.metrics.gauge(f"push_{key}", doc, self._push_stat(key))
+
+    def _push_stat(self, key: str) -> Callable[[], float]:
+        return lambda: float(self.push.stats()[key])
 
     def _sessions(self) -> float:
         return len(self.gateway.sessions)

@@ -10,6 +10,7 @@ import functools
 import json
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from scripts.push_receiver import PushReceiver
 from tests.conftest import make_config
 from tests.helpers import add_user, admin, fresh_code, send
 from tests.test_federation import links_up
+from tests.test_ops_metrics import scrape
 
 QUIET = 0.4
 PUSH: dict[str, Any] = {
@@ -141,6 +143,9 @@ async def test_offline_device_gets_one_push_for_a_burst_and_only_its_key_opens_i
             payload.open_sealed(r.body[:-1] + bytes([r.body[-1] ^ 1]), bytes(bob.push_key))
         st = (await admin(node, "admin.status"))["push"]
         assert st["sent"] == 1 and st["endpoints"] == 1 and st["failed"] == 0
+        m = await scrape(node.port)  # the same counts on /metrics (issue 15's scrape)
+        assert m[("fedgram_push_sent", ())] == 1 and m[("fedgram_push_endpoints", ())] == 1
+        assert m[("fedgram_push_failed", ())] == 0 and m[("fedgram_push_queued", ())] == 0
 
 
 async def test_a_chat_that_never_falls_quiet_is_still_notified_every_coalesce_max(
@@ -190,22 +195,39 @@ async def test_online_device_and_muted_chat_get_none(tmp_path: Path) -> None:
     async with push_node(tmp_path, previews=True) as node, receiving() as rx:
         bob = await new_device(node, "bob", rx.url("/bob"))  # will stay online
         carol = await new_device(node, "carol", rx.url("/carol"))  # will mute the chat
+        erin = await new_device(node, "erin", rx.url("/erin"))  # will mute it for a minute
         dave = await new_device(node, "dave", rx.url("/dave"))  # offline, not muted: control
         alice = await new_device(node, "alice", rx.url("/alice"))  # the sender
         async with online(node, alice) as a, online(node, bob):
-            chat = await group(a, "G", ["bob", "carol", "dave"])
+            chat = await group(a, "G", ["bob", "carol", "dave", "erin"])
             async with online(node, carol) as c:
                 await c.call("chats.updateDialog", {"chat": chat, "muted": True})
             await gone_offline(node, carol)
+            async with online(node, erin) as e:
+                await e.call("chats.updateDialog", {"chat": chat, "muted": True, "mute_for": 60})
+            await gone_offline(node, erin)
             await send(a, chat, "hello")
             await rx.wait_for(lambda: len(rx.of("/dave")) == 1)
             await trio.sleep(QUIET * 3)
-            assert rx.of("/bob") == [] and rx.of("/carol") == []
+            assert rx.of("/bob") == [] and rx.of("/carol") == [] and rx.of("/erin") == []
+            # a timed mute runs out (its minute passes: the stored end moved into the past),
+            # and the next message notifies erin again, not carol
+            await node.db.write(
+                lambda conn: conn.execute(
+                    "UPDATE chat_members SET muted_until = ? WHERE chat_id = ? AND muted_until"
+                    " IS NOT NULL",
+                    (time.time() - 1, chat),
+                )
+            )
+            await send(a, chat, "later")
+            await rx.wait_for(lambda: len(rx.of("/erin")) == 1)
+            assert erin.open(rx.of("/erin")[0].body)["preview"] == "later"
+            assert rx.of("/carol") == []
         # the sender is never told of their own message, online or not
         assert rx.of("/alice") == []
         assert dave.open(rx.of("/dave")[0].body)["preview"] == "hello"  # node default on
         st = (await admin(node, "admin.status"))["push"]
-        assert st["sent"] == 1
+        assert st["sent"] == 3  # dave twice, erin once
 
 
 async def test_secret_chat_push_has_no_content_no_sender_no_chat(tmp_path: Path) -> None:
