@@ -12,6 +12,7 @@ import typer
 
 from node import config
 from node.client.admin import AdminClient
+from node.config import ConfigError
 from node.interfaces import CallContext
 from node.lock import node_running
 
@@ -103,9 +104,25 @@ def user_code(name: NameArg, data: DataOpt = None, json: JsonOpt = False) -> Non
     typer.echo(r["code"])  # the code alone on stdout (for `CODE=$(...)`), the advice on stderr
     typer.echo(
         f"login code for {name.lower()}, valid {r['expires_in'] // 60} min: they run "
-        f"`fedgram client login URL {name.lower()} --code {r['code']}`",
+        f"`fedgram client login {_node_url(data)} {name.lower()} --code {r['code']}`",
         err=True,
     )
+
+
+def _node_url(data: Any) -> str:
+    """The URL people log in at, as this node's config says (``URL`` when it cannot say:
+    any free port, or a config that does not load)."""
+    try:
+        cfg = config.load(config.resolve_data_dir(data))
+        public = str(cfg.get("federation", "public_url") or "")
+        host, port = cfg.listen
+    except (ConfigError, OSError, ValueError):
+        return "URL"
+    if public:
+        return public
+    if port == 0:
+        return "URL"
+    return f"{'wss' if cfg.tls else 'ws'}://{host}:{port}"
 
 
 @user_app.command("devices")
