@@ -355,6 +355,14 @@ SPEC: dict[str, dict[str, Key]] = {
             float, 2.0, "Seconds before the first retry; doubled for each next one.", _positive
         ),
         "retry_max": Key(float, 60.0, "Longest wait between two retries.", _positive),
+        "max_rate": Key(
+            float,
+            300.0,
+            "POSTs per second at most (0: no cap). Pushes share the node's event loop with "
+            "sends (~1 ms of CPU each): the cap keeps a flood of notifications from slowing "
+            "messages; what waits meanwhile coalesces.",
+            _non_negative,
+        ),
     },
 }
 

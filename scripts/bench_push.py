@@ -98,9 +98,10 @@ async def loader(c: Client, chat: str, rate: float, stop: trio.Event, sent: list
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {"machine": machine()}
+    out: dict[str, Any] = {"machine": machine(), "max_rate": args.max_rate}
     with tempfile.TemporaryDirectory(prefix="fedgram-bench-push-") as tmp:
-        proc, url, data = start_node(Path(tmp), BENCH_CONFIG + PUSH_CONFIG)
+        cfg = BENCH_CONFIG + PUSH_CONFIG + f"max_rate = {float(args.max_rate)}\n"
+        proc, url, data = start_node(Path(tmp), cfg)
         nut = NodeUnderTest(argparse.Namespace(url=url, data=str(data)), Path(tmp))
         nut.pid = proc.pid
         node = Proc(proc.pid)
@@ -191,6 +192,12 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="push-only measuring window")
     p.add_argument("--rate", type=float, default=50.0, help="loader messages/s to the group")
     p.add_argument("--procs", type=int, default=1, help="load processes (reference workload)")
+    p.add_argument(
+        "--max-rate",
+        type=float,
+        default=300.0,
+        help="[push] max_rate of the node (the default, 300; 0: no cap, to see the capacity)",
+    )
     print(json.dumps(trio.run(run, p.parse_args()), indent=2))
 
 

@@ -7,6 +7,7 @@ Coalescing windows and retry waits are shortened through the node's config, so a
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import secrets
 import socket
@@ -449,3 +450,21 @@ async def test_payload_sealing_round_trip_and_size_cap() -> None:
     not_push = bytes(SealedBox(k.public_key).encrypt(json.dumps({"kind": "other"}).encode()))
     with pytest.raises(payload.PayloadError):
         payload.open_sealed(not_push, bytes(k))
+
+
+async def test_max_rate_spaces_the_posts_out(tmp_path: Path) -> None:
+    """[push] max_rate: eight offline members of a group, one message, at most 4 POSTs a
+    second: the eight arrive at least 1/4 s apart (the first at once), and none is lost."""
+    async with push_node(tmp_path, max_rate=4.0) as node, receiving() as rx:
+        names = [f"member{i}" for i in range(8)]
+        for name in names:
+            await new_device(node, name, rx.url(f"/{name}"))
+        alice = await new_device(node, "alice")
+        async with online(node, alice) as a:
+            chat = await group(a, "Paced", names)
+            await send(a, chat, "hello all")
+            await rx.wait_for(lambda: sum(len(rx.of(f"/{n}")) for n in names) == 8, timeout=15)
+        times = sorted(r.at for n in names for r in rx.of(f"/{n}"))
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert min(gaps) >= 0.25 - 0.02, gaps  # the pacing's floor, less the clock's grain
+        assert times[-1] - times[0] >= 7 * 0.25 - 0.05

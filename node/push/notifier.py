@@ -109,6 +109,7 @@ class Settings:
     retries: int
     retry_base: float
     retry_max: float
+    max_rate: float = 0.0  # POSTs per second at most; 0: no cap
 
 
 class Notifier:
@@ -123,6 +124,7 @@ class Notifier:
         self._unregister = unregister  # delete an endpoint 404/410 told us is gone
         self.stats = Stats()
         self._pending: dict[tuple[int, str], Pending] = {}
+        self._next_slot = 0.0  # max_rate: when the next POST may start (trio clock)
         self._timers: list[tuple[float, int, tuple[int, str]]] = []  # (due, n, pending key)
         self._retries: list[tuple[float, int, Job]] = []  # (due, n, job)
         self._n = itertools.count()
@@ -287,8 +289,21 @@ class Notifier:
                     self.stats.failed += 1
                     _log.exception("sealing a push notification failed")
                     continue
+            await self._pace()
             out = await self.post(client, job.url, job.body)
             await self._settle(job, out)
+
+    async def _pace(self) -> None:
+        """``max_rate``: each POST takes the next free slot, 1/rate apart, and waits for it.
+        Taking a slot has no checkpoint, so concurrent workers never share one; jobs that
+        wait meanwhile stay queued, where later events of their chat merge into them."""
+        if self.s.max_rate <= 0:
+            return
+        now = trio.current_time()
+        slot = max(now, self._next_slot)
+        self._next_slot = slot + 1.0 / self.s.max_rate
+        if slot > now:
+            await trio.sleep_until(slot)
 
     async def _settle(self, job: Job, out: Outcome) -> None:
         if out.result == "ok":

@@ -105,6 +105,7 @@ class PushService:
                 retries=int(p["retries"]),
                 retry_base=float(p["retry_base"]),
                 retry_max=float(p["retry_max"]),
+                max_rate=float(p["max_rate"]),
             ),
             online=self._online,
             unregister=self._unregister,
