@@ -13,8 +13,6 @@ from typing import Annotated, Any
 
 import typer
 
-from node.client.errors import ClientError
-
 from .client_cmds import ProfileOpt, _profile, client_app
 from .common import LOCAL, JsonOpt, fail, print_json, run_async
 
@@ -49,8 +47,10 @@ def _account_call(
     async def go() -> dict[str, Any]:
         async with connect_signed_in(prof) as c:
             if needs_password and not (await c.call("account.getProfile"))["has_password"]:
-                raise ClientError(
-                    "this account has no password; set one with `fedgram client password set`"
+                fail(
+                    "this account has no password; set one with `fedgram client password set`",
+                    LOCAL,
+                    "PASSWORD_NOT_SET",
                 )
             r: dict[str, Any] = await c.call(method, params)
             return r
@@ -118,9 +118,9 @@ def _new(given: str | None) -> str:
         return given
     first = _ask("new password: ")
     if first != _ask("new password again: "):
-        raise ClientError("the two new passwords differ; nothing was changed")
+        fail("the two new passwords differ; nothing was changed", LOCAL, "USAGE")
     if not first:
-        raise ClientError("an empty password is no password; nothing was changed")
+        fail("an empty password is no password; nothing was changed", LOCAL, "USAGE")
     return first
 
 

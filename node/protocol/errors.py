@@ -36,6 +36,7 @@ class ErrorCode(StrEnum):
     FILE_ERROR = "FILE_ERROR"
     NO_NODE_RUNNING = "NO_NODE_RUNNING"
     CHAIN_BROKEN = "CHAIN_BROKEN"
+    PASSWORD_NOT_SET = "PASSWORD_NOT_SET"
     LOCAL_ERROR = "LOCAL_ERROR"
     # RPC
     METHOD_UNKNOWN = "METHOD_UNKNOWN"
@@ -152,6 +153,7 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.NO_NODE_RUNNING: "CLI: no node is running on the data folder.",
     ErrorCode.CHAIN_BROKEN: "CLI: a chat log failed verification (chain, signature or "
     "content hash).",
+    ErrorCode.PASSWORD_NOT_SET: "CLI: the account has no password to change or remove.",
     ErrorCode.LOCAL_ERROR: "CLI: another problem on this side; the message says what to do.",
     ErrorCode.METHOD_UNKNOWN: "No such method in the schema.",
     ErrorCode.PARAMS_INVALID: "Parameters are missing, extra, of the wrong type or out of "
