@@ -65,10 +65,15 @@ def _limit_file_size(limit: int) -> None:
 
 
 class NodeProcess:
-    """A node started as a real subprocess (`python -m cli run`)."""
+    """A node started as a real subprocess (`python -m cli run`). ``log_level=None`` keeps
+    the log settings of the node's own config (the log tests); by default it logs warnings."""
 
     def __init__(
-        self, data: Path, listen: str = "127.0.0.1:0", max_file_bytes: int | None = None
+        self,
+        data: Path,
+        listen: str = "127.0.0.1:0",
+        max_file_bytes: int | None = None,
+        log_level: str | None = "warning",
     ) -> None:
         self.data = data
         if not (data / "config.toml").exists():
@@ -88,8 +93,7 @@ class NodeProcess:
                 str(data),
                 "--listen",
                 listen,
-                "--log-level",
-                "warning",
+                *(["--log-level", log_level] if log_level else []),
             ],
             stdout=subprocess.PIPE,
             stderr=self._stderr,

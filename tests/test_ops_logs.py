@@ -5,16 +5,13 @@ revocations, bans and admin calls, from a real node process driven by the real C
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, fedgram
+from tests.conftest import NodeProcess, fedgram
 
 
 def set_keys(data: Path, **keys: str) -> None:
@@ -29,51 +26,13 @@ def set_keys(data: Path, **keys: str) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-class RunningNode:
-    """`fedgram run` as a subprocess with the log settings of its own config (unlike the
-    conftest's NodeProcess, which passes --log-level warning)."""
-
-    def __init__(self, data: Path) -> None:
-        self.data = data
-        self.stderr_path = data.parent / f"{data.name}.stderr"
-        self._stderr = open(self.stderr_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli", "run", "--data", str(data)],
-            stdout=subprocess.PIPE,
-            stderr=self._stderr,
-            text=True,
-            cwd=REPO,
-        )
-        assert self.proc.stdout is not None
-        self.url = ""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise AssertionError(f"node exited: {self.stderr_path.read_text()}")
-            if "listening on" in line:
-                self.url = line.rsplit(" ", 1)[1].strip()
-            if line.startswith("node id:"):
-                return
-        raise AssertionError("node did not start in time")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            return self.proc.wait(15)
-        finally:
-            assert self.proc.stdout is not None
-            self.proc.stdout.close()
-            self._stderr.close()
-
-
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[Any]:
-    started: list[RunningNode] = []
+    """Start `fedgram run` on a data folder with its config's own log settings."""
+    started: list[NodeProcess] = []
 
-    def start(data: Path) -> RunningNode:
-        n = RunningNode(data)
+    def start(data: Path) -> NodeProcess:
+        n = NodeProcess(data, log_level=None)
         started.append(n)
         return n
 
@@ -82,6 +41,7 @@ def running(tmp_path: Path) -> Iterator[Any]:
         if n.proc.poll() is None:
             n.proc.kill()
             n.proc.wait(10)
+        n.close_files()
 
 
 def init(data: Path) -> None:

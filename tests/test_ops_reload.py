@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import fedgram
-from tests.test_ops_logs import RunningNode, init, running, set_keys
+from tests.conftest import NodeProcess, fedgram
+from tests.test_ops_logs import init, running, set_keys
 
 __all__ = ["running"]  # the fixture, used here
 
@@ -24,7 +24,7 @@ def wait_for(path: Path, text: str, timeout: float = 10) -> str:
     raise AssertionError(f"{text!r} not in {path}:\n{path.read_text()}")
 
 
-def hup(node: RunningNode, expect: str) -> str:
+def hup(node: NodeProcess, expect: str) -> str:
     node.proc.send_signal(signal.SIGHUP)
     return wait_for(node.stderr_path, expect)
 
