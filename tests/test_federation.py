@@ -33,9 +33,11 @@ async def cluster(
     peering: str = "open",
     link: bool = True,
     federation: Callable[[int], dict[str, Any]] | None = None,
+    **sections: dict[str, Any],
 ) -> AsyncIterator[list[Node]]:
     """N federating nodes n1..nN; with ``link``, each adds every other as a peer.
-    ``federation(i)``: more of node i's [federation] settings."""
+    ``federation(i)``: more of node i's [federation] settings; ``sections``: more config
+    sections for every node (``push={...}``)."""
     async with AsyncExitStack() as stack:
         nodes = [
             await stack.enter_async_context(
@@ -44,6 +46,7 @@ async def cluster(
                         tmp / f"n{i}",
                         node={"name": f"n{i}", "listen": "127.0.0.1:0", "log_level": "warning"},
                         federation={"peering": peering, **(federation(i) if federation else {})},
+                        **sections,
                     ),
                     parts=[Federation()],
                 )

@@ -23,7 +23,6 @@ import trio
 from nacl.public import PrivateKey, SealedBox
 from nacl.signing import SigningKey
 
-from federation import Federation
 from node.app import Node
 from node.client import Client
 from node.protocol.errors import RpcError
@@ -31,7 +30,7 @@ from node.push import payload
 from scripts.push_receiver import PushReceiver
 from tests.conftest import make_config
 from tests.helpers import add_user, admin, fresh_code, send
-from tests.test_federation import links_up
+from tests.test_federation import cluster
 from tests.test_ops_metrics import scrape
 
 QUIET = 0.4
@@ -392,24 +391,7 @@ async def test_a_message_on_another_node_pushes_to_an_offline_device_here(
     tmp_path: Path,
 ) -> None:
     async with AsyncExitStack() as stack:
-        n1, n2 = [
-            await stack.enter_async_context(
-                Node.start(
-                    make_config(
-                        tmp_path / name,
-                        node={"name": name, "listen": "127.0.0.1:0", "log_level": "warning"},
-                        federation={"peering": "open"},
-                        push=PUSH,
-                    ),
-                    parts=[Federation()],
-                )
-            )
-            for name in ("n1", "n2")
-        ]
-        await admin(n1, "admin.peerAdd", {"url": n2.url})
-        await admin(n2, "admin.peerAdd", {"url": n1.url})
-        await links_up(n1, 1)
-        await links_up(n2, 1)
+        n1, n2 = await stack.enter_async_context(cluster(tmp_path, 2, push=PUSH))
         rx = await stack.enter_async_context(receiving())
         bob = await new_device(n2, "bob", rx.url("/bob"))
         alice = await new_device(n1, "alice")
