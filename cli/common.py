@@ -132,6 +132,7 @@ def describe(exc: BaseException) -> tuple[str, int, str] | None:
     # imported here, when there is an error to explain, not by every command at start-up
     import sqlite3
 
+    from node.backup import BackupError
     from node.client.errors import ChecksumError, ClientError, FileError, ProfileError, UrlInvalid
     from node.config import ConfigError
     from node.protocol.errors import ErrorCode, RpcError
@@ -150,6 +151,8 @@ def describe(exc: BaseException) -> tuple[str, int, str] | None:
         local[FileError] = ErrorCode.FILE_ERROR
         code = next((c for t, c in local.items() if isinstance(exc, t)), ErrorCode.LOCAL_ERROR)
         return str(exc), LOCAL, code
+    if isinstance(exc, BackupError):
+        return str(exc), LOCAL, ErrorCode.BACKUP_INVALID
     if isinstance(exc, ConfigError):
         return str(exc), LOCAL, ErrorCode.CONFIG_INVALID
     if isinstance(exc, StorageError | sqlite3.Error):

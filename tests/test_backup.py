@@ -210,8 +210,9 @@ def test_damaged_and_truncated_archives_are_refused(node_process: Any, tmp_path:
         info = tarfile.TarInfo("../outside")
         info.size = 3
         t.addfile(info, io.BytesIO(b"hey"))
-    r = fedgram("backup", "restore", str(evil), "--data", str(tmp_path / "e"))
-    assert r.returncode == 2 and "unexpected entry" in r.stderr
+    r = fedgram("backup", "restore", str(evil), "--data", str(tmp_path / "e"), "--json")
+    assert r.returncode == 2 and json.loads(r.stdout)["error"] == "BACKUP_INVALID"
+    assert "unexpected entry" in json.loads(r.stdout)["message"]
     assert not (tmp_path / "outside").exists()
     # and the intact one restores
     r = fedgram("backup", "restore", str(archive), "--data", str(tmp_path / "ok"), "--json")

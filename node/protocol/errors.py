@@ -37,6 +37,7 @@ class ErrorCode(StrEnum):
     NO_NODE_RUNNING = "NO_NODE_RUNNING"
     CHAIN_BROKEN = "CHAIN_BROKEN"
     PASSWORD_NOT_SET = "PASSWORD_NOT_SET"
+    BACKUP_INVALID = "BACKUP_INVALID"
     LOCAL_ERROR = "LOCAL_ERROR"
     # RPC
     METHOD_UNKNOWN = "METHOD_UNKNOWN"
@@ -154,6 +155,8 @@ DESCRIPTIONS: dict[ErrorCode, str] = {
     ErrorCode.CHAIN_BROKEN: "CLI: a chat log failed verification (chain, signature or "
     "content hash).",
     ErrorCode.PASSWORD_NOT_SET: "CLI: the account has no password to change or remove.",
+    ErrorCode.BACKUP_INVALID: "CLI: a backup cannot be made or restored: the archive is "
+    "damaged, truncated, foreign or newer, or the target folder is in use.",
     ErrorCode.LOCAL_ERROR: "CLI: another problem on this side; the message says what to do.",
     ErrorCode.METHOD_UNKNOWN: "No such method in the schema.",
     ErrorCode.PARAMS_INVALID: "Parameters are missing, extra, of the wrong type or out of "
