@@ -17,7 +17,6 @@ from typing import Any, Protocol
 
 import trio
 from nacl.signing import SigningKey
-from trio_websocket import WebSocketServer
 
 from . import __version__, log, system, tls
 from .admin import AdminServer, bind_admin_socket
@@ -48,8 +47,6 @@ from .storage import Database, Schema
 from .updates import Hub
 
 _log = log.get("node")
-WS_MESSAGE_QUEUE = 8  # messages trio-websocket buffers per connection before backpressure
-WS_RECEIVE_BUFFER = 64 * 1024
 LOCK_PATIENCE = 0.5  # seconds a starting node waits out a "is it running?" probe (lock.py)
 # What a config reload (SIGHUP) applies to the running node: whole sections, or
 # (section, key). Everything else is read once at start (sockets, storage, services' cached
@@ -158,7 +155,7 @@ class Node:
         if missing:
             raise RuntimeError(f"schema methods without a handler: {', '.join(missing)}")
         self.gateway = Gateway(config, identity, self.router, self.hub, self.metrics)
-        self.background.append(self.gateway.heartbeats)
+        self.background += [self.gateway.heartbeats, self.gateway.flusher]
         self.started_at = time.time()
         self.host, self.port = config.listen
         self._allow = parse_networks(config.get("metrics", "allow"))
@@ -353,19 +350,8 @@ class Node:
                 directory = await cls._self_row(config, identity, db)
                 node = cls(config, identity, db, directory, parts)
                 node.port = listeners[0].socket.getsockname()[1]
-                server = WebSocketServer(
-                    node.gateway.handle,
-                    listeners,
-                    message_queue_size=WS_MESSAGE_QUEUE,
-                    max_message_size=config.get("limits", "frame_max_bytes"),
-                    receive_buffer_size=WS_RECEIVE_BUFFER,
-                    connect_timeout=config.get("timeouts", "handshake"),
-                    disconnect_timeout=2,
-                )
                 front = Front(
-                    # trio-websocket's per-connection handler (private, like wslimits'
-                    # hooks; the version is pinned): it runs the upgrade and our handler
-                    server._handle_connection,
+                    node.gateway.handle,
                     timeout=lambda: float(config.get("timeouts", "handshake")),
                     metrics=node.metrics,
                     health=node.health,

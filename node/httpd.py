@@ -1,16 +1,14 @@
 """The gateway port's front door: TLS (optional), then one look at the HTTP request head.
 
-Every connection to the gateway starts with an HTTP/1.1 request. A WebSocket upgrade goes
-on to trio-websocket exactly as before (it is handed a stream that replays the bytes read
-here); ``GET /health`` and ``GET /metrics`` are answered here in plain HTTP and closed;
-anything else gets 404 (or 400 for what is not HTTP, 405 for another method) and is closed.
-So an operator scrapes the node on the port it already opened, and a load balancer can ask
-it whether it is up.
+Every connection to the gateway starts with an HTTP/1.1 request. A WebSocket upgrade goes on
+to the gateway with the head read here (node/websocket.py answers it); ``GET /health`` and
+``GET /metrics`` are answered here in plain HTTP and closed; anything else gets 404 (or 400
+for what is not HTTP, 405 for another method) and is closed. So an operator scrapes the node
+on the port it already opened, and a load balancer can ask it whether it is up.
 
-Why the same port is safe: the head is read with a size cap (:data:`MAX_HEAD`) and under
-the handshake timeout, the same budget trio-websocket gave a connection to finish its
-upgrade (a slowloris is dropped when it runs out, as before), and a WebSocket client pays
-one extra ``receive`` on an already-buffered request: per connection, never per message.
+Why the same port is safe: the head is read with a size cap (:data:`MAX_HEAD`) and under the
+handshake timeout, the budget a connection has to finish its upgrade (a slowloris is dropped
+when it runs out), and it is read once, here.
 ``/metrics`` answers only addresses in ``[metrics] allow`` (loopback by default): request
 counts say how busy a node is, which the world need not know; ``/health`` says no more
 than ``system.info`` says to anyone.
@@ -50,7 +48,9 @@ _REASONS = {
 }
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-StreamHandler = Callable[[trio.abc.Stream], Awaitable[None]]
+UpgradeHandler = Callable[[trio.abc.Stream, bytes, str], Awaitable[None]]
+"""Takes a connection whose head (read here, maybe with bytes after it) asks for a
+WebSocket, and the peer's address:port."""
 
 
 @dataclass(frozen=True)
@@ -80,44 +80,12 @@ def parse_head(head: bytes) -> Head | None:
     return Head(parts[0], parts[1].split("?", 1)[0], upgrade)
 
 
-class ReplayStream(trio.abc.Stream):
-    """A stream that first gives back bytes already read from it (the request head).
-
-    ``repr`` is the peer's ``address:port``: trio-websocket names the remote end of a
-    stream that is not a socket by its repr, and the gateway keys rate limits by it."""
-
-    def __init__(self, inner: trio.abc.Stream, buffered: bytes, peer: str) -> None:
-        self.inner = inner
-        self._buffered = buffered
-        self.peer = peer
-
-    def __repr__(self) -> str:
-        return self.peer
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if self._buffered:
-            n = len(self._buffered) if max_bytes is None else max_bytes
-            out, self._buffered = self._buffered[:n], self._buffered[n:]
-            await trio.lowlevel.checkpoint()
-            return out
-        return await self.inner.receive_some(max_bytes)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
 class Front:
     """Serves each accepted connection: TLS, the request head, then WebSocket or HTTP."""
 
     def __init__(
         self,
-        websocket: StreamHandler,
+        websocket: UpgradeHandler,
         *,
         timeout: Callable[[], float],
         metrics: Metrics,
@@ -166,7 +134,7 @@ class Front:
         if req is None:
             await self._answer(stream, "other", 400, b"not an HTTP/1.1 request\n")
         elif req.upgrade:
-            await self.websocket(ReplayStream(stream, head, peer))
+            await self.websocket(stream, head, peer)
         elif req.path not in ("/health", "/metrics") or not self.enabled():
             await self._answer(stream, "other", 404, b"not found\n")
         elif req.method not in ("GET", "HEAD"):

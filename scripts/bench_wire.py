@@ -1,6 +1,7 @@
 """Benchmark the wire: `system.ping` round trips through the whole node stack, against a bare
-trio-websocket echo server, so the cost of our layers (handshake-derived AEAD sealing, CBOR,
-schema validation, routing, rate limiting, the per-session queues) shows as a ratio.
+echo server on the same WebSocket layer (node/websocket.py), so the cost of our layers
+(handshake-derived AEAD sealing, CBOR, schema validation, routing, rate limiting) shows as a
+ratio.
 
 Prints ONE JSON document. Both servers run as separate processes (the node through the real
 ``fedgram run``, the echo server through this script with ``--serve-echo``), and the clients
@@ -24,15 +25,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
-from trio_websocket import open_websocket_url, serve_websocket
 
 # this checkout's code, whatever `pip install -e` elsewhere points at
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from node import websocket
 from node.client import Client
 from scripts.node_process import start_node
 
@@ -50,17 +53,36 @@ def percentile_ms(samples: list[float], q: float) -> float:
 async def serve_echo(port_file: Path) -> None:
     """The baseline: accept, then send every binary message straight back."""
 
-    async def handler(request: Any) -> None:
-        ws = await request.accept()
+    async def handler(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = await stream.receive_some(8192)
+            if not chunk:
+                return
+            head += chunk
+        ws = await websocket.accept(stream, head, max_message=1 << 20, handshake_budget=False)
+        if ws is None:
+            return
         try:
             while True:
-                await ws.send_message(await ws.get_message())
+                await ws.send(bytes(await ws.receive()))
         except Exception:
             return
 
     async with trio.open_nursery() as nursery:
-        server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
-        port_file.write_text(str(server.port))
+        listeners = await nursery.start(partial(trio.serve_tcp, handler, 0, host="127.0.0.1"))
+        port_file.write_text(str(listeners[0].socket.getsockname()[1]))
+
+
+@asynccontextmanager
+async def _echo_client(url: str) -> AsyncIterator[websocket.WebSocket]:
+    host, port = url.split("//", 1)[1].strip("/").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    ws = await websocket.connect(stream, f"{host}:{port}", "/", max_message=1 << 20)
+    try:
+        yield ws
+    finally:
+        await ws.aclose()
 
 
 def start_echo(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -142,11 +164,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         try:
 
             def open_echo() -> Any:
-                return open_websocket_url(echo_url, message_queue_size=4)
+                return _echo_client(echo_url)
 
             async def echo_rt(ws: Any) -> None:
-                await ws.send_message(ECHO_PAYLOAD)
-                await ws.get_message()
+                await ws.send(ECHO_PAYLOAD)
+                await ws.receive()
 
             def open_node() -> Any:
                 return Client.connect(node_url, pin=None)

@@ -65,8 +65,10 @@ class RawWS:
         raw = cls(await trio.open_tcp_stream(host, int(port)))
         await raw.stream.send_all(raw.ws.send(Request(host=host_port, target="/")))
         while True:
-            for ev in await raw._events():
+            events = await raw._events()
+            for i, ev in enumerate(events):
                 if isinstance(ev, AcceptConnection):
+                    raw._pending = events[i + 1 :]  # frames that came with the 101
                     return raw
                 if isinstance(ev, RejectConnection):
                     raise ConnectionError(f"rejected {ev.status_code}")

@@ -36,7 +36,7 @@ from node.protocol.schema import (
     Type,
 )
 from node.protocol.seal import Opener, Sealer
-from node.wslimits import HANDSHAKE_MAX_FRAGMENTS, HANDSHAKE_MAX_FRAMES, MAX_FRAGMENTS
+from node.protocol.wsframe import HANDSHAKE_MAX_FRAGMENTS, HANDSHAKE_MAX_FRAMES, MAX_FRAGMENTS
 from tests.conftest import make_config
 from tests.helpers import add_user, admin, fresh_code, send, signed_in
 from tests.rawws import BINARY, PING, PONG, RawWS, fragmented, frame

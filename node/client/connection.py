@@ -20,18 +20,13 @@ from urllib.parse import urlsplit
 
 import trio
 from nacl.signing import SigningKey
-from trio_websocket import (
-    ConnectionClosed,
-    HandshakeError,
-    WebSocketConnection,
-    connect_websocket,
-    wrap_client_stream,
-)
 
 from ..protocol.connection import Connection, ErrorReply, ProtocolError, Reply, Updates
 from ..protocol.errors import ErrorCode, RpcError
 from ..protocol.handshake import device_proof
 from ..protocol.identity import fingerprint, normalize_fingerprint
+from ..websocket import ConnectionClosed, HandshakeRefused, WebSocket
+from ..websocket import connect as upgrade
 from .errors import ClientError, why_unreachable
 from .profile import Profile
 from .urls import check_url, node_address
@@ -53,7 +48,7 @@ class Client:
     """A device's session; the protocol is its sans-I/O :class:`Connection`, this class
     moves its bytes over a WebSocket, matches answers to calls and buffers pushes."""
 
-    def __init__(self, ws: WebSocketConnection, conn: Connection, url: str) -> None:
+    def __init__(self, ws: WebSocket, conn: Connection, url: str) -> None:
         self.ws = ws
         self.url = url
         self.node_key: bytes = conn.peer_identity or b""
@@ -99,44 +94,37 @@ class Client:
         prof = Profile(profile) if isinstance(profile, Path) else profile
         failure: RpcError | None = None
         body_error: BaseException | None = None
-        # Our own nursery for the WebSocket's reader: trio-websocket's open_websocket waits
-        # for that reader after a connect timeout, so a peer that accepts TCP and never
-        # answers (a black hole, a stopped process) would hold it forever; cancelling our
-        # nursery bounds the whole dial by ``timeout``.
-        async with trio.open_nursery() as ws_nursery:
-            ws: WebSocketConnection | None = None
+        ws: WebSocket | None = None
+        try:
             try:
-                try:
-                    with trio.fail_after(timeout):
-                        ws = await _dial(ws_nursery, url, max_message_size, ssl_context)
-                except (
-                    OSError,
-                    HandshakeError,
-                    trio.TooSlowError,
-                    trio.BrokenResourceError,  # TLS refused (the certificate, the protocol)
-                    ConnectionClosed,
-                ) as e:
-                    why = why_unreachable(url, e, timeout)
-                    failure = RpcError(ErrorCode.CONNECTION_LOST, f"cannot connect to {url}: {why}")
-                else:
-                    client = await cls._handshake(ws, url, pin, prof, timeout, identity)
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(client._reader)
-                        try:
-                            yield client
-                        except BaseException as e:
-                            # Re-raised below, outside the nurseries, so the caller sees
-                            # its own exception (`except RpcError` works), not a group.
-                            body_error = e
-                        finally:
-                            nursery.cancel_scope.cancel()
-            except BaseException as e:  # the handshake refused (RpcError), or a cancel
-                body_error = e
-            finally:
-                if ws is not None:
-                    with trio.move_on_after(DISCONNECT_TIMEOUT, shield=True):
-                        await ws.aclose()
-                ws_nursery.cancel_scope.cancel()
+                with trio.fail_after(timeout):
+                    ws = await _dial(url, max_message_size, ssl_context)
+            except (
+                OSError,
+                HandshakeRefused,
+                trio.TooSlowError,
+                trio.BrokenResourceError,  # TLS refused (the certificate, the protocol)
+                ConnectionClosed,
+            ) as e:
+                why = why_unreachable(url, e, timeout)
+                failure = RpcError(ErrorCode.CONNECTION_LOST, f"cannot connect to {url}: {why}")
+            else:
+                client = await cls._handshake(ws, url, pin, prof, timeout, identity)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(client._reader)
+                    try:
+                        yield client
+                    except BaseException as e:
+                        # Re-raised below, outside the nursery, so the caller sees its own
+                        # exception (`except RpcError` works), not a group.
+                        body_error = e
+                    finally:
+                        nursery.cancel_scope.cancel()
+        except BaseException as e:  # the handshake refused (RpcError), or a cancel
+            body_error = e
+        finally:
+            if ws is not None:
+                await ws.aclose(timeout=DISCONNECT_TIMEOUT)
         if failure is not None:
             raise failure
         if body_error is not None:
@@ -243,7 +231,7 @@ class Client:
     @classmethod
     async def _handshake(
         cls,
-        ws: WebSocketConnection,
+        ws: WebSocket,
         url: str,
         pin: str | None,
         profile: Profile | None,
@@ -253,8 +241,8 @@ class Client:
         conn = Connection.client(identity)
         try:
             with trio.fail_after(timeout):
-                await ws.send_message(conn.hello())
-                raw = await ws.get_message()
+                await ws.send(conn.hello())
+                raw = await ws.receive()
         except trio.TooSlowError:
             raise RpcError(
                 ErrorCode.HANDSHAKE_TIMEOUT,
@@ -296,7 +284,7 @@ class Client:
             profile.pin(address, got)
         if proof is not None:  # a node proves its key only once it trusts the responder's
             try:
-                await ws.send_message(proof)
+                await ws.send(proof)
             except ConnectionClosed as e:
                 raise RpcError(ErrorCode.CONNECTION_LOST, _reason(e)) from None
         return cls(ws, conn, url)
@@ -309,13 +297,15 @@ class Client:
         sibling's failure) is cancelled right after; the deadline keeps a dead peer from
         holding it forever.
 
-        No lock of ours: trio-websocket frames the message and joins its FIFO stream lock
-        without a checkpoint after our seal (and under the shield none can fire), so frames
-        reach the wire in seal-counter order, as the node relies on too."""
-        deadline = trio.current_time() + DEFAULT_TIMEOUT
+        No lock of ours: the frame is queued (and written, if the socket takes it) with no
+        checkpoint after our seal, so frames reach the wire in seal-counter order, as the
+        node relies on too."""
         try:
+            if self.ws.send_nowait(sealed):
+                return  # written: no checkpoint, as a call's wait for its answer follows
+            deadline = trio.current_time() + DEFAULT_TIMEOUT
             with trio.CancelScope(shield=True, deadline=deadline) as cs:
-                await self.ws.send_message(sealed)
+                await self.ws.flush()
         except ConnectionClosed as e:
             raise RpcError(ErrorCode.CONNECTION_LOST, _reason(e)) from None
         if cs.cancelled_caught:
@@ -328,7 +318,7 @@ class Client:
         try:
             while True:
                 try:
-                    msg = await self.ws.get_message()
+                    msg = await self.ws.receive()
                 except ConnectionClosed as e:
                     self.closed_reason = _reason(e)
                     self.close_code = _close_code(e)
@@ -365,15 +355,15 @@ class Client:
 
 def _reason(e: ConnectionClosed) -> str:
     r = e.reason
-    if r is None:
-        return "closed"
-    return f"{r.code} {r.reason or r.name}".strip()
+    return f"{r.code} {r.reason or _CLOSE_NAMES.get(r.code, '')}".strip()
+
+
+_CLOSE_NAMES = {1000: "NORMAL_CLOSURE", 1001: "GOING_AWAY", 1005: "NO_STATUS_RCVD"}
 
 
 def _close_code(e: ConnectionClosed) -> str | None:
     """The node's reason code when it closed the session with one (SESSION_REVOKED...)."""
-    r = e.reason
-    text = (r.reason or "") if r is not None else ""
+    text = e.reason.reason
     return text if text in ErrorCode.__members__ else None
 
 
@@ -400,33 +390,35 @@ def _tls_context(ca_file: str | Path | None) -> ssl.SSLContext:
 
 
 async def _dial(
-    nursery: trio.Nursery,
     url: str,
     max_message_size: int,
     ssl_context: ssl.SSLContext | None = None,
-) -> WebSocketConnection:
-    """Open the WebSocket of a checked ``ws://`` or ``wss://`` URL, its reader in ``nursery``."""
+) -> WebSocket:
+    """Open the WebSocket of a checked ``ws://`` or ``wss://`` URL."""
     parts = urlsplit(url)
     tls = parts.scheme == "wss"
     host = parts.hostname or ""
     port = parts.port or (443 if tls else 80)
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    if not tls:
-        return await connect_websocket(
-            nursery, host, port, resource, use_ssl=False, max_message_size=max_message_size
+    stream: trio.abc.Stream
+    if tls:
+        # The TLS handshake first, on its own, so a refused certificate says so.
+        ssl_stream = await trio.open_ssl_over_tcp_stream(
+            host, port, ssl_context=ssl_context or client_context(), https_compatible=True
         )
-    # The TLS handshake first, on its own: inside connect_websocket a refused certificate
-    # only stops its reader task and the dial waits out the whole timeout ("timed out"
-    # instead of "certificate not trusted").
-    stream = await trio.open_ssl_over_tcp_stream(
-        host, port, ssl_context=ssl_context or client_context(), https_compatible=True
-    )
+        stream = ssl_stream
+        try:
+            await ssl_stream.do_handshake()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+    else:
+        stream = await trio.open_tcp_stream(host, port)
+    host_header = host if port == (443 if tls else 80) else f"{host}:{port}"
+    if ":" in host and not host.startswith("["):  # an IPv6 literal
+        host_header = f"[{host}]" if port == (443 if tls else 80) else f"[{host}]:{port}"
     try:
-        await stream.do_handshake()
+        return await upgrade(stream, host_header, resource, max_message=max_message_size)
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
-    host_header = host if port == 443 else f"{host}:{port}"
-    return await wrap_client_stream(
-        nursery, stream, host_header, resource, max_message_size=max_message_size
-    )

@@ -13,7 +13,8 @@ import ssl
 from collections.abc import Iterator
 
 import trio
-from trio_websocket import ConnectionRejected
+
+from ..websocket import HandshakeRefused
 
 
 class ClientError(Exception):
@@ -58,7 +59,7 @@ def why_unreachable(url: str, e: BaseException, timeout: float) -> str:
     chain = list(_chain(e))
     tls = url.lower().startswith("wss:")
     for x in chain:
-        if isinstance(x, ConnectionRejected):
+        if isinstance(x, HandshakeRefused):
             return (
                 f"the server answered HTTP {x.status_code} instead of opening a WebSocket: "
                 "not a Fedgram node? check the host and port"
