@@ -25,7 +25,10 @@ from .config import ConfigError
 STATES = ("self", "peer", "pending", "blocked")
 # keys under which API results and pushes carry user addresses (a string or a list of them)
 ADDRESS_KEYS = frozenset({"sender", "user", "users", "members", "address", "peer"})
-SELF_ROW = "(SELECT id FROM nodes WHERE state = 'self')"  # SQL: this node's nodes.id
+SELF_ROW = "(SELECT id FROM nodes WHERE state = 'self')"
+DISPLAY_CACHE = (
+    65536  # addresses a NodeBook remembers the display form of  # SQL: this node's nodes.id
+)
 
 
 def ensure_self(
@@ -107,6 +110,10 @@ class NodeBook:
     self_name: str
     petnames: Mapping[str, str]  # node id -> petname
     by_petname: Mapping[str, str] = field(init=False)  # lower-case petname -> node id
+    # display() answers of this book: the book never changes, so neither do its answers
+    # (every push and result passes its addresses through display: parsing each one again
+    # was ~7% of the node's CPU in the reference workload)
+    _shown: dict[str, str] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_petname", {v.lower(): k for k, v in self.petnames.items()})
@@ -117,6 +124,16 @@ class NodeBook:
         already a petname, or else legacy (written before addresses were canonical, when
         every address was a user of this node) and shown with this node's petname. An
         unknown node id is shown as it is."""
+        shown = self._shown
+        out = shown.get(text)
+        if out is None:
+            out = self._display(text)
+            if len(shown) >= DISPLAY_CACHE:
+                shown.clear()
+            shown[text] = out
+        return out
+
+    def _display(self, text: str) -> str:
         try:
             a = Address.parse(text)
         except AddressError:

@@ -123,14 +123,27 @@ class Hub:
                 self.member_changed(chat_id, uid, False)
         for uid, upd in fx.user_updates:
             self.push_to_user(uid, [{"type": "user.update", **upd}], exclude=origin)
+        # one push told to several users (a read receipt to the senders it covers) is
+        # presented and encoded once, not once per user
+        encoded: dict[int, frames.Updates] = {}
         for uid, push in fx.pushes:
-            self.push_to_user(uid, [push])
+            sessions = self._by_user.get(uid)
+            if not sessions:
+                continue
+            items = encoded.get(id(push))
+            if items is None:
+                items = encoded[id(push)] = frames.encode_updates(self.present([push]))
+            for s in sessions.values():
+                s.push(items)
 
     def push_to_user(
         self, user_id: int, updates: list[dict[str, Any]], exclude: Caller | None = None
     ) -> int:
         """Queue updates for every online session of a user; returns how many took it."""
-        targets = [s for s in self.sessions_of(user_id) if s is not exclude]
+        sessions = self._by_user.get(user_id)
+        if not sessions:
+            return 0
+        targets = [s for s in sessions.values() if s is not exclude]
         if not targets:
             return 0
         items = frames.encode_updates(self.present(updates))

@@ -235,17 +235,13 @@ class WebSocket:
             self._out = []
             self._lost(f"write failed: {e.strerror}")
             return
-        if n == sum(len(b) for b in out):
-            out.clear()
-            return
-        while n:
-            first = len(out[0])
-            if n >= first:
-                n -= first
-                del out[0]
-            else:
-                out[0] = out[0][n:]
-                n = 0
+        done = 0  # buffers written whole (empty ones included)
+        while done < len(out) and n >= len(out[done]):
+            n -= len(out[done])
+            done += 1
+        del out[:done]
+        if n:
+            out[0] = out[0][n:]
 
     async def _flush_if_pending(self) -> None:
         if self._out:

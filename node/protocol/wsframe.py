@@ -75,7 +75,8 @@ def frame(opcode: int, payload: bytes, *, mask: bool = False) -> list[bytes]:
     if not mask:
         return [header(opcode, len(payload)), payload] if payload else [header(opcode, 0)]
     key = os.urandom(4)
-    return [header(opcode, len(payload), masked=True) + key, apply_mask(payload, key)]
+    head = header(opcode, len(payload), masked=True) + key
+    return [head, apply_mask(payload, key)] if payload else [head]
 
 
 def close_payload(code: int, reason: str) -> bytes:
