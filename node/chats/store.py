@@ -212,15 +212,24 @@ def get_member(conn: sqlite3.Connection, chat_id: str, user_id: int) -> Member |
     return Member(*row) if row else None
 
 
+_NEED_MEMBER = (
+    f"SELECT {', '.join('c.' + col for col in _CHAT_COLS.split(', '))}, "
+    "m.user_id, m.role, m.state, m.joined_seq, m.read_seq FROM chats c "
+    "LEFT JOIN chat_members m ON m.chat_id = c.id AND m.user_id = ? WHERE c.id = ?"
+)
+_N_CHAT_COLS = len(_CHAT_COLS.split(", "))
+
+
 def need_member(conn: sqlite3.Connection, chat_id: str, user_id: int) -> tuple[Chat, Member]:
-    """The chat and the caller's active membership, or the stable refusal."""
-    chat = get_chat(conn, chat_id)
-    if chat is None:
+    """The chat and the caller's active membership, or the stable refusal. One statement:
+    every send starts here, in the writer thread, and each statement there is a GIL
+    round trip with the event loop (issue 17)."""
+    row = conn.execute(_NEED_MEMBER, (user_id, chat_id)).fetchone()
+    if row is None:
         raise RpcError(ErrorCode.CHAT_NOT_FOUND, f"no chat {chat_id}")
-    m = get_member(conn, chat_id, user_id)
-    if m is None or m.state != "member":
+    if row[_N_CHAT_COLS] is None or row[_N_CHAT_COLS + 2] != "member":
         raise RpcError(ErrorCode.NOT_A_MEMBER, f"not a member of {chat_id}")
-    return chat, m
+    return Chat(*row[:_N_CHAT_COLS]), Member(*row[_N_CHAT_COLS:])
 
 
 def need_admin(conn: sqlite3.Connection, chat_id: str, user_id: int) -> tuple[Chat, Member]:

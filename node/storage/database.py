@@ -353,6 +353,8 @@ class Database:
         except sqlite3.Error as e:
             _fail(batch[start:], f"{self.path}: cannot start a write transaction: {e}", e)
             return len(batch), False
+        if start == len(batch) - 1:
+            return len(batch), self._run_alone(conn, batch[start])
         done: list[_Job[Any]] = []  # succeeded so far; their work is in this transaction
         for i in range(start, len(batch)):
             j = batch[i]
@@ -385,6 +387,29 @@ class Database:
             _fail(done, f"{self.path}: commit failed: {e}", e)
             return len(batch), False
         return len(batch), True
+
+    def _run_alone(self, conn: sqlite3.Connection, j: _Job[Any]) -> bool:
+        """A transaction of one job needs no savepoint: if the job fails, the whole
+        transaction is its work and is rolled back. Two statements fewer per write when
+        writes do not overlap (each statement here is a GIL round trip with the event
+        loop: issue 17)."""
+        self._in_job = True
+        try:
+            j.result = j.fn(conn)
+        except BaseException as e:
+            j.error = e
+        finally:
+            self._in_job = False
+        if j.error is not None:
+            _rollback_quietly(conn)
+            return False
+        try:
+            conn.execute(_COMMIT)
+        except sqlite3.Error as e:
+            _rollback_quietly(conn)
+            _fail([j], f"{self.path}: commit failed: {e}", e)
+            return False
+        return True
 
     def _authorize(self, action: int, arg1: str | None, arg2: str | None, *_: str | None) -> int:
         # A job that ended or restarted the group transaction would commit its batch-mates
