@@ -1,0 +1,147 @@
+"""The reference workload against the XMPP anchors, in one sitting, as ratios.
+
+Runs, for each of ``--rounds`` rounds, Prosody (``../shared/anchors/prosody/run.sh``),
+ejabberd (``../shared/anchors/ejabberd/run.sh``) and Fedgram (``scripts/bench.py --runs 1``)
+one after the other, so every server meets the same state of a noisy machine (alternating
+rounds; the order rotates each round). All three drive the same workload: a group of 11
+(10 senders + 1 listener), 100-byte bodies, 1,000 sequential sends then 5,000 from 10
+closed loops, every message stored before it is delivered. Prints ONE JSON document: every
+run's figures, the medians per server, and Fedgram's ratios to each anchor (medians).
+
+    python3 scripts/bench_vs_anchors.py [--rounds 3] [--anchors prosody,ejabberd] [--out DIR]
+
+The anchors install their server from Debian packages the first time (root, apt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+ANCHORS = REPO.parent / "shared" / "anchors"
+
+# (label, path in the JSON, lower is better)
+FIGURES = [
+    ("sequential msgs/s", ("sequential", "msgs_per_s"), False),
+    ("sequential ack p50 ms", ("sequential", "ack_latency", "p50_ms"), True),
+    ("sequential ack p99 ms", ("sequential", "ack_latency", "p99_ms"), True),
+    ("sequential e2e p50 ms", ("sequential", "e2e_latency", "p50_ms"), True),
+    ("concurrent msgs/s", ("concurrent", "msgs_per_s"), False),
+    ("concurrent ack p50 ms", ("concurrent", "ack_latency", "p50_ms"), True),
+    ("concurrent e2e p50 ms", ("concurrent", "e2e_latency", "p50_ms"), True),
+    ("concurrent e2e p99 ms", ("concurrent", "e2e_latency", "p99_ms"), True),
+    ("sequential server CPU ms/msg", ("sequential", "server_cpu_ms_per_msg"), True),
+    ("concurrent server CPU ms/msg", ("concurrent", "server_cpu_ms_per_msg"), True),
+    ("server RSS MiB after", ("server_rss_mib_after",), True),
+]
+
+
+def dig(doc: dict[str, Any], path: tuple[str, ...]) -> float | None:
+    cur: Any = doc
+    for key in path:
+        if not isinstance(cur, dict) or key not in cur:
+            return None
+        cur = cur[key]
+    return float(cur) if isinstance(cur, int | float) else None
+
+
+def cpu_per_msg(doc: dict[str, Any]) -> None:
+    """The anchors report CPU seconds per phase; derive ms per message like bench.py's."""
+    for phase in ("sequential", "concurrent"):
+        p = doc.get(phase)
+        if isinstance(p, dict) and "server_cpu_ms_per_msg" not in p and p.get("messages"):
+            p["server_cpu_ms_per_msg"] = round(1000 * p["server_cpu_s"] / p["messages"], 3)
+
+
+def run_one(server: str, out: Path) -> dict[str, Any]:
+    t0 = time.time()
+    if server == "fedgram":
+        res = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "bench.py"), "--runs", "1"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode != 0:
+            raise SystemExit(f"bench.py failed:\n{res.stderr[-2000:]}")
+        doc = json.loads(res.stdout)["result"]
+    else:
+        script = ANCHORS / server / "run.sh"
+        res = subprocess.run(["bash", str(script), str(out)], capture_output=True, text=True)
+        if res.returncode != 0 or not out.exists():
+            raise SystemExit(f"{script} failed:\n{res.stdout[-1500:]}\n{res.stderr[-1500:]}")
+        doc = json.loads(out.read_text())
+        cpu_per_msg(doc)
+    doc["_started"] = time.strftime("%H:%M:%S", time.gmtime(t0))
+    doc["_load_avg"] = os.getloadavg()[0]
+    return doc
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--anchors", default="prosody,ejabberd")
+    ap.add_argument("--out", type=Path, default=None, help="keep every run's JSON here")
+    args = ap.parse_args()
+    servers = [*args.anchors.split(","), "fedgram"]
+    out_dir = args.out or Path(tempfile.mkdtemp(prefix="fedgram-anchors-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in servers}
+    for r in range(args.rounds):
+        order = servers[r % len(servers) :] + servers[: r % len(servers)]
+        for server in order:
+            doc = run_one(server, out_dir / f"{server}-{r + 1}.json")
+            runs[server].append(doc)
+            print(f"round {r + 1}: {server} done", file=sys.stderr)
+    medians: dict[str, dict[str, float | None]] = {}
+    for server, docs in runs.items():
+        medians[server] = {}
+        for label, path, _ in FIGURES:
+            values = [v for d in docs if (v := dig(d, path)) is not None]
+            medians[server][label] = round(statistics.median(values), 3) if values else None
+    ratios: dict[str, dict[str, float | None]] = {}
+    for anchor in servers[:-1]:
+        ratios[anchor] = {}
+        for label, _, lower_better in FIGURES:
+            f, a = medians["fedgram"][label], medians[anchor][label]
+            if f is None or a is None or f == 0 or a == 0:
+                ratios[anchor][label] = None
+            else:  # > 1 means Fedgram is better by that factor
+                ratios[anchor][label] = round(a / f if lower_better else f / a, 2)
+    print(
+        json.dumps(
+            {
+                "benchmark": "reference workload vs anchors",
+                "nproc": os.cpu_count(),
+                "rounds": args.rounds,
+                "runs_dir": str(out_dir),
+                "medians": medians,
+                "fedgram_better_by": ratios,
+                "runs": {
+                    s: [
+                        {
+                            "started": d["_started"],
+                            "load_avg": d["_load_avg"],
+                            **{lab: dig(d, p) for lab, p, _ in FIGURES},
+                        }
+                        for d in docs
+                    ]
+                    for s, docs in runs.items()
+                },
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
