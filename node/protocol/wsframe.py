@@ -181,6 +181,9 @@ class FrameReader:
             pos = self._pos
             avail = len(buf) - pos
             if avail < 2:
+                if not avail and pos:  # all consumed: an idle connection keeps no bytes
+                    buf.clear()
+                    self._pos = 0
                 return None
             b0, b1 = buf[pos], buf[pos + 1]
             op = b0 & 0x0F
