@@ -448,5 +448,7 @@ async def test_max_rate_spaces_the_posts_out(tmp_path: Path) -> None:
             await rx.wait_for(lambda: sum(len(rx.of(f"/{n}")) for n in names) == 8, timeout=15)
         times = sorted(r.at for n in names for r in rx.of(f"/{n}"))
         gaps = [b - a for a, b in itertools.pairwise(times)]
-        assert min(gaps) >= 0.25 - 0.02, gaps  # the pacing's floor, less the clock's grain
+        # the pacing's floor shows in the whole span; single gaps are arrival times, which a
+        # busy machine shifts by tens of ms either way (unpaced, they would be ~1 ms)
+        assert min(gaps) >= 0.25 - 0.1, gaps
         assert times[-1] - times[0] >= 7 * 0.25 - 0.05
