@@ -28,6 +28,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from .. import wsmask
 from ..protocol.connection import Connection, ErrorReply, ProtocolError, Reply, Updates
 from ..protocol.errors import ErrorCode, RpcError
 from ..protocol.handshake import device_proof
@@ -38,7 +39,15 @@ from .urls import check_url, node_address
 
 DEFAULT_TIMEOUT = 30.0
 DISCONNECT_TIMEOUT = 2.0  # seconds a closing handshake may take before the socket is dropped
+# bytes asked of the socket per read: trio-websocket's default (4 KiB) costs a read, a wsproto
+# parse and a message fragment per 4 KiB, which made receiving a 512 KiB media chunk cost more
+# CPU than decrypting it (measured: the SDK's download used ~22 s of CPU per GiB)
+RECEIVE_BUFFER = 256 * 1024
 UPDATE_BUFFER = 10_000
+
+# a client masks every byte it sends: wsproto's masker was the SDK's largest cost per
+# uploaded byte (node/wsmask.py); identical bytes on the wire, ~30x less CPU
+wsmask.install()
 
 
 class _Pending:
@@ -413,7 +422,13 @@ async def _dial(
     resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     if not tls:
         return await connect_websocket(
-            nursery, host, port, resource, use_ssl=False, max_message_size=max_message_size
+            nursery,
+            host,
+            port,
+            resource,
+            use_ssl=False,
+            max_message_size=max_message_size,
+            receive_buffer_size=RECEIVE_BUFFER,
         )
     # The TLS handshake first, on its own: inside connect_websocket a refused certificate
     # only stops its reader task and the dial waits out the whole timeout ("timed out"
@@ -428,5 +443,10 @@ async def _dial(
         raise
     host_header = host if port == 443 else f"{host}:{port}"
     return await wrap_client_stream(
-        nursery, stream, host_header, resource, max_message_size=max_message_size
+        nursery,
+        stream,
+        host_header,
+        resource,
+        max_message_size=max_message_size,
+        receive_buffer_size=RECEIVE_BUFFER,
     )
