@@ -35,7 +35,8 @@ from nacl.signing import SigningKey
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from node.client import Client
 from node.client.admin import AdminClient
-from node.client.media import DOWNLOAD_CHUNK, download_file, upload_file
+from node.client import media
+from node.client.media import download_file, upload_file
 from scripts.node_process import start_node
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -166,7 +167,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "file_mib": args.mib,
         "part_kib": part // 1024,
-        "download_chunk_kib": DOWNLOAD_CHUNK // 1024,
+        # the SDK's default (a copy of this script also runs against older checkouts)
+        "download_chunk_kib": getattr(media, "DOWNLOAD_CHUNK", 512 * 1024) // 1024,
         "parts_in_flight": args.parallel,
         "runs": args.runs,
         "upload": medians(ups),
