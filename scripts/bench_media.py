@@ -33,9 +33,8 @@ from nacl.signing import SigningKey
 
 # this checkout's code, whatever `pip install -e` elsewhere points at
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from node.client import Client
+from node.client import Client, media
 from node.client.admin import AdminClient
-from node.client import media
 from node.client.media import download_file, upload_file
 from scripts.node_process import start_node
 
