@@ -309,7 +309,7 @@ async def test_download_resumes_a_partial_file(mnode: Node, tmp_path: Path) -> N
 
 
 async def test_200_mb_round_trip(node: Node, tmp_path: Path) -> None:
-    """Default 512 KiB parts, the real sizes: 200 MB up and down, same SHA-256."""
+    """Default part and chunk sizes, the real ones: 200 MB up and down, same SHA-256."""
     f = tmp_path / "big.bin"
     block = os.urandom(1 << 20)
     with open(f, "wb") as out:

@@ -135,7 +135,7 @@ def _uid(ctx: CallContext) -> int:
 
 class Media:
     def __init__(self, config: Config, db: Storage) -> None:
-        bigbuffers.tune()  # parts and chunks are ~512 KiB buffers: no mmap + page faults each
+        bigbuffers.tune()  # parts and chunks are ~1 MiB buffers: no mmap + page faults each
         self.db = db
         cfg = config
         self.root: Path = cfg.media_dir
