@@ -20,7 +20,7 @@ def test_upload_resume_send_download_from_the_cli(node_process: Any, tmp_path: P
     d = str(n.data)
     alice, bob = cli_people(n, tmp_path, "alice", "bob")
     f = tmp_path / "holiday.mp4"
-    f.write_bytes(os.urandom(40 << 20))  # 80 parts of 512 KiB
+    f.write_bytes(os.urandom(40 << 20))  # 43 parts of the default 960 KiB
 
     # start an upload and kill it part-way (a lost connection, a closed laptop)
     proc = subprocess.Popen(

@@ -309,7 +309,7 @@ async def test_download_resumes_a_partial_file(mnode: Node, tmp_path: Path) -> N
 
 
 async def test_200_mb_round_trip(node: Node, tmp_path: Path) -> None:
-    """Default 512 KiB parts, the real sizes: 200 MB up and down, same SHA-256."""
+    """Default part and chunk sizes, the real ones: 200 MB up and down, same SHA-256."""
     f = tmp_path / "big.bin"
     block = os.urandom(1 << 20)
     with open(f, "wb") as out:
@@ -352,11 +352,11 @@ async def test_acknowledged_parts_survive_kill_9(node_process: Any, tmp_path: Pa
     code = fedgram("user", "code", "alice", "--data", str(n.data), check=True).stdout.strip()
     key = SigningKey.generate()
     f = tmp_path / "doc.bin"
-    f.write_bytes(os.urandom(6 * 512 * 1024 + 99))
-    data = f.read_bytes()
-    part = 512 * 1024
     async with Client.connect(n.url) as c:
         await c.sign_in("alice", code, key, "phone")
+        part = (await c.call("media.uploadStatus", {"upload_id": "doc"}))["part_size"]
+        f.write_bytes(os.urandom(6 * part + 99))
+        data = f.read_bytes()
         for i in (5, 0, 3):
             await c.call(
                 "media.uploadPart",

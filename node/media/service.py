@@ -40,15 +40,17 @@ lives ``[secret] ttl`` (its key waits that long in a device's queue), at least
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from .. import log
+from .. import bigbuffers, log
 from ..config import Config
 from ..interfaces import CallContext, Federated, Storage
+from ..protocol.codec import Blob
 from ..protocol.errors import ErrorCode, RpcError
 from ..rpc import Router
 from . import files, store
@@ -63,6 +65,51 @@ IO_THREADS = 8  # concurrent part writes/reads; each holds at most one part in m
 MAX_UPLOADS_PER_USER = 1000
 FETCH_PART = 512 * 1024  # a fed.media range (its schema's cap)
 FETCH_RETRY_AFTER = 2.0
+
+
+class _Upload:
+    """What this process keeps of an upload in progress between its parts: the running hash
+    (files.RunningHash) and the group sync of its file.
+
+    Group sync: parts in flight are written to the same file, and one fdatasync after their
+    writes makes them all durable, so a part waits for a sync that *started* after its write
+    ended (begun by itself or by another part) instead of each paying its own (measured on
+    this box: fdatasync per MiB 150-184 MB/s, per 4 MiB 342 MB/s). It runs in the part's
+    worker thread, right after its write: one thread hop per part (each hop cost the event
+    loop ~10% of its samples in a profile of the upload). Generations: ``_started`` counts
+    syncs begun, ``_done`` the last one that succeeded."""
+
+    def __init__(self, part_size: int) -> None:
+        self.hash = files.RunningHash(part_size)
+        self._cv = threading.Condition()
+        self._started = 0
+        self._done = 0
+        self._syncing = False
+
+    def sync(self, path: Path) -> None:
+        """In a worker thread, after this thread's write: return once a sync begun after
+        the call has made ``path`` durable (raises what that thread's own sync raised; a
+        failed sync of another thread is retried)."""
+        with self._cv:
+            target = self._started + 1
+            while self._done < target:
+                if self._syncing:
+                    self._cv.wait()
+                    continue
+                self._syncing = True
+                self._started += 1
+                gen = self._started
+                ok = False
+                self._cv.release()  # the others wait on the condition, not the fdatasync
+                try:
+                    files.sync_file(path)
+                    ok = True
+                finally:
+                    self._cv.acquire()
+                    self._syncing = False
+                    if ok:
+                        self._done = max(self._done, gen)
+                    self._cv.notify_all()
 
 
 class _Fetch:
@@ -88,6 +135,7 @@ def _uid(ctx: CallContext) -> int:
 
 class Media:
     def __init__(self, config: Config, db: Storage) -> None:
+        bigbuffers.tune()  # parts and chunks are ~1 MiB buffers: no mmap + page faults each
         self.db = db
         cfg = config
         self.root: Path = cfg.media_dir
@@ -107,6 +155,9 @@ class Media:
         self._gc_lock = trio.Lock()
         self._guards = UploadGuards()
         self._budgets = Budgets(self.quota, MAX_UPLOADS_PER_USER)
+        # uploads with parts written by this process (dropped at complete and by the gc;
+        # losing one costs only speed: complete then hashes the whole file)
+        self._uploads: dict[tuple[int, str], _Upload] = {}
         # filled when federation is attached (it wires the node's remote slot here): where
         # files this node lacks come from
         self.remote: Federated | None = None
@@ -148,8 +199,11 @@ class Media:
                 # one transaction per part (add_part also registers the upload): the gc's
                 # sweep spares a just-written file by its mtime until the row exists
                 path = files.upload_path(self.root, uid, upload_id)
+                up = self._uploads.get((uid, upload_id))
+                if up is None:
+                    up = self._uploads[uid, upload_id] = _Upload(self.part_size)
                 try:
-                    await self._thread(files.write_part, path, index * self.part_size, data)
+                    await self._thread(self._write_part, up, path, index, data)
                 except files.DiskFull:
                     raise RpcError(ErrorCode.DISK_FULL) from None
                 # recorded only once the bytes are on disk: a listed part is a durable part
@@ -157,6 +211,18 @@ class Media:
         except Completing:
             raise RpcError(ErrorCode.PART_INVALID, "the upload is being completed") from None
         return {"index": index, "size": len(data)}
+
+    def _write_part(self, up: _Upload, path: Path, index: int, data: bytes) -> None:
+        """In a worker thread: write the part at its offset, advance the running hash, and
+        make it durable (a sync shared with the parts in flight)."""
+        up.hash.begin(index)
+        written: bytes | None = None
+        try:
+            files.write_at(path, index * self.part_size, data)
+            written = data
+        finally:
+            up.hash.end(path, index, written)
+        up.sync(path)
 
     async def _check_budget(self, uid: int, upload_id: str, size: int) -> None:
         """Before a part touches the disk: the user's quota (parts of unfinished uploads
@@ -207,6 +273,9 @@ class Media:
                 return await self._complete(uid, p)
             finally:
                 self._budgets.forget(uid)
+                # done or failed, the next part of this id starts a new hash (at worst the
+                # next complete hashes the whole file, as without one)
+                self._uploads.pop((uid, upload_id), None)
 
     async def _complete(self, uid: int, p: Params) -> dict[str, Any]:
         upload_id, count, size = p["upload_id"], p["parts"], p["size"]
@@ -254,7 +323,9 @@ class Media:
         try:
             # the long part (hashing up to 2 GiB) runs without the gc lock: completes of
             # different uploads proceed side by side
-            head = await self._thread(files.verify, path, size, p["sha256"])
+            up = self._uploads.get((uid, upload_id))
+            prefix = up.hash.prefix() if up is not None else None  # no part is being written
+            head = await self._thread(files.verify, path, size, p["sha256"], prefix)
         except files.Mismatch as e:
             # a corrupted upload keeps nothing; the client starts it again
             await self.db.write(lambda c: store.end_upload(c, uid, upload_id))
@@ -307,7 +378,8 @@ class Media:
             except FileNotFoundError:  # collected between the row read and the file read
                 self._present.discard(sha)
                 raise RpcError(ErrorCode.MEDIA_NOT_FOUND, "the file is gone") from None
-        return {"data": data, "size": size, "eof": offset + len(data) >= size}
+        # a Blob: encoded into the reply frame at memory speed (cbor2's buffer is slow)
+        return {"data": Blob(data), "size": size, "eof": offset + len(data) >= size}
 
     async def download_secret(self, ctx: CallContext, p: Params) -> dict[str, Any]:
         """A chunk of an opaque file named by its content address, for any signed-in user.
@@ -504,6 +576,8 @@ class Media:
             removed, freed = await self._thread(self._sweep_disk, live, active, fetching)
             self._budgets.clear()
             self._present.clear()
+            # expired uploads are gone (one begun since `active` was read only loses speed)
+            self._uploads = {k: v for k, v in self._uploads.items() if k in active}
         return {
             "expired_uploads": len(expired),
             "dropped_media": dropped,
