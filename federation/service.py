@@ -46,8 +46,10 @@ if TYPE_CHECKING:
     from node.app import Node
 
 _log = log.get("federation")
-OUTBOX_BATCH = 64
+OUTBOX_BATCH = 256  # posts per fed.post at most (its schema's limit): a backlog drains fast
+OUTBOX_BYTES = 256 * 1024  # and about this much of them (a post's text alone may be 16 KB)
 PUSH_EVENTS = 256  # events of one chat pushed with a poke at most (the rest is pulled)
+PUSH_BYTES = 512 * 1024  # events pushed with one poke at most (a frame is 1 MiB); the rest pulls
 VERIFY_INLINE = 32  # a pushed batch up to this size is verified on the event loop
 RELAY_TTL = 120.0  # seconds a fellow replica that offered us a head hears of our progress
 USER_TTL = 3600.0  # a cached remote user is asked again after this (display name changes)
@@ -488,12 +490,15 @@ class Federation:
             out: dict[str, Any] = {}
             if peer is None:
                 return out
+            total = 0
             for chat_id, after in wanted:
                 try:
                     got = replication.serve_pull(c, self.home, peer, chat_id, after, PUSH_EVENTS)
                 except RpcError:
                     continue
-                if got["events"]:
+                size = sum(len(r) + len(s) + len(x or b"") + 16 for r, s, x in got["events"])
+                if got["events"] and total + size <= PUSH_BYTES:
+                    total += size
                     del got["chat"]  # only for a first pull (after = null)
                     out[chat_id] = {"after": after, **got}
             return out
@@ -542,7 +547,16 @@ class Federation:
                 "WHERE o.home = ? ORDER BY o.id LIMIT ?",
                 (link.node_id, OUTBOX_BATCH + len(posted)),
             ).fetchall()
-            return [r for r in rows if (r[1], r[2], r[3]) not in posted][:OUTBOX_BATCH]
+            out: list[tuple[Any, ...]] = []
+            size = 0
+            for r in rows:
+                if (r[1], r[2], r[3]) in posted:
+                    continue
+                size += len(r[4]) + 128
+                if len(out) == OUTBOX_BATCH or (out and size > OUTBOX_BYTES):
+                    break
+                out.append(r)
+            return out
 
         async with self._outbox_lock:  # a post selected here has left: cancel answers False
             rows = await self.db.read(oldest)
