@@ -7,9 +7,12 @@ Phases (each prints into ONE JSON document on stdout):
    t0 + k/RATE for each rate in ``--rates`` (``--seconds`` each), round-robin over all senders
    of all nodes. Bodies are 100 bytes ``phase|sender_node|sender|k|t_ns|xxx`` carrying the send
    time; lag = receipt time at a listener - that time, per (sender node -> listener node),
-   overall across nodes (sender node != listener node) and for the same node. A message of a
-   replica's user goes: outbox -> fed.post -> home sequences it -> poke -> each replica pulls,
-   verifies and applies it -> push. Lost = acknowledged messages a listener never received
+   overall across nodes (sender node != listener node), for the same node and by path
+   (``lag_by_path``: home_local, home_to_replica, replica_to_home, replica_to_itself,
+   replica_to_replica). A message of a replica's user goes: outbox -> fed.post -> home
+   sequences it -> poke with the events (a live replica; else poke, then a pull) -> each
+   replica verifies and applies them -> push. The load is split over ``--procs`` processes
+   (2 by default: one could not keep a 500 msgs/s schedule here). Lost = acknowledged messages a listener never received
    (counted after a drain wait, and again at the very end).
 2. ``tput``: the same group, its senders in closed loops (one call in flight each) for
    ``--tput-seconds``; msgs/s sequenced at the home (n1's SQLite, read-only) during the window
@@ -445,6 +448,27 @@ def address(cluster: Cluster, node: int, name: str) -> str:
 
 
 # --- phase 1: lag ---------------------------------------------------------------------------------
+# (sender node -> listener node) by the hops a message takes; n1 is the group's home
+PATH_ORDER = [
+    "home_local",  # n1 -> n1: sequenced and pushed on the home, no federation
+    "home_to_replica",  # n1 -> n2/n3: the home's push (or poke + pull) to a replica
+    "replica_to_home",  # n2/n3 -> n1: outbox, fed.post, sequenced on the home
+    "replica_to_itself",  # n2 -> n2: fed.post to the home, then back to the sender's node
+    "replica_to_replica",  # n2 -> n3: fed.post to the home, then on to the other replica
+]
+PATHS = {
+    "n1->n1": "home_local",
+    "n1->n2": "home_to_replica",
+    "n1->n3": "home_to_replica",
+    "n2->n1": "replica_to_home",
+    "n3->n1": "replica_to_home",
+    "n2->n2": "replica_to_itself",
+    "n3->n3": "replica_to_itself",
+    "n2->n3": "replica_to_replica",
+    "n3->n2": "replica_to_replica",
+}
+
+
 def lag_figures(
     collected: dict[str, Any], acked_by_node: dict[str, int], nodes: list[int]
 ) -> dict[str, Any]:
@@ -466,9 +490,13 @@ def lag_figures(
         for ln in nodes:
             k = f"n{s}->n{ln}"
             lost[k] = acked_by_node.get(str(s), 0) - received.get(k, 0)
+    paths: dict[str, list[float]] = {}
+    for pair, v in pairs.items():
+        paths.setdefault(PATHS[pair], []).extend(v)
     return {
         "lag_cross_node": lat(cross),
         "lag_same_node": lat(same),
+        "lag_by_path": {k: lat(paths[k]) for k in PATH_ORDER if k in paths},
         "lag_by_pair": {k: lat(v) for k, v in sorted(pairs.items())},
         "acked": acked_total,
         "lost": sum(lost.values()),
@@ -532,6 +560,7 @@ async def lag_phase(
         **figs,
         "drain_after_last_send_s": round(drain_s, 3),
         "cpu": cpu_out,
+        "loadavg_after": loadavg(),  # the box is shared: how busy it was (1, 5, 15 min)
     }
 
 
@@ -713,7 +742,12 @@ async def three_nodes(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             if not await wait_head(cluster.node(i).data, chat_g, 1, 30):
                 raise SystemExit(f"n{i} did not replicate the group")
         await wait_head(cluster.node(2).data, chat_c, 1, 30)
-        everyone = members + s_members + c_members
+        # sign in only the members of the phases that run (idle sessions cost the load too)
+        everyone = list(members)
+        if "tput" in args.phases:
+            everyone += s_members
+        if "catchup" in args.phases:
+            everyone += c_members
         await fresh_codes(cluster, everyone)  # the set-up sign-ins used codes of their own
         load = Load(everyone, args.procs)
         try:
@@ -1068,7 +1102,9 @@ def main() -> None:
         "--assist-events", type=int, default=100_000, help="missed, filled from a replica"
     )
     p.add_argument("--assist-queued", type=int, default=1000, help="posts queued, home down")
-    p.add_argument("--procs", type=int, default=1, help="load processes (1)")
+    p.add_argument(
+        "--procs", type=int, default=2, help="load processes (2: one GIL could not offer 500/s)"
+    )
     p.add_argument(
         "--phases",
         default="lag,tput,catchup,bytes,assist",
