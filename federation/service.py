@@ -48,8 +48,9 @@ if TYPE_CHECKING:
 _log = log.get("federation")
 OUTBOX_BATCH = 256  # posts per fed.post at most (its schema's limit): a backlog drains fast
 OUTBOX_BYTES = 256 * 1024  # and about this much of them (a post's text alone may be 16 KB)
-PUSH_EVENTS = 256  # events of one chat pushed with a poke at most (the rest is pulled)
+PUSH_EVENTS = 1000  # events of one chat pushed with a poke at most (the rest is pulled)
 PUSH_BYTES = 512 * 1024  # events pushed with one poke at most (a frame is 1 MiB); the rest pulls
+PUSH_WAIT = 0.25  # seconds a push waits for a pull of its chat under way before leaving it
 VERIFY_INLINE = 32  # a pushed batch up to this size is verified on the event loop
 RELAY_TTL = 120.0  # seconds a fellow replica that offered us a head hears of our progress
 USER_TTL = 3600.0  # a cached remote user is asked again after this (display name changes)
@@ -437,19 +438,25 @@ class Federation:
         our head then (None: not known here, the caller pulls). Anything unusual (a gap,
         a pull under way, a batch that does not verify or apply) is left to a pull, which
         checks the same things and takes the link down if the home is at fault."""
-        known = self._copy_heads.get(chat_id)
         after = pushed.get("after")
-        if known is None or not isinstance(after, int):
+        if chat_id not in self._copy_heads or not isinstance(after, int):
             return None
-        if known[0] != after:
-            return known[0]  # a gap or a repeat: the home learns our head, we pull if behind
         lock = self._pull_locks.setdefault(chat_id, trio.Lock())
-        if lock.locked():
-            return None  # a pull is under way: it (or the one queued after it) gets these
-        async with lock:
+        locked = False
+        # a pull under way is usually a fallback's, about to end: wait a little for it
+        # (else every push that meets a pull causes another pull, and so on); a longer
+        # one (a catch-up) gets these events too, or the pull queued after it does
+        with trio.move_on_after(PUSH_WAIT):
+            await lock.acquire()
+            locked = True
+        if not locked:
+            return None
+        try:
             known = self._copy_heads.get(chat_id)
-            if known is None or known[0] != after:
+            if known is None:
                 return None
+            if known[0] != after:
+                return known[0]  # a gap or a repeat: the home learns our head, we pull if behind
             events = pushed.get("events")
             try:
                 if isinstance(events, list) and len(events) <= VERIFY_INLINE:
@@ -465,6 +472,8 @@ class Federation:
                 log.event(_log, "push.refused", chat=chat_id, peer=home.node_id[:12], why=e.message)
                 self._copy_heads.pop(chat_id, None)
                 return None
+        finally:
+            lock.release()
         link.lag[chat_id] = max(0, max(head, batch.head) - now)
         await self._relay_heads(home.node_id, [(chat_id, now)])
         return now

@@ -12,8 +12,10 @@ Phases (each prints into ONE JSON document on stdout):
    replica_to_replica). A message of a replica's user goes: outbox -> fed.post -> home
    sequences it -> poke with the events (a live replica; else poke, then a pull) -> each
    replica verifies and applies them -> push. The load is split over ``--procs`` processes
-   (2 by default: one could not keep a 500 msgs/s schedule here). Lost = acknowledged messages a listener never received
-   (counted after a drain wait, and again at the very end).
+   (2 by default: one could not keep a 500 msgs/s schedule here). Lost = acknowledged
+   messages a listener never received (counted after a drain wait, and again at the very
+   end). ``fed_calls_answered``: fed.poke / fed.pull / fed.post each node answered (its
+   /metrics), so a run shows whether replicas were pushed to or pulled.
 2. ``tput``: the same group, its senders in closed loops (one call in flight each) for
    ``--tput-seconds``; msgs/s sequenced at the home (n1's SQLite, read-only) during the window
    and until every acknowledged message is sequenced; against the same number of senders and
@@ -107,6 +109,29 @@ def sql(data: Path, query: str, *args: Any) -> list[tuple[Any, ...]]:
 def make_body(phase: str, node: int, sender: int, k: int) -> str:
     head = f"{phase}|{node}|{sender}|{k}|{time.time_ns()}|"
     return head + "x" * (BODY_LEN - len(head))
+
+
+FED_CALLS = ("fed.poke", "fed.pull", "fed.post")
+
+
+def fed_calls(url: str) -> dict[str, int]:
+    """fed.poke / fed.pull / fed.post calls a node answered OK so far, from its /metrics
+    (``fedgram_requests_total``; loopback may scrape by default). Empty if unreachable."""
+    import urllib.request
+
+    http = url.replace("ws://", "http://", 1).rstrip("/") + "/metrics"
+    try:
+        with urllib.request.urlopen(http, timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = dict.fromkeys(FED_CALLS, 0)
+    for line in text.splitlines():
+        if line.startswith("fedgram_requests_total{") and 'code="OK"' in line:
+            for m in FED_CALLS:
+                if f'method="{m}"' in line:
+                    out[m] = int(float(line.rsplit(" ", 1)[1]))
+    return out
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -523,10 +548,12 @@ async def lag_phase(
     rate: float,
     seconds: float,
     procs: dict[str, int],
+    urls: dict[str, str],
     phase: str = "",
 ) -> dict[str, Any]:
     phase = phase or f"lag{int(rate)}"
     n = int(rate * seconds)
+    calls0 = {k: await trio.to_thread.run_sync(fed_calls, u) for k, u in urls.items()}
     cpu = CpuMeter(procs)
     t0 = time.time() + 0.3
     replies = await load.all(
@@ -544,6 +571,10 @@ async def lag_phase(
     acked = merge_counts(replies, "acked_by_node")
     drain_s = await wait_delivered(load, phase, sum(acked.values()), DRAIN_TIMEOUT)
     cpu_out = cpu.read()
+    calls: dict[str, dict[str, int]] = {}
+    for k, u in urls.items():  # what each node answered its peers during this rate
+        now = await trio.to_thread.run_sync(fed_calls, u)
+        calls[k] = {m: now.get(m, 0) - calls0[k].get(m, 0) for m in FED_CALLS}
     collected = await load.merged({"cmd": "collect", "phase": phase})
     figs = lag_figures(collected, acked, [1, 2, 3])
     ack_ms = [x for r in replies for x in r["ack_ms"]]
@@ -560,6 +591,9 @@ async def lag_phase(
         **figs,
         "drain_after_last_send_s": round(drain_s, 3),
         "cpu": cpu_out,
+        # answered by each node: n2/n3 answer the home's pokes (with the events, for a live
+        # replica), n1 answers the replicas' pulls (catch-up, gaps) and their posts
+        "fed_calls_answered": calls,
         "loadavg_after": loadavg(),  # the box is shared: how busy it was (1, 5, 15 min)
     }
 
@@ -757,13 +791,14 @@ async def three_nodes(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             procs.update(load.pids())
             # warm-up: every sender a few messages, links and caches hot
             order = [g_keys[i][s] for s in range(spn) for i in nodes]  # n1, n2, n3, n1, ...
-            await lag_phase(load, chat_g, order, 50, 1.0, procs, "warm")
+            urls = {f"n{i}": cluster.node(i).url for i in nodes}
+            await lag_phase(load, chat_g, order, 50, 1.0, procs, urls, "warm")
             await trio.sleep(1.0)
             if "lag" in args.phases:
                 out["lag"] = {}
                 for rate in args.rates:
                     out["lag"][f"{int(rate)}_msgs_per_s"] = await lag_phase(
-                        load, chat_g, order, rate, args.seconds, procs
+                        load, chat_g, order, rate, args.seconds, procs, urls
                     )
                     await trio.sleep(1.5)
             if "tput" in args.phases:
