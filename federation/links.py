@@ -9,6 +9,12 @@ A dead peer costs a retry timer: capped exponential backoff with jitter, every n
 bounded by the link timeout. Work queued for a peer (pokes, pulls) is a small map that
 coalesces (one entry per chat), so a peer that is down holds no growing queue; the outbox
 is in the database and survives restarts.
+
+A live replica gets a chat's new events *with* the poke (a push): the home knows how far
+the replica is (the last pull it served it, or the replica's answer to the last push) and
+ships what follows, exactly what ``fed.pull`` would have answered, so a replica that keeps
+up applies without a pull round trip. Pull stays for everything else (first contact,
+catch-up, gaps, a replica whose head the home does not know): a push is only a shortcut.
 """
 
 from __future__ import annotations
@@ -57,6 +63,10 @@ class Link:
         self._pull_wake = trio.Event()
         self._outbox_wake = trio.Event()
         self.lag: dict[str, int] = {}  # chat -> events behind, as of the last poke
+        # chat homed here -> the peer's head as we last learned it (a pull we served, or
+        # its answer to a push); unknown: poke only, its pull tells us
+        self.heads: dict[str, int] = {}
+        self.push = True  # False once the peer refused a push (it predates them)
 
     # --- what the rest of federation asks of a link ------------------------------------
     def poke(self, chat_id: str, head: int) -> None:
@@ -133,6 +143,7 @@ class Link:
             if hello.get("state") != "peer":  # it has not approved us yet: nothing to carry
                 raise RpcError(ErrorCode.PEER_PENDING, "waiting for its admin to approve us")
             self.client, self.state, self.last_error = client, "up", None
+            self.heads.clear()  # learned again from its pulls on this session
             self.since = time.time()
             log.event(_log, "link.up", peer=self.node_id[:12], url=self.url)
             await self.fed.link_up(self)
@@ -162,7 +173,31 @@ class Link:
                 batch = list(self.pokes.items())[:POKE_BATCH]
                 for chat_id, _ in batch:
                     del self.pokes[chat_id]
-                await self.call("fed.poke", {"chats": [[c, s] for c, s in batch]})
+                await self._poke_batch(batch)
+
+    async def _poke_batch(self, batch: list[tuple[str, int]]) -> None:
+        """One ``fed.poke`` for a batch of chats, with the events that follow the peer's
+        known head (one call per batch, however many events committed meanwhile: while
+        it is in flight, new commits coalesce into the next)."""
+        chats = [[c, s] for c, s in batch]
+        pushed = await self.fed.push_events(self, batch) if self.push else {}
+        try:
+            answer = await self.call(
+                "fed.poke", {"chats": chats, **({"events": pushed} if pushed else {})}
+            )
+        except RpcError as e:
+            if not pushed or e.code != ErrorCode.PARAMS_INVALID:
+                raise
+            log.event(_log, "link.push_refused", peer=self.node_id[:12], why=e.message)
+            self.push = False  # an older peer: pokes only, it pulls
+            answer = await self.call("fed.poke", {"chats": chats})
+        heads = answer.get("heads") if isinstance(answer, dict) else None
+        for chat_id in pushed:
+            head = heads.get(chat_id) if isinstance(heads, dict) else None
+            if isinstance(head, int):
+                self.heads[chat_id] = head
+            else:  # it did not take them (busy pulling, a gap): its pull will tell us
+                self.heads.pop(chat_id, None)
 
     async def _puller(self) -> None:
         while True:

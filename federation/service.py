@@ -46,7 +46,12 @@ if TYPE_CHECKING:
     from node.app import Node
 
 _log = log.get("federation")
-OUTBOX_BATCH = 64
+OUTBOX_BATCH = 256  # posts per fed.post at most (its schema's limit): a backlog drains fast
+OUTBOX_BYTES = 256 * 1024  # and about this much of them (a post's text alone may be 16 KB)
+PUSH_EVENTS = 1000  # events of one chat pushed with a poke at most (the rest is pulled)
+PUSH_BYTES = 512 * 1024  # events pushed with one poke at most (a frame is 1 MiB); the rest pulls
+PUSH_WAIT = 0.25  # seconds a push waits for a pull of its chat under way before leaving it
+VERIFY_INLINE = 32  # a pushed batch up to this size is verified on the event loop
 RELAY_TTL = 120.0  # seconds a fellow replica that offered us a head hears of our progress
 USER_TTL = 3600.0  # a cached remote user is asked again after this (display name changes)
 
@@ -72,6 +77,15 @@ class Federation:
         self._left_upto = 0  # every row up to this id was queued before this start
         self._replicas_seen: dict[str, set[str]] = {}  # chat homed elsewhere -> its replicas
         self._relay_to: dict[str, dict[str, float]] = {}  # chat -> replica -> offer until
+        # chat homed elsewhere -> (seq, hash) of our copy after our last apply: a pushed
+        # batch must follow it (a hint only: the write job checks the stored head again)
+        self._copy_heads: dict[str, tuple[int, bytes]] = {}
+        self._addresses: dict[int, str] = {}  # user id -> canonical address (never changes)
+        # outbox posts the home acknowledged and not yet deleted, and those deleted since
+        # the last flush's read, by (chat, sender, random_id): row ids are reused by SQLite
+        # once the newest rows are deleted, a post's key is not
+        self._posted: set[tuple[str, int, int]] = set()
+        self._deleted: set[tuple[str, int, int]] = set()
 
     # --- attaching ------------------------------------------------------------------------
     def attach(self, node: Node) -> None:
@@ -394,13 +408,111 @@ class Federation:
         self, home_id: str, batches: trio.MemoryReceiveChannel[replication.Batch]
     ) -> None:
         async for batch in batches:
-            apply = functools.partial(
-                replication.apply_batch, home=self.home, home_id=home_id, batch=batch
-            )
-            await self.node.events.commit(self.db, apply)
-            known = self.node.directory.book.petnames
-            if any(n not in known and n != self.node_id for n in batch.nodes):
-                await self._reload_directory()  # a third node's users: name them
+            await self._apply(home_id, batch)
+
+    async def _apply(self, home_id: str, batch: replication.Batch) -> int:
+        """Store a verified batch (pulled or pushed); returns the chat's head here. Our
+        head's hash is remembered for the next push (dropped if the write failed)."""
+        apply = functools.partial(
+            replication.apply_batch, home=self.home, home_id=home_id, batch=batch
+        )
+        try:
+            now = await self.node.events.commit(self.db, apply)
+        except BaseException:
+            self._copy_heads.pop(batch.chat_id, None)
+            raise
+        if batch.items and now == batch.first_seq - 1 + len(batch.items):
+            self._copy_heads[batch.chat_id] = (now, batch.items[-1][0].hash)
+        else:
+            self._copy_heads.pop(batch.chat_id, None)
+        known = self.node.directory.book.petnames
+        if any(n not in known and n != self.node_id for n in batch.nodes):
+            await self._reload_directory()  # a third node's users: name them
+        return int(now)
+
+    async def _apply_pushed(
+        self, link: Link, home: peers.Peer, chat_id: str, head: int, pushed: dict[str, Any]
+    ) -> int | None:
+        """Events of ``chat_id`` its home sent with a poke: verified (chain and the home's
+        signature, as a pulled batch) and applied if they follow our copy's head; returns
+        our head then (None: not known here, the caller pulls). Anything unusual (a gap,
+        a pull under way, a batch that does not verify or apply) is left to a pull, which
+        checks the same things and takes the link down if the home is at fault."""
+        after = pushed.get("after")
+        if chat_id not in self._copy_heads or not isinstance(after, int):
+            return None
+        lock = self._pull_locks.setdefault(chat_id, trio.Lock())
+        locked = False
+        # a pull under way is usually a fallback's, about to end: wait a little for it
+        # (else every push that meets a pull causes another pull, and so on); a longer
+        # one (a catch-up) gets these events too, or the pull queued after it does
+        with trio.move_on_after(PUSH_WAIT):
+            await lock.acquire()
+            locked = True
+        if not locked:
+            return None
+        try:
+            known = self._copy_heads.get(chat_id)
+            if known is None:
+                return None
+            if known[0] != after:
+                return known[0]  # a gap or a repeat: the home learns our head, we pull if behind
+            events = pushed.get("events")
+            try:
+                if isinstance(events, list) and len(events) <= VERIFY_INLINE:
+                    batch = replication.verify_pulled(pushed, chat_id, home.key, known[1], after)
+                else:
+                    batch = await trio.to_thread.run_sync(
+                        replication.verify_pulled, pushed, chat_id, home.key, known[1], after
+                    )
+                if not batch.items:
+                    return after
+                now = await self._apply(home.node_id, batch)
+            except RpcError as e:
+                log.event(_log, "push.refused", chat=chat_id, peer=home.node_id[:12], why=e.message)
+                self._copy_heads.pop(chat_id, None)
+                return None
+        finally:
+            lock.release()
+        link.lag[chat_id] = max(0, max(head, batch.head) - now)
+        await self._relay_heads(home.node_id, [(chat_id, now)])
+        return now
+
+    async def push_events(self, link: Link, batch: list[tuple[str, int]]) -> dict[str, Any]:
+        """As a chat's home: for the chats of a poke batch whose replica head on ``link``'s
+        peer is known and behind, what ``fed.pull`` would answer it after that head (the
+        same entitlement checks: a push is a pull the replica did not have to make).
+        Chats the peer may not read any more (it left) are left out: the poke alone tells it."""
+        wanted = [
+            (chat_id, link.heads[chat_id])
+            for chat_id, head in batch
+            if self._homes.get(chat_id) == self.node_id
+            and chat_id in link.heads
+            and link.heads[chat_id] < head
+        ]
+        if not wanted:
+            return {}
+        node_id = link.node_id
+
+        def serve(c: sqlite3.Connection) -> dict[str, Any]:
+            peer = self._callers.get(node_id) or peers.get(c, node_id)
+            out: dict[str, Any] = {}
+            if peer is None:
+                return out
+            total = 0
+            for chat_id, after in wanted:
+                try:
+                    got = replication.serve_pull(c, self.home, peer, chat_id, after, PUSH_EVENTS)
+                except RpcError:
+                    continue
+                size = sum(len(r) + len(s) + len(x or b"") + 16 for r, s, x in got["events"])
+                if got["events"] and total + size <= PUSH_BYTES:
+                    total += size
+                    del got["chat"]  # only for a first pull (after = null)
+                    out[chat_id] = {"after": after, **got}
+            return out
+
+        return await self.db.read(serve)
 
     async def _key_of(self, node_id: str) -> bytes:
         peer = await self.db.read(lambda c: peers.get(c, node_id))
@@ -428,30 +540,52 @@ class Federation:
         self._outbox_homes.append(home)  # woken by the publication of this commit
 
     async def flush_outbox(self, link: Link) -> int:
-        """Forward the oldest posts waiting for ``link``'s peer; returns how many went."""
+        """Forward the oldest posts waiting for ``link``'s peer; returns how many went.
+
+        The rows the home acknowledged are deleted by a write of their own that the pump
+        does not wait for (it joins the writer's next batch: no commit and fsync between
+        one ``fed.post`` and the next); until it commits, reads skip them. A crash before
+        it commits sends them again, which the home's idempotency by random_id absorbs
+        (the same as a lost acknowledgement)."""
+        posted = set(self._posted)
+        deleted, self._deleted = self._deleted, set()
 
         def oldest(c: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            return c.execute(
+            rows = c.execute(
                 "SELECT o.id, o.chat_id, o.sender_id, o.random_id, o.post FROM fed_outbox o "
                 "WHERE o.home = ? ORDER BY o.id LIMIT ?",
-                (link.node_id, OUTBOX_BATCH),
+                (link.node_id, OUTBOX_BATCH + len(posted)),
             ).fetchall()
+            out: list[tuple[Any, ...]] = []
+            size = 0
+            for r in rows:
+                if (r[1], r[2], r[3]) in posted:
+                    continue
+                size += len(r[4]) + 128
+                if len(out) == OUTBOX_BATCH or (out and size > OUTBOX_BYTES):
+                    break
+                out.append(r)
+            return out
 
         async with self._outbox_lock:  # a post selected here has left: cancel answers False
             rows = await self.db.read(oldest)
             self._left.update(int(r[0]) for r in rows)
+        # deleted before that read began: no read from now on can see them
+        self._posted.difference_update(deleted)
         if not rows:
             return 0
         posts = []
-        senders: dict[int, str] = {}
         for _, chat_id, sender_id, rid, post in rows:
-            if sender_id not in senders:
-                addr = await self.db.read(functools.partial(_address, user_id=sender_id))
-                senders[sender_id] = addr or ""
+            sender = self._addresses.get(sender_id)
+            if sender is None:
+                sender = await self.db.read(functools.partial(_address, user_id=sender_id))
+                sender = sender or ""
+                if sender:
+                    self._addresses[sender_id] = sender
             posts.append(
                 {
                     "chat": chat_id,
-                    "sender": senders[sender_id],
+                    "sender": sender,
                     "random_id": rid,
                     **cbor2.loads(post),
                 }
@@ -475,11 +609,30 @@ class Federation:
                         }
                     ],
                 )
-        await self.db.write(
-            lambda c: c.executemany("DELETE FROM fed_outbox WHERE id = ?", [(i,) for i in done])
-        )
-        self._left.difference_update(done)
+        keys = [(str(r[1]), int(r[2]), int(r[3])) for r in rows[: len(done)]]
+        self._posted.update(keys)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._delete_posted, done, keys)
+        else:  # not running (a test's direct call): delete in line
+            await self._delete_posted(done, keys)
         return len(done)
+
+    async def _delete_posted(self, done: list[int], keys: list[tuple[str, int, int]]) -> None:
+        """Delete outbox rows their home acknowledged (see flush_outbox). If the write
+        fails (the disk), the rows stay skipped until a restart sends them again."""
+        try:
+            await self.db.write(
+                lambda c: c.executemany(
+                    "DELETE FROM fed_outbox WHERE id = ? AND chat_id = ? AND sender_id = ? "
+                    "AND random_id = ?",
+                    [(i, *k) for i, k in zip(done, keys, strict=True)],
+                )
+            )
+        except Exception:
+            _log.exception("deleting posted outbox rows failed")
+            return
+        self._left.difference_update(done)
+        self._deleted.update(keys)
 
     async def cancel_post(self, chat_id: str, sender_id: int, random_id: int) -> bool | None:
         """Drop a queued post that has not left for its home (see Federated.cancel_post).
@@ -619,19 +772,34 @@ class Federation:
         link = self.links.get(peer.node_id)
         if link is None:
             return {}
+        pushed = p.get("events")
+        if not isinstance(pushed, dict):
+            pushed = {}
+        heads: dict[str, int] = {}
         for entry in p["chats"]:
             chat_id, head = entry
             if isinstance(chat_id, str) and isinstance(head, int) and len(chat_id) <= 64:
+                got = pushed.get(chat_id)
+                if isinstance(got, dict):
+                    now = await self._apply_pushed(link, peer, chat_id, head, got)
+                    if now is not None:
+                        heads[chat_id] = now
+                        if now >= head:
+                            continue
                 link.want_pull(chat_id, head)
-        return {}
+        return {"heads": heads} if heads else {}
 
     async def fed_pull(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         peer = await self._caller(ctx)
         assert peer is not None
         limit = int(p.get("limit", replication.PULL_EVENTS))
-        return await self.db.read(
+        out = await self.db.read(
             lambda c: replication.serve_pull(c, self.home, peer, p["chat"], p["after"], limit)
         )
+        link = self.links.get(peer.node_id)
+        if link is not None:  # where it will be once it applied this: our next push follows
+            link.heads[p["chat"]] = (p["after"] or 0) + len(out["events"])
+        return out
 
     async def fed_post(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
         peer = await self._caller(ctx)

@@ -7,10 +7,15 @@ Phases (each prints into ONE JSON document on stdout):
    t0 + k/RATE for each rate in ``--rates`` (``--seconds`` each), round-robin over all senders
    of all nodes. Bodies are 100 bytes ``phase|sender_node|sender|k|t_ns|xxx`` carrying the send
    time; lag = receipt time at a listener - that time, per (sender node -> listener node),
-   overall across nodes (sender node != listener node) and for the same node. A message of a
-   replica's user goes: outbox -> fed.post -> home sequences it -> poke -> each replica pulls,
-   verifies and applies it -> push. Lost = acknowledged messages a listener never received
-   (counted after a drain wait, and again at the very end).
+   overall across nodes (sender node != listener node), for the same node and by path
+   (``lag_by_path``: home_local, home_to_replica, replica_to_home, replica_to_itself,
+   replica_to_replica). A message of a replica's user goes: outbox -> fed.post -> home
+   sequences it -> poke with the events (a live replica; else poke, then a pull) -> each
+   replica verifies and applies them -> push. The load is split over ``--procs`` processes
+   (2 by default: one could not keep a 500 msgs/s schedule here). Lost = acknowledged
+   messages a listener never received (counted after a drain wait, and again at the very
+   end). ``fed_calls_answered``: fed.poke / fed.pull / fed.post each node answered (its
+   /metrics), so a run shows whether replicas were pushed to or pulled.
 2. ``tput``: the same group, its senders in closed loops (one call in flight each) for
    ``--tput-seconds``; msgs/s sequenced at the home (n1's SQLite, read-only) during the window
    and until every acknowledged message is sequenced; against the same number of senders and
@@ -104,6 +109,29 @@ def sql(data: Path, query: str, *args: Any) -> list[tuple[Any, ...]]:
 def make_body(phase: str, node: int, sender: int, k: int) -> str:
     head = f"{phase}|{node}|{sender}|{k}|{time.time_ns()}|"
     return head + "x" * (BODY_LEN - len(head))
+
+
+FED_CALLS = ("fed.poke", "fed.pull", "fed.post")
+
+
+def fed_calls(url: str) -> dict[str, int]:
+    """fed.poke / fed.pull / fed.post calls a node answered OK so far, from its /metrics
+    (``fedgram_requests_total``; loopback may scrape by default). Empty if unreachable."""
+    import urllib.request
+
+    http = url.replace("ws://", "http://", 1).rstrip("/") + "/metrics"
+    try:
+        with urllib.request.urlopen(http, timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return {}
+    out = dict.fromkeys(FED_CALLS, 0)
+    for line in text.splitlines():
+        if line.startswith("fedgram_requests_total{") and 'code="OK"' in line:
+            for m in FED_CALLS:
+                if f'method="{m}"' in line:
+                    out[m] = int(float(line.rsplit(" ", 1)[1]))
+    return out
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -445,6 +473,27 @@ def address(cluster: Cluster, node: int, name: str) -> str:
 
 
 # --- phase 1: lag ---------------------------------------------------------------------------------
+# (sender node -> listener node) by the hops a message takes; n1 is the group's home
+PATH_ORDER = [
+    "home_local",  # n1 -> n1: sequenced and pushed on the home, no federation
+    "home_to_replica",  # n1 -> n2/n3: the home's push (or poke + pull) to a replica
+    "replica_to_home",  # n2/n3 -> n1: outbox, fed.post, sequenced on the home
+    "replica_to_itself",  # n2 -> n2: fed.post to the home, then back to the sender's node
+    "replica_to_replica",  # n2 -> n3: fed.post to the home, then on to the other replica
+]
+PATHS = {
+    "n1->n1": "home_local",
+    "n1->n2": "home_to_replica",
+    "n1->n3": "home_to_replica",
+    "n2->n1": "replica_to_home",
+    "n3->n1": "replica_to_home",
+    "n2->n2": "replica_to_itself",
+    "n3->n3": "replica_to_itself",
+    "n2->n3": "replica_to_replica",
+    "n3->n2": "replica_to_replica",
+}
+
+
 def lag_figures(
     collected: dict[str, Any], acked_by_node: dict[str, int], nodes: list[int]
 ) -> dict[str, Any]:
@@ -466,9 +515,13 @@ def lag_figures(
         for ln in nodes:
             k = f"n{s}->n{ln}"
             lost[k] = acked_by_node.get(str(s), 0) - received.get(k, 0)
+    paths: dict[str, list[float]] = {}
+    for pair, v in pairs.items():
+        paths.setdefault(PATHS[pair], []).extend(v)
     return {
         "lag_cross_node": lat(cross),
         "lag_same_node": lat(same),
+        "lag_by_path": {k: lat(paths[k]) for k in PATH_ORDER if k in paths},
         "lag_by_pair": {k: lat(v) for k, v in sorted(pairs.items())},
         "acked": acked_total,
         "lost": sum(lost.values()),
@@ -495,10 +548,12 @@ async def lag_phase(
     rate: float,
     seconds: float,
     procs: dict[str, int],
+    urls: dict[str, str],
     phase: str = "",
 ) -> dict[str, Any]:
     phase = phase or f"lag{int(rate)}"
     n = int(rate * seconds)
+    calls0 = {k: await trio.to_thread.run_sync(fed_calls, u) for k, u in urls.items()}
     cpu = CpuMeter(procs)
     t0 = time.time() + 0.3
     replies = await load.all(
@@ -516,6 +571,10 @@ async def lag_phase(
     acked = merge_counts(replies, "acked_by_node")
     drain_s = await wait_delivered(load, phase, sum(acked.values()), DRAIN_TIMEOUT)
     cpu_out = cpu.read()
+    calls: dict[str, dict[str, int]] = {}
+    for k, u in urls.items():  # what each node answered its peers during this rate
+        now = await trio.to_thread.run_sync(fed_calls, u)
+        calls[k] = {m: now.get(m, 0) - calls0[k].get(m, 0) for m in FED_CALLS}
     collected = await load.merged({"cmd": "collect", "phase": phase})
     figs = lag_figures(collected, acked, [1, 2, 3])
     ack_ms = [x for r in replies for x in r["ack_ms"]]
@@ -532,6 +591,10 @@ async def lag_phase(
         **figs,
         "drain_after_last_send_s": round(drain_s, 3),
         "cpu": cpu_out,
+        # answered by each node: n2/n3 answer the home's pokes (with the events, for a live
+        # replica), n1 answers the replicas' pulls (catch-up, gaps) and their posts
+        "fed_calls_answered": calls,
+        "loadavg_after": loadavg(),  # the box is shared: how busy it was (1, 5, 15 min)
     }
 
 
@@ -713,7 +776,12 @@ async def three_nodes(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             if not await wait_head(cluster.node(i).data, chat_g, 1, 30):
                 raise SystemExit(f"n{i} did not replicate the group")
         await wait_head(cluster.node(2).data, chat_c, 1, 30)
-        everyone = members + s_members + c_members
+        # sign in only the members of the phases that run (idle sessions cost the load too)
+        everyone = list(members)
+        if "tput" in args.phases:
+            everyone += s_members
+        if "catchup" in args.phases:
+            everyone += c_members
         await fresh_codes(cluster, everyone)  # the set-up sign-ins used codes of their own
         load = Load(everyone, args.procs)
         try:
@@ -723,13 +791,14 @@ async def three_nodes(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             procs.update(load.pids())
             # warm-up: every sender a few messages, links and caches hot
             order = [g_keys[i][s] for s in range(spn) for i in nodes]  # n1, n2, n3, n1, ...
-            await lag_phase(load, chat_g, order, 50, 1.0, procs, "warm")
+            urls = {f"n{i}": cluster.node(i).url for i in nodes}
+            await lag_phase(load, chat_g, order, 50, 1.0, procs, urls, "warm")
             await trio.sleep(1.0)
             if "lag" in args.phases:
                 out["lag"] = {}
                 for rate in args.rates:
                     out["lag"][f"{int(rate)}_msgs_per_s"] = await lag_phase(
-                        load, chat_g, order, rate, args.seconds, procs
+                        load, chat_g, order, rate, args.seconds, procs, urls
                     )
                     await trio.sleep(1.5)
             if "tput" in args.phases:
@@ -1068,7 +1137,9 @@ def main() -> None:
         "--assist-events", type=int, default=100_000, help="missed, filled from a replica"
     )
     p.add_argument("--assist-queued", type=int, default=1000, help="posts queued, home down")
-    p.add_argument("--procs", type=int, default=1, help="load processes (1)")
+    p.add_argument(
+        "--procs", type=int, default=2, help="load processes (2: one GIL could not offer 500/s)"
+    )
     p.add_argument(
         "--phases",
         default="lag,tput,catchup,bytes,assist",

@@ -164,9 +164,29 @@ FED_METHODS: list[Method] = [
         "Chats that changed on the caller: [chat, head seq] each. From a chat's home; or, "
         "while the home is unreachable, from a fellow replica offering its copy. The callee "
         "pulls those it replicates and is behind on (from the home whenever its link is "
-        "up); it answers at once.",
-        {"chats": Field(List(List(AnyValue(), 2), POKE_MAX))},
-        Struct({}, name="Poked"),
+        "up). A home may push a chat's new events with the poke (``events``: what "
+        "``fed.pull`` would answer after ``after``, the callee's head as the home last "
+        "learned it): a callee whose head is ``after`` verifies and applies them as a "
+        "pulled batch and answers its head; anything else (a gap, a pull under way) it "
+        "pulls. Without ``events`` it answers at once.",
+        {
+            "chats": Field(List(List(AnyValue(), 2), POKE_MAX)),
+            "events": Field(
+                AnyValue(),
+                "chat -> {after, events, head, users, nodes}: pushed events (from the home)",
+                required=False,
+            ),
+        },
+        Struct(
+            {
+                "heads": Field(
+                    AnyValue(),
+                    "chat -> the callee's head, for the pushed chats it knows",
+                    required=False,
+                )
+            },
+            name="Poked",
+        ),
         (E.PEER_PENDING,),
         access="node",
         part="federation",
