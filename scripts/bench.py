@@ -494,13 +494,17 @@ async def open_light(url: str, keys: list[SigningKey], per_key: int = 1) -> list
     return out
 
 
-async def fanout_run(nut: NodeUnderTest, members: int, seconds: float) -> dict[str, Any]:
+async def fanout_run(
+    nut: NodeUnderTest, members: int, seconds: float, procs: int = 2
+) -> dict[str, Any]:
     """A group of N online members, one sender at 50 msgs/s: delivery latency to everyone.
 
     Receivers are :class:`LightReceiver` connections (signed in, then only timestamping
     frames), so the figure is the node's: from just before ``messages.send`` to the push
     arriving on each member's socket. Full SDK clients would measure Python decoding 50,000
-    pushes a second on the same two cores instead."""
+    pushes a second on the same two cores instead. With ``procs`` > 0 the receivers run in
+    that many processes of their own (scripts/light_receiver.py): in one process with the
+    sender, 1,000 receivers took ~0.85 of a core and their own queueing showed as latency."""
     proc = Proc(nut.pid)
     tag = secrets.token_hex(3)
     names = [f"f{tag}m{i}" for i in range(members)]
@@ -510,13 +514,35 @@ async def fanout_run(nut: NodeUnderTest, members: int, seconds: float) -> dict[s
         keys = await bind_devices(nut.url, nut.data, names[1:])
         g = await sender.call("chats.createGroup", {"title": "fanout", "members": names[1:]})
         chat = g["chat"]["id"]
-        receivers = await open_light(nut.url, keys)
+        workers: list[trio.Process] = []
+        receivers: list[LightReceiver] = []
         nursery = await stack.enter_async_context(trio.open_nursery())
-        for r in receivers:
-            nursery.start_soon(r.listen)
+        if procs > 0:
+            for part in range(procs):
+                w = await trio.lowlevel.open_process(
+                    [sys.executable, str(Path(__file__).parent / "light_receiver.py")],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    cwd=Path(__file__).resolve().parent.parent,
+                    env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+                )
+                seeds = [bytes(k).hex() for k in keys[part::procs]]
+                cfg = {"url": nut.url, "seeds": seeds, "expected": n, "timeout": seconds + 30}
+                assert w.stdin is not None
+                await w.stdin.send_all((json.dumps(cfg) + "\n").encode())
+                workers.append(w)
+            for w in workers:
+                assert w.stdout is not None
+                line = await _read_line(w.stdout)
+                assert line.strip() == b"ready", line
+        else:
+            receivers = await open_light(nut.url, keys)
+            for r in receivers:
+                nursery.start_soon(r.listen)
         await trio.sleep(1)
         sent_ns: list[int] = []
         c0, k0 = proc.cpu_s(), client_cpu_s()
+        w0 = sum(Proc(w.pid).cpu_s() for w in workers)
         t0 = time.perf_counter()
         for i in range(n):
             await trio.sleep_until(t0 + i / 50)
@@ -525,27 +551,49 @@ async def fanout_run(nut: NodeUnderTest, members: int, seconds: float) -> dict[s
                 "messages.send",
                 {"chat": chat, "random_id": secrets.randbits(63), "text": make_body("fan", 0, i)},
             )
-        with trio.move_on_after(30):
-            while sum(len(r.arrivals) for r in receivers) < n * len(receivers):
-                await trio.sleep(0.05)
+        arrivals: list[list[int]] = []
+        if workers:
+            w1 = sum(Proc(w.pid).cpu_s() for w in workers)  # before they print and exit
+            for w in workers:
+                assert w.stdout is not None
+                arrivals += json.loads(await _read_line(w.stdout, limit=1 << 30))
+                await w.wait()
+        else:
+            with trio.move_on_after(30):
+                while sum(len(r.arrivals) for r in receivers) < n * len(receivers):
+                    await trio.sleep(0.05)
+            w1 = w0
+            arrivals = [r.arrivals for r in receivers]
         span = time.perf_counter() - t0
         c1, k1 = proc.cpu_s(), client_cpu_s()
         nursery.cancel_scope.cancel()
         for r in receivers:
             await r.aclose()
     # each member gets the pushes in send order, one update per message: the k-th is message k
-    e2e = [(t - sent_ns[k]) / 1e6 for r in receivers for k, t in enumerate(r.arrivals[:n])]
+    e2e = [(t - sent_ns[k]) / 1e6 for times in arrivals for k, t in enumerate(times[:n])]
     return {
         "members_online": members,
         "messages": n,
         "rate_msgs_per_s": 50,
+        "receiver_processes": procs,
         "deliveries_expected": n * (members - 1),
         "deliveries_received": len(e2e),
         "delivery_latency": lat(e2e),
         "server_cpu_util": round((c1 - c0) / span, 3),
         "client_cpu_util": round((k1 - k0) / span, 3),
+        "receiver_processes_cpu_util": round((w1 - w0) / span, 3),
         "server_rss_mib": proc.rss_mib(),
     }
+
+
+async def _read_line(stream: trio.abc.ReceiveStream, limit: int = 1 << 16) -> bytes:
+    buf = b""
+    while not buf.endswith(b"\n") and len(buf) < limit:
+        chunk = await stream.receive_some(1 << 20)
+        if not chunk:
+            break
+        buf += chunk
+    return buf
 
 
 async def idle_run(nut: NodeUnderTest, connections: int) -> dict[str, Any]:
@@ -616,7 +664,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if args.fanout:
         extra["fanout"] = await on_fresh_node(
-            args, lambda nut: fanout_run(nut, args.fanout, args.fanout_seconds)
+            args,
+            lambda nut: fanout_run(nut, args.fanout, args.fanout_seconds, args.fanout_procs),
         )
     if args.idle:
         extra["idle"] = await on_fresh_node(args, lambda nut: idle_run(nut, args.idle))
@@ -641,6 +690,12 @@ def main() -> None:
     p.add_argument("--data", help="the running node's data folder")
     p.add_argument("--fanout", type=int, default=0, help="also: a group of N online members")
     p.add_argument("--fanout-seconds", type=float, default=10.0)
+    p.add_argument(
+        "--fanout-procs",
+        type=int,
+        default=2,
+        help="processes for the fan-out receivers (0: in this process, as before issue 17)",
+    )
     p.add_argument("--procs", type=int, default=1, help="load processes for the reference workload")
     p.add_argument("--load-worker", help=argparse.SUPPRESS)
     p.add_argument("--idle", type=int, default=0, help="also: N idle signed-in connections")

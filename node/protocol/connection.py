@@ -257,6 +257,17 @@ class Connection:
             return BadFrame(frames.request_id_of(obj), e)
         return Request(rid, method, params)
 
+    def open_frame(self, data: bytes) -> bytes:
+        """Authenticate and decrypt one frame without decoding it: for a receiver that only
+        counts what arrives (the benchmark's light receiver reads a push's update count from
+        the CBOR array header). Advances the counter exactly like :meth:`receive`."""
+        if self.state is not _OPEN or self._opener is None:
+            raise self._fatal(ErrorCode.BAD_FRAME, f"frame received in state {self.state.value}")
+        try:
+            return self._opener.open(data)
+        except SealError:
+            raise self._fatal(ErrorCode.BAD_SEAL, "frame failed authentication") from None
+
     def _receive_proof(self, data: bytes) -> None:
         assert self.keys is not None and self._opener is not None
         try:
