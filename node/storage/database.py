@@ -360,13 +360,7 @@ class Database:
             j = batch[i]
             try:
                 conn.execute(_SAVEPOINT)
-                self._in_job = True
-                try:
-                    j.result = j.fn(conn)
-                except BaseException as e:
-                    j.error = e
-                finally:
-                    self._in_job = False
+                self._call_job(conn, j)
                 if j.error is None:
                     conn.execute(_RELEASE)
                     done.append(j)
@@ -388,11 +382,9 @@ class Database:
             return len(batch), False
         return len(batch), True
 
-    def _run_alone(self, conn: sqlite3.Connection, j: _Job[Any]) -> bool:
-        """A transaction of one job needs no savepoint: if the job fails, the whole
-        transaction is its work and is rolled back. Two statements fewer per write when
-        writes do not overlap (each statement here is a GIL round trip with the event
-        loop: issue 17)."""
+    def _call_job(self, conn: sqlite3.Connection, j: _Job[Any]) -> None:
+        """Run one job, keeping what it returns or raises; the authorizer refuses
+        transaction control while it runs."""
         self._in_job = True
         try:
             j.result = j.fn(conn)
@@ -400,6 +392,13 @@ class Database:
             j.error = e
         finally:
             self._in_job = False
+
+    def _run_alone(self, conn: sqlite3.Connection, j: _Job[Any]) -> bool:
+        """A transaction of one job needs no savepoint: if the job fails, the whole
+        transaction is its work and is rolled back. Two statements fewer per write when
+        writes do not overlap (each statement here is a GIL round trip with the event
+        loop: issue 17)."""
+        self._call_job(conn, j)
         if j.error is not None:
             _rollback_quietly(conn)
             return False
