@@ -60,6 +60,17 @@ def _full(e: OSError) -> bool:
     return e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
+@contextlib.contextmanager
+def _disk_full_as_such() -> Any:
+    """A full disk (or a file that may not grow) raises DiskFull; other OSErrors pass."""
+    try:
+        yield
+    except OSError as e:
+        if _full(e):
+            raise DiskFull(str(e)) from None
+        raise
+
+
 def write_part(path: Path, offset: int, data: bytes) -> None:
     """Write one part at its offset and make it durable."""
     write_at(path, offset, data, sync=True)
@@ -68,7 +79,7 @@ def write_part(path: Path, offset: int, data: bytes) -> None:
 def write_at(path: Path, offset: int, data: bytes, *, sync: bool = False) -> None:
     """Write bytes at ``offset`` (durable only with ``sync``, else see :func:`sync_file`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with _disk_full_as_such():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             view = memoryview(data)
@@ -79,25 +90,17 @@ def write_at(path: Path, offset: int, data: bytes, *, sync: bool = False) -> Non
                 os.fdatasync(fd)
         finally:
             os.close(fd)
-    except OSError as e:
-        if _full(e):
-            raise DiskFull(str(e)) from None
-        raise
 
 
 def sync_file(path: Path) -> None:
     """Make every write to ``path`` finished so far durable (fdatasync through a fd of its
     own: the kernel flushes the file's dirty pages whichever descriptor wrote them)."""
-    try:
+    with _disk_full_as_such():
         fd = os.open(path, os.O_RDONLY)
         try:
             os.fdatasync(fd)
         finally:
             os.close(fd)
-    except OSError as e:
-        if _full(e):
-            raise DiskFull(str(e)) from None
-        raise
 
 
 class RunningHash:
