@@ -18,7 +18,6 @@ and what each peer carried *for us*), shown by ``peer list``.
 
 from __future__ import annotations
 
-import collections
 import functools
 import sqlite3
 import time
@@ -28,6 +27,7 @@ import trio
 
 from node import log
 from node.address import Address, AddressError
+from node.interfaces import Effects
 from node.protocol.errors import ErrorCode, RpcError
 
 from . import peers
@@ -57,7 +57,6 @@ class FedSecret:
     def __init__(self, fed: Federation) -> None:
         self.fed = fed
         self._wake = trio.Event()
-        self._kicks: collections.deque[str] = collections.deque()  # from the writer thread
         self._routes: dict[str, tuple[str, float]] = {}  # node -> (via peer, until)
         self._no_route: dict[str, float] = {}  # node -> until: not asked of every peer again
         cfg = fed.node.config
@@ -66,11 +65,12 @@ class FedSecret:
         self.relay_max = int(cfg.get("secret", "relay_max_bytes"))
 
     # --- node -> federation (node.interfaces.SecretRelay) ----------------------------------
-    def secret_forward(self, conn: sqlite3.Connection, item: dict[str, Any]) -> None:
-        """In the send's write job: the envelope as an outbox row (idempotent)."""
+    def secret_forward(self, conn: sqlite3.Connection, fx: Effects, item: dict[str, Any]) -> None:
+        """In the send's write job: the envelope as an outbox row (idempotent); this
+        commit's publication wakes the pump (:meth:`committed`)."""
         dest = _node_of(item["to"])
         _insert(conn, dest, item, int(item.get("hops", HOPS)))
-        self._kicks.append(dest)  # the commit's publication wakes the pump
+        fx.envelopes_to.add(dest)
 
     async def secret_keys(self, address: str) -> dict[str, Any]:
         a = _parse(address)
@@ -85,10 +85,8 @@ class FedSecret:
         self._wake.set()
 
     def committed(self) -> None:
-        """A commit was published (trio thread): wake the pump if it queued envelopes."""
-        if self._kicks:
-            self._kicks.clear()
-            self._wake.set()
+        """A commit that queued envelopes was published (trio thread): wake the pump."""
+        self._wake.set()
 
     # --- fed.* handlers -----------------------------------------------------------------------
     async def serve_keys(self, peer: peers.Peer, p: dict[str, Any]) -> dict[str, Any]:

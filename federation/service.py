@@ -14,7 +14,6 @@ home's signature) before anything is stored.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
 import sqlite3
@@ -67,7 +66,6 @@ class Federation:
         self._dirty_wake = trio.Event()
         self._homes: dict[str, str] = {}  # chat -> home (never changes)
         self._replicas: dict[str, set[str]] = {}  # chat homed here -> replica nodes
-        self._outbox_homes: collections.deque[str] = collections.deque()  # from the writer
         self._users_seen: dict[tuple[str, str], float] = {}
         self._nursery: trio.Nursery | None = None
         self._pull_locks: dict[str, trio.Lock] = {}
@@ -264,9 +262,10 @@ class Federation:
             seq = ev.get("seq")
             if isinstance(seq, int):
                 self._dirty[chat_id] = max(seq, self._dirty.get(chat_id, 0))
-        self.secret.committed()
-        while self._outbox_homes:
-            link = self.links.get(self._outbox_homes.popleft())
+        if fx.envelopes_to:
+            self.secret.committed()
+        for home in fx.posts_to:
+            link = self.links.get(home)
             if link is not None:
                 link.outbox_ready()
         if self._dirty:
@@ -524,6 +523,7 @@ class Federation:
     def forward_post(
         self,
         conn: sqlite3.Connection,
+        fx: Effects,
         chat_id: str,
         home: str,
         sender_id: int,
@@ -537,7 +537,7 @@ class Federation:
             "created) VALUES (?, ?, ?, ?, ?, ?)",
             (home, chat_id, sender_id, random_id, cbor2.dumps(params), time.time()),
         )
-        self._outbox_homes.append(home)  # woken by the publication of this commit
+        fx.posts_to.add(home)  # the pump is woken by this commit's publication
 
     async def flush_outbox(self, link: Link) -> int:
         """Forward the oldest posts waiting for ``link``'s peer; returns how many went.

@@ -96,6 +96,11 @@ class Effects:
     # pushes that are not stored (read receipts: chat.readOutbox), sent after the change's
     # chat events so a receipt never arrives before the message that caused it
     pushes: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    # nodes this change queued federation outbox rows for (posts to a chat's home, secret
+    # envelopes): their pumps are woken by this change's publication, never before it
+    # commits (a pump woken by an earlier commit reads before these rows exist)
+    posts_to: set[str] = field(default_factory=set)
+    envelopes_to: set[str] = field(default_factory=set)
     erased: bool = False
     ticket: int | None = None
 
@@ -104,6 +109,8 @@ class Effects:
         self.user_updates.clear()
         self.membership.clear()
         self.pushes.clear()
+        self.posts_to.clear()
+        self.envelopes_to.clear()
         self.erased = False
         self.ticket = None
 
@@ -158,6 +165,7 @@ class Federated(Protocol):
     def forward_post(
         self,
         conn: sqlite3.Connection,
+        fx: Effects,
         chat_id: str,
         home: str,
         sender_id: int,
@@ -198,7 +206,7 @@ class SecretRelay(Protocol):
     """What the node's secret-chat queues ask of federation for a device on another node
     (docs/secret-chats.md section 4; node/remote.py holds the slot, else FEDERATION_OFF)."""
 
-    def secret_forward(self, conn: sqlite3.Connection, item: dict[str, Any]) -> None:
+    def secret_forward(self, conn: sqlite3.Connection, fx: Effects, item: dict[str, Any]) -> None:
         """Inside ``secret.send``'s write job: store one envelope for a device on another
         node in the durable secret outbox (committed with the job; idempotent by sender,
         sender device and id) and forward it once the job commits. ``item`` has the

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from .interfaces import Federated, SecretRelay
+from .interfaces import Effects, Federated, SecretRelay
 from .protocol.errors import ErrorCode, RpcError
 
 
@@ -32,13 +32,14 @@ class RemoteSlot:
     def forward_post(
         self,
         conn: sqlite3.Connection,
+        fx: Effects,
         chat_id: str,
         home: str,
         sender_id: int,
         random_id: int,
         params: dict[str, Any],
     ) -> None:
-        self._need().forward_post(conn, chat_id, home, sender_id, random_id, params)
+        self._need().forward_post(conn, fx, chat_id, home, sender_id, random_id, params)
 
     async def start_private(self, home: str, me: str, other: str) -> str:
         return await self._need().start_private(home, me, other)
@@ -61,8 +62,8 @@ class RemoteSlot:
             raise RpcError(ErrorCode.FEDERATION_OFF, "this node does not federate")
         return self.secret
 
-    def secret_forward(self, conn: sqlite3.Connection, item: dict[str, Any]) -> None:
-        self._relay().secret_forward(conn, item)
+    def secret_forward(self, conn: sqlite3.Connection, fx: Effects, item: dict[str, Any]) -> None:
+        self._relay().secret_forward(conn, fx, item)
 
     async def secret_keys(self, address: str) -> dict[str, Any]:
         return await self._relay().secret_keys(address)

@@ -531,3 +531,38 @@ async def test_lan_discovery_lists_nodes_and_approval_makes_them_peers(tmp_path:
         await admin(b, "admin.peerApprove", {"peer": a.node_id})
         await links_up(a, 1)
         await links_up(b, 1)
+
+
+async def test_a_post_committed_beside_other_writes_leaves_at_once(tmp_path: Path) -> None:
+    """Every post a replica's user sends is forwarded to the home without waiting for a
+    later send, even when other writes commit on that node at the same moment. (A post's
+    outbox row must wake the pump with its own commit's publication; woken by an earlier
+    commit's, the pump read before the row existed and the post waited for the next one:
+    seen as a 1-in-7 hang of the three-node group test under load.)"""
+    async with (
+        cluster(tmp_path, 2) as (a, b),
+        signed_in(a, "alice") as al,
+        signed_in(b, "bob") as bo,
+        signed_in(b, "carol") as ca,
+    ):
+        g = await al.call("chats.createGroup", {"title": "Busy", "members": ["bob@n2"]})
+        chat_id = g["chat"]["id"]
+        local = (await ca.call("chats.createGroup", {"title": "n2 only", "members": []}))["chat"][
+            "id"
+        ]
+        await has_chat(b, chat_id)
+
+        async def send(client: Client, chat: str, text: str, after: float = 0) -> None:
+            await trio.sleep(after)
+            await client.call("messages.send", {"chat": chat, "random_id": rid(), "text": text})
+
+        for i in range(40):
+            async with trio.open_nursery() as nursery:
+                for k in range(3):  # commits on n2 just before and around the post's own
+                    nursery.start_soon(send, ca, local, f"x{i}.{k}", k * 0.0005)
+                nursery.start_soon(send, bo, chat_id, f"b{i}", (i % 8) * 0.00025)
+
+            async def arrived(i: int = i) -> bool:
+                return f"b{i}" in await texts(al, chat_id)
+
+            await until(arrived, timeout=5)

@@ -79,7 +79,7 @@ class Messages(Handlers):
             if chat.home != self.home.node_id:
                 # homed elsewhere: queued durably for the home, which sequences it (log.py)
                 self.shared.remote.forward_post(
-                    c, chat.id, chat.home, uid, rid, {**body, **content}
+                    c, fx, chat.id, chat.home, uid, rid, {**body, **content}
                 )
                 return {"seq": None, "ts": time.time(), "duplicate": False, "pending": True}
             # sending reads the chat up to one's own message (log.py): that is a read

@@ -154,13 +154,13 @@ class SecretService:
             for s in targets:
                 s.push(encoded)
 
-    def _forward_notice(self, conn: sqlite3.Connection, item: dict[str, Any]) -> None:
+    def _forward_notice(self, conn: sqlite3.Connection, fx: Effects, item: dict[str, Any]) -> None:
         """Hand a node notice for another node's device to federation, inside the job;
         without federation (FEDERATION_OFF) or if it refuses, the notice is dropped and
         the rest of the job stands (a nested savepoint keeps the two apart)."""
         conn.execute("SAVEPOINT secret_notice")
         try:
-            self.remote.secret_forward(conn, item)
+            self.remote.secret_forward(conn, fx, item)
         except RpcError as e:
             conn.execute("ROLLBACK TO secret_notice")
             if e.code != ErrorCode.FEDERATION_OFF:
@@ -173,6 +173,7 @@ class SecretService:
     def _notice(
         self,
         conn: sqlite3.Connection,
+        fx: Effects,
         now: float,
         kind: str,
         to: str,
@@ -189,6 +190,7 @@ class SecretService:
         if a.node != self.directory.self_id:
             self._forward_notice(
                 conn,
+                fx,
                 {
                     "to": to,
                     "device": device,
@@ -306,6 +308,7 @@ class SecretService:
                 store.touch_contact(c, did, to, device, now)
                 self.remote.secret_forward(
                     c,
+                    fx,
                     {
                         "to": to,
                         "device": device,
@@ -522,7 +525,16 @@ class SecretService:
                         (g.sender, g.sender_device, recipient, g.device_id),
                     ):
                         pushed = self._notice(
-                            c, now, "expired", to, device, about, about_device, g.last_id, g.count
+                            c,
+                            fx,
+                            now,
+                            "expired",
+                            to,
+                            device,
+                            about,
+                            about_device,
+                            g.last_id,
+                            g.count,
                         )
                         if pushed is not None:
                             pushes.append(pushed)
@@ -549,7 +561,9 @@ class SecretService:
         if not device_ids:
             return
         now = time.time()
-        pushes = await self.events.commit(self.db, lambda c, fx: self._revoke(c, now, device_ids))
+        pushes = await self.events.commit(
+            self.db, lambda c, fx: self._revoke(c, fx, now, device_ids)
+        )
         self._push(pushes)
         log.event(_log, "secret.revoked", devices=len(device_ids), told=len(pushes))
 
@@ -559,16 +573,18 @@ class SecretService:
         ids = [
             int(r[0]) for r in conn.execute("SELECT id FROM devices WHERE user_id = ?", (user_id,))
         ]
-        self._revoke(conn, time.time(), ids)
+        self._revoke(conn, fx, time.time(), ids)
 
-    def _revoke(self, c: sqlite3.Connection, now: float, device_ids: list[int]) -> list[Push]:
+    def _revoke(
+        self, c: sqlite3.Connection, fx: Effects, now: float, device_ids: list[int]
+    ) -> list[Push]:
         pushes: list[Push] = []
         for did in device_ids:
             owner = store.device_owner(c, did)
             if owner is not None:
                 me = self.directory.canonical_of(owner[1])
                 for peer, peer_device in store.contacts_of(c, did):
-                    pushed = self._notice(c, now, "revoked", peer, peer_device, me, did)
+                    pushed = self._notice(c, fx, now, "revoked", peer, peer_device, me, did)
                     if pushed is not None:
                         pushes.append(pushed)
                 c.execute(
