@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from typing import Any
 
 import pytest
 import trio
@@ -266,6 +267,54 @@ async def test_idempotent_send(node: Node) -> None:
         assert other["seq"] == first["seq"] + 1 and other["duplicate"] is False
         hist = await a.call("chats.history", {"chat": chat})
         assert [e["kind"] for e in hist["events"]] == ["create", "message", "message"]
+        # retries racing each other (one write batch: the index refuses all but one)
+        rid2 = secrets.randbits(63)
+        answers: list[dict[str, Any]] = []
+
+        async def send_it() -> None:
+            params = {"chat": chat, "random_id": rid2, "text": "raced"}
+            answers.append(await a.call("messages.send", params))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(send_it)
+        assert sorted(x["duplicate"] for x in answers) == [False] + [True] * 5
+        assert len({x["seq"] for x in answers}) == 1
+        hist = await a.call("chats.history", {"chat": chat})
+        assert [e["body"].get("text") for e in hist["events"]].count("raced") == 1
+
+
+async def test_search_follows_sends_edits_and_deletes_of_one_write_batch(node: Node) -> None:
+    """The index is written at the end of a write batch, in the order the batch's jobs
+    wrote it: a delete or edit beside the sends of the same batch still wins."""
+    async with signed_in(node, "alice") as a:
+        chat = (await a.call("chats.createGroup", {"title": "g", "members": []}))["chat"]["id"]
+        old = [
+            (
+                await a.call(
+                    "messages.send",
+                    {"chat": chat, "random_id": secrets.randbits(63), "text": f"alpha old{i}"},
+                )
+            )["seq"]
+            for i in range(2)
+        ]
+
+        async def send(i: int) -> None:
+            params = {"chat": chat, "random_id": secrets.randbits(63), "text": f"alpha new{i}"}
+            await a.call("messages.send", params)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(5):
+                nursery.start_soon(send, i)
+            nursery.start_soon(a.call, "messages.delete", {"chat": chat, "seq": old[0]})
+            nursery.start_soon(
+                a.call, "messages.edit", {"chat": chat, "seq": old[1], "text": "beta"}
+            )
+        found = (await a.call("messages.search", {"query": "alpha"}))["results"]
+        assert sorted(r["body"]["text"] for r in found) == [f"alpha new{i}" for i in range(5)]
+        assert [
+            r["seq"] for r in (await a.call("messages.search", {"query": "beta"}))["results"]
+        ] == [old[1]]
 
 
 async def test_history_paging(node: Node) -> None:

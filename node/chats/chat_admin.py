@@ -13,6 +13,7 @@ from .. import nodes
 from ..address import canonical
 from ..interfaces import Effects
 from ..protocol.errors import ErrorCode, RpcError
+from ..storage import at_batch_end
 from . import store
 from .events import ChainError, verify_chain
 from .handlers import Handler, Handlers, Params
@@ -212,10 +213,10 @@ class ChatAdmin(Handlers):
             c.executemany("DELETE FROM media WHERE id = ?", [(m,) for m in only_here])
             events = c.execute("SELECT count(*) FROM events WHERE chat_id = ?", (chat_id,))
             n_events = int(events.fetchone()[0])
-            c.execute(
-                "DELETE FROM events_fts WHERE rowid IN (SELECT id FROM events WHERE chat_id = ?)",
-                (chat_id,),
-            )
+            # by rowid, with the index's other writes at the batch's end (after the inserts
+            # of this batch's earlier sends to the chat)
+            ids = c.execute("SELECT id FROM events WHERE chat_id = ?", (chat_id,)).fetchall()
+            at_batch_end(c, store.FTS_DELETE, ids)
             c.execute("DELETE FROM events WHERE chat_id = ?", (chat_id,))
             c.execute("DELETE FROM hidden_messages WHERE chat_id = ?", (chat_id,))
             c.execute("DELETE FROM private_chats WHERE chat_id = ?", (chat_id,))

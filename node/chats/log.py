@@ -47,9 +47,10 @@ from ..interfaces import Effects
 from ..media import store as media_store
 from ..protocol.codec import DecodeError
 from ..protocol.errors import ErrorCode, RpcError
+from ..storage import at_batch_end
 from . import events, store
 from .events import EDIT, KINDS, MESSAGE, ChainError, Sealed
-from .store import Chat, Home
+from .store import FTS_INSERT, Chat, Home
 
 
 class LogError(Exception):
@@ -400,10 +401,7 @@ def apply_messages(
                 (chat.id, texts[0][0], texts[-1][0]),
             ).fetchall()
         )
-        conn.executemany(
-            "INSERT INTO events_fts(rowid, text) VALUES (?, ?)",
-            [(ids[s], t) for s, t in texts],
-        )
+        at_batch_end(conn, FTS_INSERT, [(ids[s], t) for s, t in texts])
     conn.executemany(
         "UPDATE chat_members SET read_seq = MAX(read_seq, ?) WHERE chat_id = ? AND user_id = ?",
         [(upto, chat.id, uid) for uid, upto in read_upto.items()],
@@ -461,7 +459,7 @@ def _media_items(a: _Applying) -> list[dict[str, Any]]:
 def _index(a: _Applying, rowid: int) -> None:
     text = (a.content or {}).get("text")
     if text:
-        a.conn.execute("INSERT INTO events_fts(rowid, text) VALUES (?, ?)", (rowid, str(text)))
+        at_batch_end(a.conn, FTS_INSERT, [(rowid, str(text))])
 
 
 def _set_chat(a: _Applying, column: str, value: Any) -> None:

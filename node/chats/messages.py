@@ -69,14 +69,17 @@ class Messages(Handlers):
             chat, m = store.need_member(c, p["chat"], uid)
             if chat.kind == "channel" and m.role not in ADMIN_ROLES:
                 raise RpcError(ErrorCode.CHAT_WRITE_FORBIDDEN)
-            dup = c.execute(
-                "SELECT seq, ts FROM events WHERE chat_id = ? AND sender_id = ? AND random_id = ?",
-                (chat.id, uid, rid),
-            ).fetchone()
-            if dup is not None:
-                return {"seq": dup[0], "ts": dup[1], "duplicate": True, "pending": False}
+            homed_here = chat.home == self.home.node_id
+            # A retried send answers what the first one did. A plain one here learns it
+            # from the random_id index refusing the insert (one statement fewer per send:
+            # issue 17); one with media or a forward looks first, since those checks could
+            # fail on the retry (the source deleted meanwhile) though the send succeeded.
+            if not homed_here or "media" in p or "forward_from" in p:
+                dup = _sent(c, chat.id, uid, rid)
+                if dup is not None:
+                    return dup
             body, content = self._compose(c, chat, m, uid, p)
-            if chat.home != self.home.node_id:
+            if not homed_here:
                 # homed elsewhere: queued durably for the home, which sequences it (log.py)
                 self.shared.remote.forward_post(
                     c, fx, chat.id, chat.home, uid, rid, {**body, **content}
@@ -86,7 +89,13 @@ class Messages(Handlers):
             # receipt for the messages before it, told to their senders like messages.read
             told = receipts.notified_by_read(c, chat, uid, m.read_seq, chat.last_seq)
             draft = log.Draft(MESSAGE, uid, body, content, rid)
-            done = log.sequence(c, self.home, chat, draft, fx)
+            try:
+                done = log.sequence(c, self.home, chat, draft, fx)
+            except sqlite3.IntegrityError as e:
+                dup = _sent(c, chat.id, uid, rid) if _RANDOM_ID_CLASH in str(e) else None
+                if dup is None:
+                    raise
+                return dup  # nothing of this attempt was written: the insert is its first
             self._read_notice(c, fx, chat.id, uid, done.seq, told)
             return {"seq": done.seq, "ts": done.ts, "duplicate": False, "pending": False}
 
@@ -382,3 +391,18 @@ class Messages(Handlers):
             return {"results": store.search(c, uid, match, chat_id, p.get("limit", 50))}
 
         return await self.db.read(job)
+
+
+_RANDOM_ID_CLASH = "events.chat_id, events.sender_id, events.random_id"
+"""In SQLite's message when the events_random unique index refuses an insert."""
+
+
+def _sent(c: sqlite3.Connection, chat_id: str, uid: int, rid: int) -> dict[str, Any] | None:
+    """The answer to the send of ``rid`` by ``uid`` already in ``chat_id``, if any."""
+    row = c.execute(
+        "SELECT seq, ts FROM events WHERE chat_id = ? AND sender_id = ? AND random_id = ?",
+        (chat_id, uid, rid),
+    ).fetchone()
+    if row is None:
+        return None
+    return {"seq": row[0], "ts": row[1], "duplicate": True, "pending": False}

@@ -24,6 +24,7 @@ from ..address import Address, AddressError, canonical
 from ..interfaces import Effects
 from ..media import store as media_store
 from ..protocol.errors import ErrorCode, RpcError
+from ..storage import at_batch_end
 from . import events
 from .events import GENESIS, MESSAGE
 
@@ -363,8 +364,14 @@ def need_message(conn: sqlite3.Connection, chat_id: str, seq: int, min_seq: int 
     return ev
 
 
+# The full-text index is written at the end of the write batch (storage.at_batch_end: FTS5
+# flushes at every savepoint release); inserts and deletes keep their order there.
+FTS_INSERT = "INSERT INTO events_fts(rowid, text) VALUES (?, ?)"
+FTS_DELETE = "DELETE FROM events_fts WHERE rowid = ?"
+
+
 def unindex(conn: sqlite3.Connection, rowid: int) -> None:
-    conn.execute("DELETE FROM events_fts WHERE rowid = ?", (rowid,))
+    at_batch_end(conn, FTS_DELETE, [(rowid,)])
 
 
 def history(

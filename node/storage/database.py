@@ -13,6 +13,10 @@ Why this shape:
   batches grow by themselves, because jobs pile up while the previous batch is on disk.
 * Each job runs inside its own SAVEPOINT, so a job that raises is undone alone and only its
   caller sees the exception; its batch-mates commit as if it had never run.
+* A job may leave statements for the end of its batch (:func:`at_batch_end`): they run once
+  every job has, in the order they were left, and only those of jobs that succeeded. The
+  full-text index is written that way: FTS5 flushes its pending terms to a new segment at
+  every savepoint RELEASE, which cost more than the insert itself (measured, issue 17).
 * WAL lets readers run beside the writer, so reads use separate read-only connections, one
   thread hop per call, each call one snapshot.
 
@@ -60,6 +64,49 @@ _RELEASE = f"RELEASE {_SAVEPOINT_NAME} /* fedgram writer */"
 _ROLLBACK_TO = f"ROLLBACK TO {_SAVEPOINT_NAME} /* fedgram writer */"
 
 
+Deferred = list[tuple[str, list[tuple[Any, ...]]]]
+
+
+class _Tail(threading.local):
+    """In the writer thread, while a job runs: the statements it left for the batch's end."""
+
+    job: Deferred | None = None
+
+
+_tail = _Tail()
+
+
+def at_batch_end(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Inside a write job: run ``sql`` for each of ``rows`` after every job of this batch
+    has run, just before its COMMIT, if this job succeeds (its savepoint rolled back, they
+    are dropped with it). Statements left this way run in the order they were left, so an
+    insert left by one job and a delete of the same row left by a later one keep their
+    order; anything that must see the effect at once must not be left. Outside a job (a
+    migration, a tool's own connection) they run at once."""
+    pending = _tail.job
+    if pending is None:
+        conn.executemany(sql, rows)
+    elif pending and pending[-1][0] == sql:
+        pending[-1][1].extend(rows)
+    else:
+        pending.append((sql, list(rows)))
+
+
+def _run_deferred(conn: sqlite3.Connection, deferred: Deferred) -> None:
+    """Run what the batch's jobs left, in order; one executemany per run of the same
+    statement (the sends of a batch index their texts in one call)."""
+    i = 0
+    while i < len(deferred):
+        sql, rows = deferred[i]
+        i += 1
+        if i < len(deferred) and deferred[i][0] == sql:
+            rows = list(rows)
+            while i < len(deferred) and deferred[i][0] == sql:
+                rows.extend(deferred[i][1])
+                i += 1
+        conn.executemany(sql, rows)
+
+
 class StorageError(Exception):
     """The database could not be opened or migrated, is closed, or a commit failed.
 
@@ -70,12 +117,13 @@ class StorageError(Exception):
 class _Job(Generic[T]):
     """A queued write: the function, and where the writer thread leaves its outcome."""
 
-    __slots__ = ("done", "error", "fn", "result")
+    __slots__ = ("deferred", "done", "error", "fn", "result")
 
     def __init__(self, fn: Callable[[sqlite3.Connection], T]) -> None:
         self.fn = fn
         self.result: T | None = None
         self.error: BaseException | None = None
+        self.deferred: Deferred = []  # left for the batch's end (at_batch_end)
         # Set on the trio thread only, after COMMIT returned (or the job definitely failed).
         self.done = trio.Event()
 
@@ -356,6 +404,7 @@ class Database:
         if start == len(batch) - 1:
             return len(batch), self._run_alone(conn, batch[start])
         done: list[_Job[Any]] = []  # succeeded so far; their work is in this transaction
+        deferred: Deferred = []
         for i in range(start, len(batch)):
             j = batch[i]
             try:
@@ -364,6 +413,7 @@ class Database:
                 if j.error is None:
                     conn.execute(_RELEASE)
                     done.append(j)
+                    deferred.extend(j.deferred)
                 else:
                     conn.execute(_ROLLBACK_TO)
                     conn.execute(_RELEASE)
@@ -375,6 +425,7 @@ class Database:
                 _fail([*done, *([j] if j.error is None else [])], msg, e)
                 return i + 1, False
         try:
+            _run_deferred(conn, deferred)
             conn.execute(_COMMIT)
         except sqlite3.Error as e:
             _rollback_quietly(conn)
@@ -386,12 +437,14 @@ class Database:
         """Run one job, keeping what it returns or raises; the authorizer refuses
         transaction control while it runs."""
         self._in_job = True
+        _tail.job = j.deferred
         try:
             j.result = j.fn(conn)
         except BaseException as e:
             j.error = e
         finally:
             self._in_job = False
+            _tail.job = None
 
     def _run_alone(self, conn: sqlite3.Connection, j: _Job[Any]) -> bool:
         """A transaction of one job needs no savepoint: if the job fails, the whole
@@ -403,6 +456,7 @@ class Database:
             _rollback_quietly(conn)
             return False
         try:
+            _run_deferred(conn, j.deferred)
             conn.execute(_COMMIT)
         except sqlite3.Error as e:
             _rollback_quietly(conn)
