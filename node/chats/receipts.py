@@ -101,13 +101,16 @@ def notified_by_read(
     that far: the three furthest read positions (the read index's top) decide it."""
     if new <= old:
         return []
-    rows = conn.execute(
-        "SELECT DISTINCT sender_id FROM (SELECT sender_id FROM events WHERE chat_id = ? "
-        "AND seq > ? AND seq <= ? AND kind = 'message' AND deleted = 0 "
+    # one row however many senders: every row fetched is another step of the statement,
+    # which the sqlite3 module takes with the GIL released and must then take back from
+    # the event loop (this runs in every send under load: issue 17)
+    found = conn.execute(
+        "SELECT group_concat(DISTINCT sender_id) FROM (SELECT sender_id FROM events "
+        "WHERE chat_id = ? AND seq > ? AND seq <= ? AND kind = 'message' AND deleted = 0 "
         "ORDER BY seq DESC LIMIT ?) WHERE sender_id IS NOT NULL AND sender_id != ?",
         (chat.id, old, new, NOTICE_SCAN, reader_id),
-    ).fetchall()
-    senders = [int(r[0]) for r in rows]
+    ).fetchone()[0]
+    senders = [int(x) for x in found.split(",")] if found else []
     if chat.members <= SMALL_CHAT or not senders:
         return senders
     top = conn.execute(
