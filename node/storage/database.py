@@ -92,10 +92,8 @@ def at_batch_end(conn: sqlite3.Connection, sql: str, rows: Sequence[tuple[Any, .
     pending = _tail.job
     if pending is None:
         conn.executemany(sql, rows)
-    elif pending and pending[-1][0] == sql:
-        pending[-1][1].extend(rows)
     else:
-        pending.append((sql, list(rows)))
+        pending.append((sql, list(rows)))  # runs of one statement join in _run_deferred
 
 
 def _run_deferred(conn: sqlite3.Connection, deferred: Deferred) -> None:
@@ -152,7 +150,6 @@ class Database:
         self._queue_size = queue_size
         self._room = trio.lowlevel.ParkingLot()  # writers waiting for queue space
         self._closed = False
-        self._broken: str | None = None  # the batch code itself crashed (a bug)
         self._in_job = False  # read by the authorizer, in the writer thread
         self._stats = {"commits": 0, "batches": 0, "jobs": 0, "failed_jobs": 0, "max_batch": 0}
 
@@ -290,8 +287,8 @@ class Database:
             await self._room.park()
         if self._closed:
             raise StorageError(f"{self.path}: database is closed")
-        if self._broken is not None:
-            raise StorageError(f"{self.path}: {self._broken}")
+        if self._thread.crashed:
+            raise StorageError(f"{self.path}: the database writer stopped")
         j = _Job(job)
         self._thread.submit(j)
         await j.done.wait()
@@ -346,13 +343,13 @@ class Database:
             _fail(batch, f"{self.path}: {crash}", None)
         elif crash is not None:
             # A bug in the batch code itself: whether anything committed is unknown, so no
-            # job may be reported as a success, and no later write is tried.
+            # job may be reported as a success, and no later write is tried (the thread
+            # marked itself crashed before handing this batch back).
             _fail(
                 [j for j in batch if j.error is None],
                 f"{self.path}: the database writer crashed; outcome of this write unknown",
                 None,
             )
-            self._broken = "the database writer stopped"
             _log.error("database writer crashed", exc_info=crash)
         for j in batch:
             j.done.set()
@@ -600,7 +597,7 @@ class _WriterThread:
         # set by a writer waiting for queue space: the thread tells the trio side when it
         # takes jobs (else only when a batch ends); a stale read costs a wake-up, no more
         self.room_wanted = False
-        self._crashed = False
+        self.crashed = False  # a batch crashed (a bug): later jobs fail without running
 
     def start(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
@@ -663,14 +660,14 @@ class _WriterThread:
         assert self._token is not None
         commits = 0
         crash: BaseException | None = None
-        if self._crashed:
+        if self.crashed:
             crash = _Stopped("the database writer stopped")
         else:
             try:
                 commits = self._db._run_batch_sync(batch)
             except BaseException as e:  # a bug in the batch code: see Database._finished
                 crash = e
-                self._crashed = True
+                self.crashed = True
         self._token.run_sync_soon(self._db._finished, batch, commits, crash)
 
     def _run_call(self, c: _Call[Any]) -> None:
