@@ -14,6 +14,7 @@ the updates onto every member's socket.
 from __future__ import annotations
 
 import os
+import struct
 import time
 
 import trio
@@ -31,6 +32,7 @@ class LightReceiver:
     def __init__(self, ws: WebSocket) -> None:
         self.ws = ws
         self.arrivals: list[int] = []  # time.time_ns() each update arrived, in order
+        self.processed: list[int] = []  # when _listen_all had read and opened it
         self.conn = Connection.client()
 
     @classmethod
@@ -107,11 +109,21 @@ async def _connect_all(url: str, seeds: list[str]) -> list[LightReceiver]:
     return receivers
 
 
+# Linux: the kernel stamps each packet as it reaches the socket; recvmsg returns the stamp of
+# the last packet read (socket(7), SO_TIMESTAMPNS; 35 on every Linux architecture but parisc)
+SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")
+
+
 def _listen_all(receivers: list[LightReceiver], expected: int, timeout: float) -> None:
     """Every receiver's frames from ONE epoll loop, without trio: a task wake-up, a trio
     receive and a scheduler pass per frame cost a receiver ~25 us here, so 1,000 of them
     at 50 msgs/s needed 1.4 cores of the 2 the node runs on. Same frame reader, same
-    decryption, same update count; pings are answered (masked pongs)."""
+    decryption, same update count; pings are answered (masked pongs).
+
+    Two times per update: when the kernel put it on the member's socket (SO_TIMESTAMPNS,
+    the arrival the node is measured by: it does not move when these receivers, which share
+    the node's two cores, are slow to read), and when this loop had read and opened it."""
     import selectors
     import socket
 
@@ -121,8 +133,10 @@ def _listen_all(receivers: list[LightReceiver], expected: int, timeout: float) -
         fd = r.ws.stream.socket.fileno()  # type: ignore[attr-defined]
         sock = socket.socket(fileno=os.dup(fd))
         sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         socks.append(sock)
         sel.register(sock, selectors.EVENT_READ, r)
+    anc = socket.CMSG_SPACE(_TIMESPEC.size)
     done_at = time.monotonic() + timeout
     want = expected * len(receivers)
     got = 0
@@ -130,13 +144,18 @@ def _listen_all(receivers: list[LightReceiver], expected: int, timeout: float) -
         for key, _ in sel.select(0.5):
             r = key.data
             try:
-                data = key.fileobj.recv(1 << 18)
+                data, cmsgs, _flags, _addr = key.fileobj.recvmsg(1 << 18, anc)
             except BlockingIOError:
                 continue
             if not data:
                 sel.unregister(key.fileobj)
                 continue
             now = time.time_ns()
+            stamp = now
+            for level, kind, blob in cmsgs:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    sec, nsec = _TIMESPEC.unpack(blob[: _TIMESPEC.size])
+                    stamp = sec * 1_000_000_000 + nsec
             reader = r.ws._reader
             reader.feed(data)
             while (ev := reader.next()) is not None:
@@ -144,7 +163,8 @@ def _listen_all(receivers: list[LightReceiver], expected: int, timeout: float) -
                 if op == wsframe.BINARY:
                     n = _push_count(r.conn.open_frame(payload))
                     if n:
-                        r.arrivals.extend([now] * n)
+                        r.arrivals.extend([stamp] * n)
+                        r.processed.extend([now] * n)
                         got += n
                 elif op == wsframe.PING:
                     key.fileobj.send(b"".join(wsframe.frame(wsframe.PONG, payload, mask=True)))
@@ -155,15 +175,15 @@ def _listen_all(receivers: list[LightReceiver], expected: int, timeout: float) -
 def _worker(url: str, seeds: list[str], expected: int, timeout: float) -> None:
     """Receivers in a process of their own (``bench.py --fanout-procs``): connect one per
     device seed (trio, the real handshake and sign-in), say ``ready``, record arrivals
-    until each has EXPECTED updates (or TIMEOUT), then print every receiver's arrival
-    times as one JSON line."""
+    until each has EXPECTED updates (or TIMEOUT), then print every receiver's arrival and
+    processing times as one JSON line."""
     import json
     import sys
 
     receivers = trio.run(_connect_all, url, seeds)
     print("ready", flush=True)
     _listen_all(receivers, expected, timeout)
-    sys.stdout.write(json.dumps([r.arrivals for r in receivers]) + "\n")
+    sys.stdout.write(json.dumps([[r.arrivals, r.processed] for r in receivers]) + "\n")
     sys.stdout.flush()
 
 
