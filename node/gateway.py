@@ -116,12 +116,15 @@ class Session:
         sender or growing memory."""
         if self.behind:
             return False
-        if len(self._pending) >= self._queue_max:
+        pending = self._pending
+        if len(pending) >= self._queue_max:
             self.behind = True
             self._schedule()  # the notice
             return False
-        self._pending.append(updates)
-        self._schedule()
+        pending.append(updates)
+        if not self._flush_queued:  # _schedule, inline: once per member per fan-out
+            self._flush_queued = True
+            self.gateway.flush_soon(self)
         return True
 
     def resync(self) -> None:

@@ -162,12 +162,15 @@ class Hub:
             return 0
         items = frames.encode_updates(self.present(updates))
         n = 0
+        by_user = self._by_user  # fetched once a fan-out; an offline member makes no empty dict
         for uid in online:
             if uid == exclude_user:
                 continue
-            for s in self._by_user.get(uid, {}).values():
-                if s is not exclude and s.push(items):
-                    n += 1
+            sessions = by_user.get(uid)
+            if sessions:
+                for s in sessions.values():
+                    if s is not exclude and s.push(items):
+                        n += 1
         return n
 
     def close_user(
