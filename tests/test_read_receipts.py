@@ -171,6 +171,20 @@ async def test_big_group_receipts_are_bounded(node: Node) -> None:
     assert "chat_members_read" in await node.db.read(plan)
 
 
+async def test_invite_tokens_never_look_like_options(node: Node) -> None:
+    """A token is pasted after `fedgram client join`; one starting with "-" read as an option
+    (a CI run failed on `No such option: -p`). 300 chat invites and 300 sign-up invites: with
+    one in 64 starting so, the old tokens would show one in more than 99 runs of 100."""
+    from tests.helpers import admin
+
+    async with signed_in(node, "alice") as a:
+        chat = (await a.call("chats.createGroup", {"title": "G", "members": []}))["chat"]["id"]
+        links = [(await a.call("chats.createInvite", {"chat": chat}))["invite"] for _ in range(300)]
+    signups = [(await admin(node, "admin.inviteCreate", {}))["token"] for _ in range(300)]
+    assert not [t for t in links + signups if t.startswith("-")]
+    assert len(set(links)) == len(set(signups)) == 300
+
+
 async def test_invites_listed_and_revoked(node: Node) -> None:
     await add_user(node, "bob")
     await add_user(node, "carol")

@@ -49,6 +49,7 @@ from ..interfaces import (
 from ..protocol.errors import ErrorCode, RpcError
 from ..protocol.handshake import check_device_proof
 from ..rpc import Router
+from ..tokens import new_token
 from . import store
 from .delivery import CodeDelivery
 from .passwords import check_password, hash_password
@@ -697,7 +698,7 @@ class Accounts:
         return {"removed": name}
 
     async def admin_invite_create(self, ctx: CallContext, p: dict[str, Any]) -> dict[str, Any]:
-        token = secrets.token_urlsafe(18)
+        token = new_token()
         uses = p.get("uses", 1)
         expires_in = p.get("expires_in")
         expires = time.time() + expires_in if expires_in else None

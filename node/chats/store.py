@@ -25,6 +25,7 @@ from ..interfaces import Effects
 from ..media import store as media_store
 from ..protocol.errors import ErrorCode, RpcError
 from ..storage import at_batch_end
+from ..tokens import new_token
 from . import events
 from .events import GENESIS, MESSAGE
 
@@ -538,7 +539,7 @@ def _token_hash(token: str) -> bytes:
 def create_invite(
     conn: sqlite3.Connection, chat_id: str, creator_id: int, uses: int | None, ttl: float | None
 ) -> str:
-    token = secrets.token_urlsafe(18)
+    token = new_token()
     now = time.time()
     conn.execute(
         "INSERT INTO chat_invites(token_hash, chat_id, creator_id, uses_left, expires, created) "
