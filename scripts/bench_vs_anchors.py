@@ -6,9 +6,12 @@ one after the other, so every server meets the same state of a noisy machine (al
 rounds; the order rotates each round). All three drive the same workload: a group of 11
 (10 senders + 1 listener), 100-byte bodies, 1,000 sequential sends then 5,000 from 10
 closed loops, every message stored before it is delivered. Prints ONE JSON document: every
-run's figures, the medians per server, and Fedgram's ratios to each anchor (medians).
+run's figures, the medians per server, Fedgram's ratios to each anchor (of the medians, and
+round by round), and with ``--floor`` the machine's own costs before and after the sitting
+(scripts/bench_floor.py: a loopback send, an fdatasync, a WAL commit, a seal).
 
     python3 scripts/bench_vs_anchors.py [--rounds 3] [--anchors prosody,ejabberd] [--out DIR]
+        [--floor]
 
 The anchors install their server from Debian packages the first time (root, apt).
 """
@@ -73,7 +76,8 @@ def run_one(server: str, out: Path) -> dict[str, Any]:
         )
         if res.returncode != 0:
             raise SystemExit(f"bench.py failed:\n{res.stderr[-2000:]}")
-        doc = json.loads(res.stdout)["result"]
+        doc: dict[str, Any] = json.loads(res.stdout)["result"]
+        out.write_text(json.dumps(doc, indent=1))
     else:
         script = ANCHORS / server / "run.sh"
         res = subprocess.run(["bash", str(script), str(out)], capture_output=True, text=True)
@@ -86,12 +90,52 @@ def run_one(server: str, out: Path) -> dict[str, Any]:
     return doc
 
 
+def floor() -> dict[str, Any]:
+    """The machine's own costs now (scripts/bench_floor.py, shortened): the box's speed moves
+    within a sitting, and these say by how much without any server in the picture."""
+    res = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench_floor.py"), "--rounds", "50"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0:
+        raise SystemExit(f"bench_floor.py failed:\n{res.stderr[-2000:]}")
+    doc: dict[str, Any] = json.loads(res.stdout)
+    return {
+        "at": time.strftime("%H:%M:%S", time.gmtime()),
+        "loopback_send_us": doc["loopback_send"]["cpu_us_per_send"],
+        "fdatasync_4k_p50_ms": doc["fdatasync_4k"]["p50_ms"],
+        "sqlite_commit_p50_ms": doc["sqlite_commit"]["p50_ms"],
+        "seal_250b_us": doc["crypto"]["seal_250b_us"],
+    }
+
+
+def per_round(runs: dict[str, list[dict[str, Any]]], anchor: str) -> dict[str, Any]:
+    """Fedgram's rate over the anchor's, round by round (both met the same minutes of the
+    box), and the median of those: steadier than a ratio of medians when the box drifts."""
+    out: dict[str, Any] = {}
+    for label in ("sequential msgs/s", "concurrent msgs/s"):
+        path = next(p for lab, p, _ in FIGURES if lab == label)
+        ratios = []
+        for f_doc, a_doc in zip(runs["fedgram"], runs[anchor], strict=False):
+            f, a = dig(f_doc, path), dig(a_doc, path)
+            if f and a:
+                ratios.append(round(f / a, 2))
+        out[label] = {"rounds": ratios, "median": statistics.median(ratios) if ratios else None}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--anchors", default="prosody,ejabberd")
     ap.add_argument("--out", type=Path, default=None, help="keep every run's JSON here")
+    ap.add_argument(
+        "--floor", action="store_true", help="measure the machine's floor before and after"
+    )
     args = ap.parse_args()
+    floors = [floor()] if args.floor else []
     servers = [*args.anchors.split(","), "fedgram"]
     out_dir = args.out or Path(tempfile.mkdtemp(prefix="fedgram-anchors-"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +146,8 @@ def main() -> None:
             doc = run_one(server, out_dir / f"{server}-{r + 1}.json")
             runs[server].append(doc)
             print(f"round {r + 1}: {server} done", file=sys.stderr)
+    if args.floor:
+        floors.append(floor())
     medians: dict[str, dict[str, float | None]] = {}
     for server, docs in runs.items():
         medians[server] = {}
@@ -126,6 +172,8 @@ def main() -> None:
                 "runs_dir": str(out_dir),
                 "medians": medians,
                 "fedgram_better_by": ratios,
+                "fedgram_better_by_round": {a: per_round(runs, a) for a in servers[:-1]},
+                **({"floor": floors} if floors else {}),
                 "runs": {
                     s: [
                         {
