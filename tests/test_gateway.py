@@ -388,7 +388,7 @@ async def test_a_push_round_longer_than_a_slice_delivers_everything_in_order(
     commits queue meanwhile join the sessions not reached yet and go in the next round to
     the others. Three members sending at once keep commits landing during rounds; every
     member must still get every message once, in order."""
-    members = FLUSH_SLICE * 4 + 9
+    members = FLUSH_SLICE * 2 + 9
     lax = {"signin_per_ip": "100000/1", "signin_per_name": "100000/1", "code_per_ip": "100000/1"}
     cfg = make_config(tmp_path / "n", ratelimit=lax)
     async with Node.start(cfg) as node, AsyncExitStack() as stack:
