@@ -65,18 +65,24 @@ def cpu_per_msg(doc: dict[str, Any]) -> None:
             p["server_cpu_ms_per_msg"] = round(1000 * p["server_cpu_s"] / p["messages"], 3)
 
 
+def our_script(name: str, *args: str) -> dict[str, Any]:
+    """Run one of scripts/ and return the JSON document it prints."""
+    res = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / name), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if res.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{res.stderr[-2000:]}")
+    doc: dict[str, Any] = json.loads(res.stdout)
+    return doc
+
+
 def run_one(server: str, out: Path) -> dict[str, Any]:
     t0 = time.time()
     if server == "fedgram":
-        res = subprocess.run(
-            [sys.executable, str(REPO / "scripts" / "bench.py"), "--runs", "1"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-        )
-        if res.returncode != 0:
-            raise SystemExit(f"bench.py failed:\n{res.stderr[-2000:]}")
-        doc: dict[str, Any] = json.loads(res.stdout)["result"]
+        doc: dict[str, Any] = our_script("bench.py", "--runs", "1")["result"]
         out.write_text(json.dumps(doc, indent=1))
     else:
         script = ANCHORS / server / "run.sh"
@@ -93,15 +99,7 @@ def run_one(server: str, out: Path) -> dict[str, Any]:
 def floor() -> dict[str, Any]:
     """The machine's own costs now (scripts/bench_floor.py, shortened): the box's speed moves
     within a sitting, and these say by how much without any server in the picture."""
-    res = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "bench_floor.py"), "--rounds", "50"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-    )
-    if res.returncode != 0:
-        raise SystemExit(f"bench_floor.py failed:\n{res.stderr[-2000:]}")
-    doc: dict[str, Any] = json.loads(res.stdout)
+    doc = our_script("bench_floor.py", "--rounds", "50")
     return {
         "at": time.strftime("%H:%M:%S", time.gmtime()),
         "loopback_send_us": doc["loopback_send"]["cpu_us_per_send"],
