@@ -122,9 +122,7 @@ class Session:
             self._schedule()  # the notice
             return False
         pending.append(updates)
-        if not self._flush_queued:  # _schedule, inline: once per member per fan-out
-            self._flush_queued = True
-            self.gateway.flush_soon(self)
+        self._schedule()
         return True
 
     def resync(self) -> None:

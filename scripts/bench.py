@@ -566,12 +566,14 @@ async def fanout_run(
         async def send(i: int) -> None:
             t = time.perf_counter()
             sent_ns[i] = time.time_ns()
-            await sender.call(
-                "messages.send",
-                {"chat": chat, "random_id": secrets.randbits(63), "text": make_body("fan", 0, i)},
-            )
+            body = make_body("fan", 0, i)
+            try:
+                await sender.call(
+                    "messages.send", {"chat": chat, "random_id": secrets.randbits(63), "text": body}
+                )
+            finally:
+                room.release_on_behalf_of(i)
             acks.append((time.perf_counter() - t) * 1000)
-            room.release_on_behalf_of(i)
 
         c0, k0 = proc.cpu_s(), client_cpu_s()
         w0 = sum(Proc(w.pid).cpu_s() for w in workers)
